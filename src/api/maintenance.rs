@@ -1,0 +1,85 @@
+//! etcdserverpb.Maintenance: Status and the alarm list so far.
+
+use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
+use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use tonic::{Request, Response, Status};
+
+pub struct MaintenanceService(pub(super) Context);
+
+type SnapshotStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    /// No alarm can be raised yet (the quota refuses writes without one), so the list is empty.
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        if req.get_ref().action != AlarmAction::Get as i32 {
+            return unimplemented("etcdserverpb.Maintenance/Alarm with ACTIVATE or DEACTIVATE");
+        }
+        let mut resp = AlarmResponse::default();
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let usage = self.0.store.usage();
+        let mut resp = StatusResponse {
+            version: ETCD_VERSION.to_owned(),
+            db_size: usage.size,
+            db_size_in_use: usage.in_use,
+            raft_term: RAFT_TERM,
+            ..Default::default()
+        };
+        self.0.fill(&mut resp.header);
+        let header = resp.header.as_ref().expect("filled");
+        // One member, always its own leader; every revision is one applied raft entry.
+        resp.leader = header.member_id;
+        resp.raft_index = header.revision as u64;
+        resp.raft_applied_index = header.revision as u64;
+        Ok(Response::new(resp))
+    }
+
+    async fn defragment(
+        &self,
+        _: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        unimplemented("etcdserverpb.Maintenance/Defragment")
+    }
+
+    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        unimplemented("etcdserverpb.Maintenance/Hash")
+    }
+
+    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        unimplemented("etcdserverpb.Maintenance/HashKV")
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        _: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        unimplemented("etcdserverpb.Maintenance/Snapshot")
+    }
+
+    async fn move_leader(
+        &self,
+        _: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        unimplemented("etcdserverpb.Maintenance/MoveLeader")
+    }
+
+    async fn downgrade(
+        &self,
+        _: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        unimplemented("etcdserverpb.Maintenance/Downgrade")
+    }
+}

@@ -1,0 +1,192 @@
+//! The gRPC face of Strata: decode, check, call mvcc, encode. No semantics live here.
+//!
+//! One file per etcd service. An RPC that is not built yet answers `Unimplemented`, naming itself.
+
+mod cluster;
+mod kv;
+mod maintenance;
+pub mod validation;
+
+use crate::config::{Config, GRPC_OVERHEAD_BYTES};
+use crate::error::{Error, Result};
+use crate::mvcc::Store;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::ResponseHeader;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// etcd 3.5 release whose behaviour Strata reproduces; kube-apiserver reads it from Status.
+pub const ETCD_VERSION: &str = "3.5.33";
+
+/// A single-member cluster never changes leader, so its raft term never moves.
+const RAFT_TERM: u64 = 1;
+
+/// What every service needs: the store, the limits, and how to fill a response header.
+#[derive(Clone)]
+struct Context {
+    store: Arc<Store>,
+    limits: validation::Limits,
+    quota_bytes: u64,
+    name: String,
+    client_urls: Vec<String>,
+}
+
+impl Context {
+    /// Fills a top-level response header as etcd does: ids and term always, revision if mvcc left
+    /// it at zero.
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
+        let identity = self.store.identity();
+        let h = header.get_or_insert_with(Default::default);
+        h.cluster_id = identity.cluster_id;
+        h.member_id = identity.member_id;
+        h.raft_term = RAFT_TERM;
+        if h.revision == 0 {
+            h.revision = self.store.revision();
+        }
+    }
+
+    /// Refuses a write once the backend has reached its quota, as etcd does.
+    fn check_quota(&self) -> Result<()> {
+        if self.store.usage().size as u64 >= self.quota_bytes {
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+}
+
+/// A running server: the addresses it listens on, and its tasks.
+pub struct Server {
+    pub addresses: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+}
+
+impl Server {
+    /// Binds every `--listen-client-urls` address and serves until `shutdown` completes.
+    pub async fn start(
+        config: &Config,
+        store: Arc<Store>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<Server> {
+        let mut listeners = Vec::new();
+        for url in &config.listen_client_urls {
+            listeners.extend(bind(url).await?);
+        }
+        let addresses: Vec<SocketAddr> = listeners
+            .iter()
+            .map(|l| l.local_addr())
+            .collect::<std::io::Result<_>>()?;
+        let client_urls = if config.advertise_client_urls.is_empty() {
+            addresses.iter().map(|a| format!("http://{a}")).collect()
+        } else {
+            config.advertise_client_urls.clone()
+        };
+        let context = Context {
+            store,
+            limits: validation::Limits {
+                max_request_bytes: config.max_request_bytes,
+                max_txn_ops: config.max_txn_ops,
+            },
+            quota_bytes: config.quota_bytes(),
+            name: config.name.clone(),
+            client_urls,
+        };
+        let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        let mut routes = tonic::service::Routes::builder();
+        routes
+            .add_service(
+                KvServer::new(kv::KvService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                ClusterServer::new(cluster::ClusterService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            );
+        let mut routes = routes.routes();
+        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).fallback(not_built);
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+        let mut tasks = Vec::new();
+        for listener in listeners {
+            let mut stopped = stopped.clone();
+            let server = tonic::transport::Server::builder().add_routes(routes.clone());
+            tasks.push(tokio::spawn(server.serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )));
+        }
+        for address in &addresses {
+            tracing::info!(%address, "ready to serve client requests");
+        }
+        Ok(Server { addresses, tasks })
+    }
+
+    /// Waits until every listener has stopped.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+/// Binds an `http://host:port` URL: every address the host resolves to.
+async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let Some(authority) = url.strip_prefix("http://") else {
+        anyhow::bail!("cannot listen on {url}: only http:// client URLs are served so far");
+    };
+    let authority = authority.trim_end_matches('/');
+    let mut listeners = Vec::new();
+    let mut port = None;
+    let mut failure = None;
+    for address in tokio::net::lookup_host(authority).await? {
+        // Port 0 picks a free port once; every address of the host then shares it.
+        let address = SocketAddr::new(address.ip(), port.unwrap_or(address.port()));
+        match TcpListener::bind(address).await {
+            Ok(listener) => {
+                port = Some(listener.local_addr()?.port());
+                listeners.push(listener);
+            }
+            // localhost may name an IPv6 address on a host without IPv6.
+            Err(e) => {
+                tracing::warn!(%address, error = %e, "cannot listen on one address of {url}");
+                failure = Some(e);
+            }
+        }
+    }
+    match failure {
+        Some(e) if listeners.is_empty() => anyhow::bail!("cannot listen on {url}: {e}"),
+        _ if listeners.is_empty() => anyhow::bail!("{url} resolves to no address"),
+        _ => Ok(listeners),
+    }
+}
+
+/// Answers every RPC Strata does not serve yet.
+async fn not_built(uri: axum::http::Uri) -> axum::response::Response {
+    tonic::Status::unimplemented(format!(
+        "strata: {} is not implemented yet",
+        uri.path().trim_start_matches('/')
+    ))
+    .into_http()
+}
+
+fn unimplemented<T>(rpc: &'static str) -> std::result::Result<T, tonic::Status> {
+    Err(Error::Unimplemented(rpc).into())
+}

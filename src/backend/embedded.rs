@@ -1,0 +1,306 @@
+//! The embedded backend: the log in one local redb file, every append one fsynced commit.
+//!
+//! Tables:
+//! - `log`: (main, sub) → an encoded `mvccpb::Event`, one row per change.
+//! - `meta`: "head", "compacted", "cluster_id", "member_id" → u64.
+//!
+//! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
+//! may or may not have become durable; `progress` reopens it and reads the head to find out.
+
+use super::{Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
+use crate::mvcc::Revision;
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use async_trait::async_trait;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Rows removed per commit during physical compaction, so that appends are never held up for long.
+const REMOVE_BATCH: usize = 10_000;
+
+pub struct Embedded {
+    path: Option<PathBuf>,
+    db: Arc<Mutex<Option<Database>>>,
+    identity: Identity,
+}
+
+impl From<redb::Error> for BackendError {
+    fn from(e: redb::Error) -> Self {
+        BackendError::Storage(e.to_string())
+    }
+}
+
+fn storage(e: impl Into<redb::Error>) -> BackendError {
+    BackendError::from(e.into())
+}
+
+impl Embedded {
+    /// Opens (creating if needed) the store in directory `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+        })?;
+        let path = dir.join("strata.redb");
+        let db = Database::create(&path).map_err(storage)?;
+        Self::init(db, Some(path))
+    }
+
+    /// A store in memory only, for tests.
+    pub fn in_memory() -> Result<Self> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(storage)?;
+        Self::init(db, None)
+    }
+
+    fn init(db: Database, path: Option<PathBuf>) -> Result<Self> {
+        let tx = db.begin_write().map_err(storage)?;
+        let identity = {
+            tx.open_table(LOG).map_err(storage)?;
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let mut id = |name: &str| -> Result<u64> {
+                if let Some(v) = meta.get(name).map_err(storage)? {
+                    return Ok(v.value());
+                }
+                let fresh = random_id();
+                meta.insert(name, fresh).map_err(storage)?;
+                Ok(fresh)
+            };
+            Identity {
+                cluster_id: id("cluster_id")?,
+                member_id: id("member_id")?,
+            }
+        };
+        tx.commit().map_err(storage)?;
+        Ok(Embedded {
+            path,
+            db: Arc::new(Mutex::new(Some(db))),
+            identity,
+        })
+    }
+
+    /// Runs `f` on the database on a blocking thread, reopening it first if a commit failed.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = db.lock().expect("redb mutex poisoned");
+            if guard.is_none() {
+                let Some(path) = &path else {
+                    return Err(BackendError::Storage(
+                        "in-memory store lost after a failed commit".into(),
+                    ));
+                };
+                *guard = Some(Database::create(path).map_err(storage)?);
+            }
+            let result = f(guard.as_ref().expect("database is open"));
+            if matches!(result, Err(BackendError::Storage(_))) {
+                // redb refuses writes after a failed commit until reopened; reopen on next use.
+                if path.is_some() {
+                    *guard = None;
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
+    }
+}
+
+fn random_id() -> u64 {
+    // RandomState is seeded from the OS's randomness; ids only need to be unique, not secret.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish().max(1)
+}
+
+fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
+    Ok(meta
+        .get(name)
+        .map_err(storage)?
+        .map_or(unset, |v| v.value() as i64))
+}
+
+fn decode(main: i64, bytes: &[u8]) -> Result<Event> {
+    Event::decode(bytes).map_err(|e| BackendError::Corrupt {
+        revision: main,
+        detail: e.to_string(),
+    })
+}
+
+#[async_trait]
+impl Backend for Embedded {
+    fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    async fn progress(&self) -> Result<Progress> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let meta = tx.open_table(META).map_err(storage)?;
+            Ok(Progress {
+                head: meta_value(&meta, "head", Progress::EMPTY.head)?,
+                compacted: meta_value(&meta, "compacted", Progress::EMPTY.compacted)?,
+            })
+        })
+        .await
+    }
+
+    async fn append(&self, entries: &[LogEntry]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        let first = first.revision;
+        let last = entries.last().expect("non-empty").revision;
+        let rows: Vec<((i64, i64), Vec<u8>)> = entries
+            .iter()
+            .flat_map(|e| {
+                e.events
+                    .iter()
+                    .enumerate()
+                    .map(move |(sub, ev)| ((e.revision, sub as i64), ev.encode_to_vec()))
+            })
+            .collect();
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            {
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
+                if first != head + 1 {
+                    return Err(BackendError::OutOfOrder { head, got: first });
+                }
+                let mut log = tx.open_table(LOG).map_err(storage)?;
+                for (key, value) in &rows {
+                    log.insert(key, value.as_slice()).map_err(storage)?;
+                }
+                meta.insert("head", last as u64).map_err(storage)?;
+            }
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
+        self.with_db(move |db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let log = tx.open_table(LOG).map_err(storage)?;
+            let mut entries: Vec<LogEntry> = Vec::new();
+            for (events, row) in log.range((from, 0)..).map_err(storage)?.enumerate() {
+                let (key, value) = row.map_err(storage)?;
+                let (main, _) = key.value();
+                match entries.last_mut() {
+                    Some(e) if e.revision == main => {}
+                    _ if events >= max_events => break,
+                    _ => entries.push(LogEntry {
+                        revision: main,
+                        events: Vec::new(),
+                    }),
+                }
+                let entry = entries.last_mut().expect("pushed above");
+                entry.events.push(decode(main, value.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>> {
+        let revisions = revisions.to_vec();
+        self.with_db(move |db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let log = tx.open_table(LOG).map_err(storage)?;
+            revisions
+                .iter()
+                .map(|r| {
+                    let Some(row) = log.get((r.main, r.sub)).map_err(storage)? else {
+                        return Ok(None);
+                    };
+                    let event = decode(r.main, row.value())?;
+                    Ok(event.kv.filter(|_| event.r#type == EventType::Put as i32))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_compacted(&self, revision: i64) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(META)
+                .map_err(storage)?
+                .insert("compacted", revision as u64)
+                .map_err(storage)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn remove(&self, revisions: &[Revision]) -> Result<()> {
+        for chunk in revisions.chunks(REMOVE_BATCH) {
+            let chunk = chunk.to_vec();
+            self.with_db(move |db| {
+                let tx = db.begin_write().map_err(storage)?;
+                {
+                    let mut log = tx.open_table(LOG).map_err(storage)?;
+                    for r in &chunk {
+                        log.remove((r.main, r.sub)).map_err(storage)?;
+                    }
+                }
+                tx.commit().map_err(storage)
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        // redb reports allocated pages only inside a write transaction, which would wait for the
+        // writer; the file size answers at once and is what `--quota-backend-bytes` limits.
+        let size = self
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len() as i64);
+        Usage { size, in_use: size }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance;
+    use super::*;
+
+    #[tokio::test]
+    async fn conformance_in_memory() {
+        conformance::append_and_read_back(&Embedded::in_memory().unwrap()).await;
+        conformance::append_out_of_order_is_refused(&Embedded::in_memory().unwrap()).await;
+        conformance::compaction_removes_and_is_remembered(&Embedded::in_memory().unwrap()).await;
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_with_same_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Embedded::open(dir.path()).unwrap();
+        conformance::append_and_read_back(&b).await;
+        let identity = b.identity();
+        drop(b);
+        let b = Embedded::open(dir.path()).unwrap();
+        assert_eq!(b.identity(), identity);
+        assert_eq!(b.progress().await.unwrap().head, 4);
+        assert_eq!(b.read_log(1, 100).await.unwrap().len(), 3);
+        assert!(b.usage().size > 0);
+    }
+}

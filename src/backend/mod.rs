@@ -1,0 +1,197 @@
+//! The durable log under mvcc: committed write batches and their values, by revision.
+//!
+//! A backend knows nothing of etcd's semantics. mvcc numbers every change and hands over whole
+//! revisions; the backend makes them durable atomically, reads them back, and forgets what compaction
+//! tells it to. Every backend must give the same answers for the same calls: see the conformance tests
+//! at the bottom of this file.
+
+pub mod embedded;
+
+use crate::mvcc::Revision;
+use crate::proto::mvccpb::{Event, KeyValue};
+use async_trait::async_trait;
+
+/// One revision of the log: the changes of one txn, in sub-revision order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogEntry {
+    pub revision: i64,
+    /// Puts carry the whole key-value; deletes carry the key and mod_revision.
+    pub events: Vec<Event>,
+}
+
+/// What a backend holds about the log as a whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The newest durable revision.
+    pub head: i64,
+    /// Revisions below this are compacted away.
+    pub compacted: i64,
+}
+
+impl Progress {
+    /// A new store is at revision 1 and never compacted (etcd's -1), so the first write takes 2.
+    pub const EMPTY: Progress = Progress {
+        head: 1,
+        compacted: -1,
+    };
+}
+
+/// The identity of this store, created with it and kept for its lifetime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+}
+
+/// Space used by the backend, as etcd's Status reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub size: i64,
+    pub in_use: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("corrupt log at revision {revision}: {detail}")]
+    Corrupt { revision: i64, detail: String },
+    #[error("append of revision {got} does not follow the head {head}")]
+    OutOfOrder { head: i64, got: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    fn identity(&self) -> Identity;
+
+    /// Where the durable log stands. After a failed `append` this first recovers the store, so the
+    /// answer says whether that append became durable after all.
+    async fn progress(&self) -> Result<Progress>;
+
+    /// Makes `entries` durable, all or none. The first must follow the head by one, the rest in order.
+    async fn append(&self, entries: &[LogEntry]) -> Result<()>;
+
+    /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
+    async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
+
+    /// The key-values written at `revisions` (None where there is none: compacted, or a delete).
+    async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>>;
+
+    /// Durably records that history below `revision` is compacted.
+    async fn set_compacted(&self, revision: i64) -> Result<()>;
+
+    /// Physically removes the changes at `revisions`, which compaction made unreachable.
+    async fn remove(&self, revisions: &[Revision]) -> Result<()>;
+
+    fn usage(&self) -> Usage;
+}
+
+#[cfg(test)]
+pub(crate) mod conformance {
+    //! Cases every backend must pass; each backend's tests call them with a fresh instance.
+    use super::*;
+    use crate::proto::mvccpb::event::EventType;
+
+    pub fn put(key: &str, value: &str, revision: i64, version: i64) -> Event {
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec().into(),
+                create_revision: revision - version + 1,
+                mod_revision: revision,
+                version,
+                value: value.as_bytes().to_vec().into(),
+                lease: 0,
+            }),
+            prev_kv: None,
+        }
+    }
+
+    pub fn delete(key: &str, revision: i64) -> Event {
+        Event {
+            r#type: EventType::Delete as i32,
+            kv: Some(KeyValue {
+                key: key.as_bytes().to_vec().into(),
+                mod_revision: revision,
+                ..Default::default()
+            }),
+            prev_kv: None,
+        }
+    }
+
+    fn entries() -> Vec<LogEntry> {
+        vec![
+            LogEntry {
+                revision: 2,
+                events: vec![put("a", "1", 2, 1), put("b", "1", 2, 1)],
+            },
+            LogEntry {
+                revision: 3,
+                events: vec![put("a", "2", 3, 2)],
+            },
+            LogEntry {
+                revision: 4,
+                events: vec![delete("b", 4)],
+            },
+        ]
+    }
+
+    pub async fn append_and_read_back(b: &dyn Backend) {
+        assert_eq!(b.progress().await.unwrap(), Progress::EMPTY);
+        let log = entries();
+        b.append(&log[..2]).await.unwrap();
+        b.append(&log[2..]).await.unwrap();
+        assert_eq!(b.progress().await.unwrap().head, 4);
+        assert_eq!(b.read_log(1, 1000).await.unwrap(), log);
+        // Whole revisions only: the first entry already reaches one event.
+        assert_eq!(b.read_log(1, 1).await.unwrap(), log[..1]);
+        assert_eq!(b.read_log(3, 1000).await.unwrap(), log[1..]);
+        let values = b
+            .read_values(&[
+                Revision { main: 2, sub: 1 },
+                Revision { main: 3, sub: 0 },
+                Revision { main: 4, sub: 0 },
+                Revision { main: 9, sub: 0 },
+            ])
+            .await
+            .unwrap();
+        assert_eq!(values[0].as_ref().unwrap().key, &b"b"[..]);
+        assert_eq!(values[1].as_ref().unwrap().value, &b"2"[..]);
+        // A delete has no value to read.
+        assert_eq!(values[2], None);
+        assert_eq!(values[3], None);
+    }
+
+    pub async fn append_out_of_order_is_refused(b: &dyn Backend) {
+        let log = entries();
+        let err = b.append(&log[1..]).await.unwrap_err();
+        assert!(matches!(err, BackendError::OutOfOrder { head: 1, got: 3 }));
+        b.append(&log[..1]).await.unwrap();
+        assert!(b.append(&log[..1]).await.is_err());
+        assert_eq!(b.progress().await.unwrap().head, 2);
+    }
+
+    pub async fn compaction_removes_and_is_remembered(b: &dyn Backend) {
+        b.append(&entries()).await.unwrap();
+        b.set_compacted(4).await.unwrap();
+        b.remove(&[
+            Revision { main: 2, sub: 0 },
+            Revision { main: 2, sub: 1 },
+            Revision { main: 4, sub: 0 },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(
+            b.progress().await.unwrap(),
+            Progress {
+                head: 4,
+                compacted: 4
+            }
+        );
+        let log = b.read_log(1, 1000).await.unwrap();
+        assert_eq!(log.len(), 1);
+        assert_eq!(log[0].revision, 3);
+    }
+}

@@ -1,0 +1,146 @@
+//! Command-line flags, named as etcd's and read from `ETCD_*` variables as etcd reads them, so that
+//! Strata can take etcd's place in existing manifests and scripts.
+
+use clap::{CommandFactory, Parser};
+use std::path::PathBuf;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// What gRPC accepts above `--max-request-bytes` before refusing a message outright (as etcd).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "strata",
+    version,
+    about = "An etcd v3 API server, on an embedded store or on PostgreSQL.",
+    long_about = "An etcd v3 API server, on an embedded store or on PostgreSQL.\n\n\
+        Flags are etcd's and may be given with one dash or two (-name x, --name=x). Each may also be \
+        set by an environment variable named as etcd names it: ETCD_ and the flag's name in capitals \
+        with '-' as '_' (ETCD_DATA_DIR)."
+)]
+pub struct Config {
+    /// Human-readable name for this member; also names the default data directory.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    pub name: String,
+
+    /// Directory of the embedded store [default: <name>.strata].
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Where the data lives: `embedded` (a local crash-safe store in --data-dir).
+    #[arg(long, env = "STRATA_BACKEND", default_value = "embedded")]
+    pub backend: String,
+
+    /// Comma-separated URLs to serve clients on (http://host:port).
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
+    pub listen_client_urls: Vec<String>,
+
+    /// Comma-separated URLs to tell clients (member list) [default: the listen URLs].
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    pub advertise_client_urls: Vec<String>,
+
+    /// Largest request the server accepts, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
+    pub max_request_bytes: usize,
+
+    /// Most operations in one txn request.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+
+    /// Backend size at which writes are refused with "database space exceeded" (0: 2 GiB, etcd's
+    /// default).
+    #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Log level: debug, info, warn or error.
+    #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// etcd's default quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+impl Config {
+    /// Parses etcd-style arguments: Go's flag package takes `-name` as well as `--name`.
+    pub fn parse_etcd_style<I: IntoIterator<Item = String>>(args: I) -> Config {
+        let command = Config::command();
+        let long_names: Vec<String> = command
+            .get_arguments()
+            .filter_map(|a| a.get_long().map(str::to_owned))
+            .chain(["help".to_owned(), "version".to_owned()])
+            .collect();
+        let args = args.into_iter().enumerate().map(|(i, arg)| {
+            let single_dash_long = i > 0
+                && arg.starts_with('-')
+                && !arg.starts_with("--")
+                && long_names
+                    .iter()
+                    .any(|n| arg[1..].split('=').next() == Some(n.as_str()));
+            if single_dash_long {
+                format!("-{arg}")
+            } else {
+                arg
+            }
+        });
+        Config::parse_from(args)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)))
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        match self.quota_backend_bytes {
+            0 => DEFAULT_QUOTA_BYTES,
+            q => q,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Config {
+        Config::parse_etcd_style(
+            std::iter::once("strata")
+                .chain(args.iter().copied())
+                .map(String::from),
+        )
+    }
+
+    #[test]
+    fn go_style_single_dash_flags() {
+        let c = parse(&["-name", "n1", "-max-txn-ops=7", "--data-dir", "/tmp/x"]);
+        assert_eq!(c.name, "n1");
+        assert_eq!(c.max_txn_ops, 7);
+        assert_eq!(c.data_dir(), PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn defaults_follow_etcd() {
+        let c = parse(&["--name", "m"]);
+        assert_eq!(c.data_dir(), PathBuf::from("m.strata"));
+        assert_eq!(c.max_request_bytes, 1572864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(c.quota_bytes(), 2 << 30);
+    }
+
+    #[test]
+    fn list_flags_split_on_commas() {
+        let c = parse(&[
+            "-listen-client-urls",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+        ]);
+        assert_eq!(c.listen_client_urls.len(), 2);
+    }
+}

@@ -1,0 +1,74 @@
+//! Every error a client can see, each with etcd 3.5's gRPC code and message.
+
+use crate::backend::BackendError;
+use tonic::Code;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// The store could not make a write durable or read it back; the write was not acknowledged.
+    #[error("etcdserver: storage failure: {0}")]
+    Storage(String),
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    /// A part of etcd's API that Strata does not serve yet.
+    #[error("strata: {0} is not implemented yet")]
+    Unimplemented(&'static str),
+}
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::EmptyKey
+            | Error::KeyNotFound
+            | Error::ValueProvided
+            | Error::LeaseProvided
+            | Error::TooManyOps
+            | Error::DuplicateKey
+            | Error::InvalidSortOption
+            | Error::RequestTooLarge => Code::InvalidArgument,
+            Error::Compacted | Error::FutureRevision => Code::OutOfRange,
+            Error::LeaseNotFound => Code::NotFound,
+            Error::NoSpace => Code::ResourceExhausted,
+            Error::Storage(_) | Error::Stopped => Code::Unavailable,
+            Error::Unimplemented(_) => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<BackendError> for Error {
+    fn from(e: BackendError) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;

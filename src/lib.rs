@@ -1,0 +1,11 @@
+//! Strata: etcd's v3 API over an embedded store or PostgreSQL.
+//!
+//! Three layers (see DESIGN.md): [`api`] maps gRPC to calls on [`mvcc`], which holds etcd's semantics
+//! over the narrow log interface of [`backend`].
+
+pub mod api;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod mvcc;
+pub mod proto;

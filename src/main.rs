@@ -1,0 +1,48 @@
+//! `strata`: serve etcd's v3 API from a data directory (or, later, a database).
+
+use std::sync::Arc;
+use strata::api::Server;
+use strata::backend::embedded::Embedded;
+use strata::config::Config;
+use strata::mvcc::Store;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse_etcd_style(std::env::args());
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("STRATA_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(&config.log_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+
+    let backend = match config.backend.as_str() {
+        "embedded" => {
+            let dir = config.data_dir();
+            tracing::info!(data_dir = %dir.display(), "opening the embedded store");
+            Arc::new(Embedded::open(&dir)?)
+        }
+        other => {
+            anyhow::bail!("unknown --backend {other:?}: the only backend so far is `embedded`")
+        }
+    };
+    let store = Store::open(backend).await?;
+    let server = Server::start(&config, store, shutdown_signal()).await?;
+    server.wait().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

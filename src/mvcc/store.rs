@@ -1,0 +1,331 @@
+//! The store: the index in memory over a backend's log, one writer task, any number of readers.
+//!
+//! The writer takes every write waiting in its queue as one batch: it applies them to the index one
+//! after the other (each txn seeing the ones before it, each that changes something taking its own
+//! revision), appends all their revisions to the backend in one durable commit, and only then makes
+//! them visible to readers and answers. Readers read at the newest durable revision, so nothing they
+//! see can be lost by a crash.
+
+use super::index::{Index, Undo};
+use super::range;
+use super::txn::{self, TxnOutcome};
+use crate::backend::{Backend, Identity, LogEntry, Usage};
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+};
+use crate::proto::mvccpb::event::EventType;
+use std::sync::{Arc, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+/// The most writes one commit takes; more wait for the next.
+const MAX_BATCH: usize = 1024;
+/// Log events read per step at start-up.
+const RECOVERY_CHUNK: usize = 16 * 1024;
+
+pub struct Store {
+    index: Arc<RwLock<Index>>,
+    backend: Arc<dyn Backend>,
+    writes: mpsc::Sender<Queued>,
+}
+
+enum Write {
+    Put(PutRequest),
+    Delete(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+enum Written {
+    Put(PutResponse),
+    Delete(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+}
+
+struct Queued {
+    write: Write,
+    reply: oneshot::Sender<Result<Written>>,
+}
+
+impl Store {
+    /// Rebuilds the index from the backend's log and starts the writer.
+    pub async fn open(backend: Arc<dyn Backend>) -> Result<Arc<Store>> {
+        let progress = backend.progress().await?;
+        let mut index = Index::default();
+        let mut from = 1;
+        loop {
+            let entries = backend.read_log(from, RECOVERY_CHUNK).await?;
+            let Some(last) = entries.last() else {
+                break;
+            };
+            from = last.revision + 1;
+            for entry in entries {
+                restore(&mut index, entry);
+            }
+        }
+        index.current = progress.head;
+        index.committed = progress.head;
+        // Finish a compaction a crash interrupted: rows it had not removed yet are back in the index.
+        let leftover = index.compact(progress.compacted);
+        backend.remove(&leftover).await?;
+        tracing::info!(
+            revision = progress.head,
+            compacted = progress.compacted,
+            keys = index.len(),
+            "recovered the key index from the log"
+        );
+        let index = Arc::new(RwLock::new(index));
+        let (tx, rx) = mpsc::channel(MAX_BATCH);
+        let writer = Writer {
+            index: index.clone(),
+            backend: backend.clone(),
+            unresolved: None,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Arc::new(Store {
+            index,
+            backend,
+            writes: tx,
+        }))
+    }
+
+    pub fn identity(&self) -> Identity {
+        self.backend.identity()
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.backend.usage()
+    }
+
+    /// The newest durable revision.
+    pub fn revision(&self) -> i64 {
+        self.index.read().expect("index lock").committed
+    }
+
+    /// Answers a Range at the newest durable revision, or at the one it asks for.
+    pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        let mut pending = {
+            let index = self.index.read().expect("index lock");
+            range::select(&index, req, index.committed)?
+        };
+        pending.load(self.backend.as_ref()).await?;
+        Ok(pending.finish())
+    }
+
+    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
+        match self.write(Write::Put(req)).await? {
+            Written::Put(r) => Ok(r),
+            _ => unreachable!("a put is answered by a put"),
+        }
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+        match self.write(Write::Delete(req)).await? {
+            Written::Delete(r) => Ok(r),
+            _ => unreachable!("a delete is answered by a delete"),
+        }
+    }
+
+    /// Every txn, read-only ones included, goes through the writer: its compares then see the
+    /// newest state, and its answer waits until everything it saw is durable.
+    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
+        match self.write(Write::Txn(req)).await? {
+            Written::Txn(r) => Ok(r),
+            _ => unreachable!("a txn is answered by a txn"),
+        }
+    }
+
+    pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
+        match self.write(Write::Compact(req)).await? {
+            Written::Compact(r) => Ok(r),
+            _ => unreachable!("a compaction is answered by a compaction"),
+        }
+    }
+
+    async fn write(&self, write: Write) -> Result<Written> {
+        let (reply, answer) = oneshot::channel();
+        self.writes
+            .send(Queued { write, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+}
+
+fn restore(index: &mut Index, entry: LogEntry) {
+    for (sub, event) in entry.events.into_iter().enumerate() {
+        let rev = super::Revision {
+            main: entry.revision,
+            sub: sub as i64,
+        };
+        let is_put = event.r#type == EventType::Put as i32;
+        if let Some(kv) = event.kv {
+            index.restore(rev, kv, is_put);
+        }
+    }
+}
+
+struct Writer {
+    index: Arc<RwLock<Index>>,
+    backend: Arc<dyn Backend>,
+    /// The undo log of a batch whose append failed and whose fate the backend has not told yet.
+    unresolved: Option<Undo>,
+}
+
+/// A write applied to the index, waiting for its batch to become durable.
+enum Applied {
+    Done(Result<Written>),
+    Txn(TxnOutcome),
+}
+
+impl Writer {
+    async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // A compaction runs alone, between the batches before and after it.
+            let mut rest = batch.drain(..).peekable();
+            while rest.peek().is_some() {
+                let mut group = Vec::new();
+                while let Some(q) = rest.next_if(|q| !matches!(q.write, Write::Compact(_))) {
+                    group.push(q);
+                }
+                if !group.is_empty() {
+                    self.commit(group).await;
+                }
+                if let Some(Queued {
+                    write: Write::Compact(req),
+                    reply,
+                }) = rest.next()
+                {
+                    let _ = reply.send(self.compact(req).await.map(Written::Compact));
+                }
+            }
+        }
+    }
+
+    /// Applies `group` to the index, makes it durable in one append, then answers each write.
+    async fn commit(&mut self, group: Vec<Queued>) {
+        if let Err(e) = self.resolve().await {
+            for q in group {
+                let _ = q.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let mut undo = Undo::default();
+        let mut entries = Vec::new();
+        let mut applied = Vec::with_capacity(group.len());
+        {
+            let mut index = self.index.write().expect("index lock");
+            for q in group {
+                let (result, entry) = apply(&mut index, &mut undo, q.write);
+                entries.extend(entry);
+                applied.push((result, q.reply));
+            }
+        }
+        if let Some(last) = entries.last() {
+            let head = last.revision;
+            if let Err(e) = self.backend.append(&entries).await {
+                tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
+                let e = Error::from(e);
+                self.unresolved = Some(undo);
+                let _ = self.resolve().await;
+                for (_, reply) in applied {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+            self.index.write().expect("index lock").committed = head;
+        }
+        for (result, reply) in applied {
+            let result = match result {
+                Applied::Done(r) => r,
+                Applied::Txn(mut outcome) => outcome
+                    .load(self.backend.as_ref())
+                    .await
+                    .map(|()| Written::Txn(outcome.finish())),
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// After a failed append, asks the backend whether the batch became durable after all, and
+    /// keeps it or undoes it accordingly. Until then no write can be applied on top of it.
+    async fn resolve(&mut self) -> Result<()> {
+        let Some(undo) = self.unresolved.as_mut() else {
+            return Ok(());
+        };
+        let durable = self.backend.progress().await?.head;
+        let mut index = self.index.write().expect("index lock");
+        if durable == index.current {
+            index.committed = durable;
+        } else if durable == index.committed {
+            let committed = index.committed;
+            index.rollback(undo, 0, committed);
+        } else {
+            return Err(Error::Storage(format!(
+                "log head {durable} is neither the committed revision {} nor the applied {}",
+                index.committed, index.current
+            )));
+        }
+        self.unresolved = None;
+        Ok(())
+    }
+
+    async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
+        self.resolve().await?;
+        let current = {
+            let index = self.index.read().expect("index lock");
+            if req.revision <= index.compacted {
+                return Err(Error::Compacted);
+            }
+            if req.revision > index.current {
+                return Err(Error::FutureRevision);
+            }
+            index.current
+        };
+        self.backend.set_compacted(req.revision).await?;
+        let removed = self
+            .index
+            .write()
+            .expect("index lock")
+            .compact(req.revision);
+        let backend = self.backend.clone();
+        let removal = tokio::spawn(async move {
+            if let Err(e) = backend.remove(&removed).await {
+                // The log still holds the rows; the next start-up removes them.
+                tracing::warn!(error = %e, "physical compaction failed");
+                return Err(Error::from(e));
+            }
+            Ok(())
+        });
+        if req.physical {
+            removal.await.map_err(|e| Error::Storage(e.to_string()))??;
+        }
+        Ok(CompactionResponse {
+            header: Some(ResponseHeader {
+                revision: current,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
+fn apply(index: &mut Index, undo: &mut Undo, write: Write) -> (Applied, Option<LogEntry>) {
+    match write {
+        Write::Put(req) => match txn::put(index, undo, &req) {
+            Ok((resp, entry)) => (Applied::Done(Ok(Written::Put(resp))), entry),
+            Err(e) => (Applied::Done(Err(e)), None),
+        },
+        Write::Delete(req) => {
+            let (resp, entry) = txn::delete_range(index, undo, &req);
+            (Applied::Done(Ok(Written::Delete(resp))), entry)
+        }
+        Write::Txn(req) => match txn::txn(index, undo, &req) {
+            Ok((outcome, entry)) => (Applied::Txn(outcome), entry),
+            Err(e) => (Applied::Done(Err(e)), None),
+        },
+        Write::Compact(_) => unreachable!("compactions are run apart from batches"),
+    }
+}

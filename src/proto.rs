@@ -1,0 +1,24 @@
+//! Generated etcd v3 API types and gRPC services (see `proto/` and `build.rs`).
+//!
+//! The modules are siblings because generated code refers across packages as
+//! `super::<package>::...`.
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
+}
