@@ -26,6 +26,10 @@ pub const ETCD_VERSION: &str = "3.5.33";
 /// A single-member cluster never changes leader, so its raft term never moves.
 const RAFT_TERM: u64 = 1;
 
+/// How long a shutdown waits for open streams and connections before closing them: etcd's request
+/// timeout (5 s plus twice its 1 s election timeout), which bounds its graceful stop the same way.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
+
 /// What every service needs: the store, the limits, and how to fill a response header.
 #[derive(Clone)]
 struct Context {
@@ -63,6 +67,7 @@ impl Context {
 pub struct Server {
     pub addresses: Vec<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Server {
@@ -135,15 +140,36 @@ impl Server {
         for address in &addresses {
             tracing::info!(%address, "ready to serve client requests");
         }
-        Ok(Server { addresses, tasks })
+        Ok(Server {
+            addresses,
+            tasks,
+            stopped,
+        })
     }
 
-    /// Waits until every listener has stopped.
+    /// Waits until every listener has stopped, or until the shutdown grace period has passed
+    /// with connections still open (a client that never goes away must not hold the server up).
     pub async fn wait(self) -> anyhow::Result<()> {
-        for task in self.tasks {
-            task.await??;
+        let Server {
+            tasks, mut stopped, ..
+        } = self;
+        let listeners = async {
+            for task in tasks {
+                task.await??;
+            }
+            anyhow::Ok(())
+        };
+        let grace = async {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            done = listeners => done,
+            () = grace => {
+                tracing::warn!("closing connections still open after the shutdown grace period");
+                Ok(())
+            }
         }
-        Ok(())
     }
 }
 

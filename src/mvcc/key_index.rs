@@ -67,7 +67,11 @@ impl KeyIndex {
     /// Records a delete read back from the log. Unlike `tombstone` it also takes a delete whose
     /// generation was compacted away, so that the next compaction can remove that row too.
     pub fn restore_tombstone(&mut self, rev: Revision) {
-        self.open_generation().revs.push(rev);
+        // A tombstone counts as a version, as `tombstone` counts it: versions of the revisions
+        // before it are derived from the generation's newest one.
+        let g = self.open_generation();
+        g.revs.push(rev);
+        g.version += 1;
         self.generations.push(Generation::new());
     }
 
@@ -280,6 +284,21 @@ mod tests {
         ki.compact(3, &mut removed);
         assert_eq!(removed, vec![rev(1), rev(2)]);
         assert!(ki.is_empty());
+    }
+
+    #[test]
+    fn restore_rebuilds_what_live_writes_built() {
+        let live = example();
+        let mut restored = KeyIndex::default();
+        restored.restore(rev(2), 2, 1);
+        restored.restore(rev(4), 2, 2);
+        restored.restore_tombstone(rev(6));
+        restored.restore(rev(8), 8, 1);
+        restored.restore(rev(10), 8, 2);
+        assert_eq!(restored, live);
+        for at in 0..12 {
+            assert_eq!(restored.get(at), live.get(at), "at {at}");
+        }
     }
 
     #[test]

@@ -1,0 +1,205 @@
+//! etcdctl (Debian's etcd-client) against Strata: the same command lines run against a fresh etcd and
+//! a fresh Strata must print the same thing and exit the same way.
+
+use crate::support::{etcdctl_binary, Etcd, Process, Strata};
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+/// One etcdctl invocation: its arguments, and what it reads on standard input.
+struct Call {
+    args: Vec<String>,
+    stdin: String,
+}
+
+/// Splits `args` on spaces; `''` stands for an empty argument, as in a shell.
+fn call(args: &str) -> Call {
+    Call {
+        args: args
+            .split_whitespace()
+            .map(|a| if a == "''" { "" } else { a }.to_owned())
+            .collect(),
+        stdin: String::new(),
+    }
+}
+
+fn call_with_stdin(args: &str, stdin: &str) -> Call {
+    Call {
+        stdin: stdin.to_owned(),
+        ..call(args)
+    }
+}
+
+/// What etcdctl printed and how it exited, with the server's identity and address blanked out.
+#[derive(Debug, PartialEq)]
+struct Printed {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn etcdctl(server: &Process, c: &Call) -> Printed {
+    let mut child = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(server.address.to_string())
+        .args(&c.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("etcdctl runs (scripts/test installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(c.stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let blank = |bytes: Vec<u8>| normalise(&String::from_utf8_lossy(&bytes), server);
+    // The client's own JSON log lines carry timestamps and connection ids; what the user reads is
+    // the rest.
+    let stderr: String = blank(out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with('{'))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    Printed {
+        success: out.status.success(),
+        stdout: blank(out.stdout),
+        stderr,
+    }
+}
+
+/// Blanks what differs between two servers by nature: ids, term and the address.
+fn normalise(text: &str, server: &Process) -> String {
+    let mut out = text.replace(&server.address.to_string(), "ENDPOINT");
+    // As `-w json` and `-w fields` print them.
+    for pattern in [
+        "\"cluster_id\":",
+        "\"member_id\":",
+        "\"raft_term\":",
+        "\"ClusterID\" : ",
+        "\"MemberID\" : ",
+        "\"RaftTerm\" : ",
+    ] {
+        let mut rest = out.as_str();
+        let mut replaced = String::new();
+        while let Some(at) = rest.find(pattern) {
+            let (before, after) = rest.split_at(at + pattern.len());
+            replaced.push_str(before);
+            replaced.push('0');
+            rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+        }
+        replaced.push_str(rest);
+        out = replaced;
+    }
+    out
+}
+
+fn same_output(calls: Vec<Call>) {
+    let (etcd, strata) = std::thread::scope(|s| {
+        let etcd = s.spawn(Etcd::start);
+        let strata = s.spawn(Strata::start);
+        (etcd.join().unwrap(), strata.join().unwrap())
+    });
+    for c in &calls {
+        let want = etcdctl(&etcd, c);
+        let got = etcdctl(&strata, c);
+        assert_eq!(got, want, "etcdctl {}", c.args.join(" "));
+    }
+}
+
+#[test]
+fn put_get_del_with_their_options() {
+    same_output(vec![
+        call("put a 1"),
+        call("put a 2 --prev-kv"),
+        call("put b 1"),
+        call("put b2 1"),
+        call("put c 3"),
+        call("put --ignore-value a"),
+        call("put --ignore-value missing"),
+        call("put --ignore-lease a 4"),
+        call("put --lease=1234 a 5"),
+        call("get a"),
+        call("get a -w json"),
+        call("get --prefix b"),
+        call("get --prefix b --keys-only"),
+        call("get --prefix b --print-value-only"),
+        call("get --from-key b"),
+        call("get --from-key '' --limit 2"),
+        call("get a --rev 2"),
+        call("get a --rev 99"),
+        call("get --prefix '' --sort-by=MODIFY --order=DESCEND"),
+        call("get --from-key a --sort-by=VALUE --order=ASCEND -w json"),
+        call("get --from-key a --sort-by=VERSION --order=DESCEND --limit 1"),
+        call("get --from-key a --sort-by=CREATE"),
+        call("get a --consistency=s"),
+        call("get a -w fields"),
+        call("get a -w table"),
+        call("get --hex a"),
+        call("del missing"),
+        call("del a --prev-kv"),
+        call("del --prefix b"),
+        call("put x 1"),
+        call("del --from-key c --prev-kv -w json"),
+        call("get --from-key ''"),
+    ]);
+}
+
+#[test]
+fn txn_from_standard_input() {
+    same_output(vec![
+        call("put k v1"),
+        call_with_stdin(
+            "txn",
+            "value(\"k\") = \"v1\"\n\nput k v2\nget k\n\nput k failed\n\n",
+        ),
+        call_with_stdin(
+            "txn -w json",
+            "mod(\"k\") > \"100\"\n\nput k v3\n\nget k\ndel k\n\n",
+        ),
+        call_with_stdin("txn", "version(\"k\") = \"0\"\n\nput k fresh\n\n\n"),
+        call_with_stdin(
+            "txn",
+            "create(\"k\") < \"99\"\nversion(\"k\") != \"7\"\n\nput a 1\nput a 2\n\n\n",
+        ),
+        call("get --from-key ''"),
+    ]);
+}
+
+#[test]
+fn compaction_and_reads_around_it() {
+    let mut calls: Vec<Call> = (0..6).map(|i| call(&format!("put k {i}"))).collect();
+    calls.extend([
+        call("compaction 3"),
+        call("compaction 3"),
+        call("compaction 2"),
+        call("compaction 99"),
+        call("get k --rev 2"),
+        call("get k --rev 3"),
+        call("compaction --physical 5"),
+        call("get k --rev 4"),
+        call("get k --rev 5"),
+        call("get k"),
+    ]);
+    same_output(calls);
+}
+
+#[test]
+fn endpoint_status_and_health() {
+    let strata = Strata::start();
+    let health = etcdctl(&strata, &call("endpoint health"));
+    assert!(health.success, "{health:?}");
+    assert!(
+        health.stderr.contains("ENDPOINT is healthy")
+            || health.stdout.contains("ENDPOINT is healthy"),
+        "{health:?}"
+    );
+    let status = etcdctl(&strata, &call("endpoint status -w json"));
+    assert!(status.success, "{status:?}");
+    assert!(status.stdout.contains("\"version\":\"3.5."), "{status:?}");
+    let members = etcdctl(&strata, &call("member list"));
+    assert!(members.success, "{members:?}");
+    assert!(members.stdout.contains("http://ENDPOINT"), "{members:?}");
+}

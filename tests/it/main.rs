@@ -1,0 +1,7 @@
+//! The integration tests: one binary, real servers on loopback ports.
+
+mod differential;
+mod durability;
+mod etcdctl;
+mod requests;
+mod support;

@@ -1,0 +1,208 @@
+//! Servers for the tests: the `strata` binary and Debian's etcd, each on free loopback ports in a
+//! temporary directory, ready once its log says "ready to serve client requests".
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use strata::proto::etcdserverpb::kv_client::KvClient;
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// How long a server may take to say it is ready before the test fails.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server process that is killed when dropped.
+pub struct Process {
+    child: Child,
+    pub address: SocketAddr,
+}
+
+impl Process {
+    /// Starts `command` and waits for a log line containing `ready`; the client address is read
+    /// from its `address=` field, or is `fixed`.
+    fn start(mut command: Command, ready_line: &'static str, fixed: Option<SocketAddr>) -> Process {
+        command.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("server starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (ready, is_ready) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            // Keep draining after the ready line, so the server never blocks on a full pipe.
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains(ready_line) {
+                    let address = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|a| a.split_whitespace().next())
+                        .and_then(|a| a.parse::<SocketAddr>().ok());
+                    let _ = ready.send(address);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let address = match is_ready.recv_timeout(READY_TIMEOUT) {
+            Ok(address) => address.or(fixed).expect("the ready line names the address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "server did not become ready; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        Process { child, address }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    pub async fn kv(&self) -> KvClient<Channel> {
+        KvClient::connect(self.endpoint())
+            .await
+            .expect("connect")
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.endpoint())
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect")
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        self.child.wait().expect("server exits")
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Strata server with its own data directory.
+pub struct Strata {
+    pub process: Process,
+    _dir: Option<TempDir>,
+}
+
+impl Strata {
+    pub fn start() -> Strata {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Strata::start_in(dir.path(), &[]);
+        s._dir = Some(dir);
+        s
+    }
+
+    /// Starts on `dir` (kept by the caller, so that a restart finds the same data).
+    pub fn start_in(dir: &Path, args: &[&str]) -> Strata {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .args(args)
+            .env("STRATA_LOG", "info");
+        Strata {
+            process: Process::start(command, "ready to serve client requests", None),
+            _dir: None,
+        }
+    }
+}
+
+impl std::ops::Deref for Strata {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Strata {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A throwaway single-member etcd (Debian's etcd-server) on loopback.
+pub struct Etcd {
+    pub process: Process,
+    _dir: TempDir,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let client = format!("http://127.0.0.1:{}", free_port());
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let mut command = Command::new(etcd_binary());
+        command
+            .args([
+                "--name",
+                "diff",
+                "--logger",
+                "zap",
+                "--log-outputs",
+                "stderr",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("diff={peer}")]);
+        let address = client.trim_start_matches("http://").parse().unwrap();
+        Etcd {
+            // etcd 3.4 logging with zap has no "ready to serve" line; this one comes right after it.
+            process: Process::start(command, "serving client traffic", Some(address)),
+            _dir: dir,
+        }
+    }
+}
+
+impl std::ops::Deref for Etcd {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+pub fn etcd_binary() -> String {
+    std::env::var("STRATA_TEST_ETCD").unwrap_or_else(|_| "etcd".to_owned())
+}
+
+pub fn etcdctl_binary() -> String {
+    std::env::var("STRATA_TEST_ETCDCTL").unwrap_or_else(|_| "etcdctl".to_owned())
+}
