@@ -329,3 +329,191 @@ fn apply(index: &mut Index, undo: &mut Undo, write: Write) -> (Applied, Option<L
         Write::Compact(_) => unreachable!("compactions are run apart from batches"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The store against a model that keeps the whole state at every revision, over random histories
+    //! of puts, deletes, txns, compactions and restarts.
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::proto::etcdserverpb::request_op::Request;
+    use crate::proto::etcdserverpb::RequestOp;
+    use crate::proto::mvccpb::KeyValue;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Put(u8, u8),
+        Delete(u8, u8),
+        /// Puts the first key and deletes the range in one txn.
+        PutAndDelete(u8, u8, u8),
+        Compact(u8),
+        Restart,
+    }
+
+    fn key(k: u8) -> bytes::Bytes {
+        bytes::Bytes::from(vec![b'a' + k])
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0..5u8, any::<u8>()).prop_map(|(k, v)| Step::Put(k, v)),
+            2 => (0..5u8, 0..6u8).prop_map(|(k, e)| Step::Delete(k, e)),
+            2 => (0..5u8, 0..5u8, 0..6u8).prop_map(|(p, k, e)| Step::PutAndDelete(p, k, e)),
+            1 => any::<u8>().prop_map(Step::Compact),
+            1 => Just(Step::Restart),
+        ]
+    }
+
+    /// The state at each revision; `states[r]` is the state at revision r (0 unused, 1 empty).
+    struct Model {
+        states: Vec<BTreeMap<bytes::Bytes, KeyValue>>,
+        compacted: i64,
+    }
+
+    impl Model {
+        fn head(&self) -> i64 {
+            self.states.len() as i64 - 1
+        }
+
+        /// Applies the changes of one txn; a txn that changes nothing takes no revision.
+        fn apply(&mut self, put: Option<(u8, u8)>, delete: Option<(u8, u8)>) {
+            let rev = self.head() + 1;
+            let mut state = self.states.last().unwrap().clone();
+            let mut changed = false;
+            if let Some((k, v)) = put {
+                let old = state.get(&key(k));
+                let kv = KeyValue {
+                    key: key(k),
+                    create_revision: old.map_or(rev, |o| o.create_revision),
+                    mod_revision: rev,
+                    version: old.map_or(1, |o| o.version + 1),
+                    value: bytes::Bytes::from(vec![v]),
+                    lease: 0,
+                };
+                state.insert(key(k), kv);
+                changed = true;
+            }
+            if let Some((k, end)) = delete {
+                let before = state.len();
+                state.retain(|kk, _| !(key(k) <= *kk && *kk < key(end.max(k + 1))));
+                changed |= state.len() != before;
+            }
+            if changed {
+                self.states.push(state);
+            }
+        }
+    }
+
+    fn delete_request(k: u8, end: u8) -> DeleteRangeRequest {
+        DeleteRangeRequest {
+            key: key(k),
+            range_end: key(end.max(k + 1)),
+            prev_kv: false,
+        }
+    }
+
+    fn put_request(k: u8, v: u8) -> PutRequest {
+        PutRequest {
+            key: key(k),
+            value: bytes::Bytes::from(vec![v]),
+            ..Default::default()
+        }
+    }
+
+    async fn check(store: &Store, model: &Model) {
+        assert_eq!(store.revision(), model.head());
+        for rev in 1..=model.head() {
+            let read = store
+                .range(&RangeRequest {
+                    key: bytes::Bytes::from_static(b"\0"),
+                    range_end: bytes::Bytes::from_static(b"\0"),
+                    revision: rev,
+                    ..Default::default()
+                })
+                .await;
+            if rev < model.compacted {
+                assert_eq!(read.unwrap_err(), Error::Compacted, "at {rev}");
+                continue;
+            }
+            let kvs = read.unwrap().kvs;
+            let want: Vec<KeyValue> = model.states[rev as usize].values().cloned().collect();
+            assert_eq!(kvs, want, "at {rev}");
+        }
+    }
+
+    async fn run(steps: Vec<Step>) {
+        let backend: Arc<dyn Backend> = Arc::new(Embedded::in_memory().unwrap());
+        let mut store = Store::open(backend.clone()).await.unwrap();
+        let mut model = Model {
+            states: vec![BTreeMap::new(), BTreeMap::new()],
+            compacted: -1,
+        };
+        for step in steps {
+            match step {
+                Step::Put(k, v) => {
+                    store.put(put_request(k, v)).await.unwrap();
+                    model.apply(Some((k, v)), None);
+                }
+                Step::Delete(k, end) => {
+                    store.delete_range(delete_request(k, end)).await.unwrap();
+                    model.apply(None, Some((k, end)));
+                }
+                Step::PutAndDelete(p, k, end) => {
+                    let result = store
+                        .txn(TxnRequest {
+                            compare: Vec::new(),
+                            success: vec![
+                                RequestOp {
+                                    request: Some(Request::RequestPut(put_request(p, p))),
+                                },
+                                RequestOp {
+                                    request: Some(Request::RequestDeleteRange(delete_request(
+                                        k, end,
+                                    ))),
+                                },
+                            ],
+                            failure: Vec::new(),
+                        })
+                        .await;
+                    // The store applies what validation (in the api layer) would have refused as a
+                    // duplicate key: the delete then removes the key just put.
+                    assert!(result.unwrap().succeeded);
+                    model.apply(Some((p, p)), Some((k, end)));
+                }
+                Step::Compact(r) => {
+                    let r = i64::from(r) % (model.head() + 2);
+                    let result = store
+                        .compact(CompactionRequest {
+                            revision: r,
+                            physical: true,
+                        })
+                        .await;
+                    if r <= model.compacted {
+                        assert_eq!(result.unwrap_err(), Error::Compacted);
+                    } else if r > model.head() {
+                        assert_eq!(result.unwrap_err(), Error::FutureRevision);
+                    } else {
+                        result.unwrap();
+                        model.compacted = r;
+                    }
+                }
+                Step::Restart => store = Store::open(backend.clone()).await.unwrap(),
+            }
+            check(&store, &model).await;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn store_matches_model(steps in prop::collection::vec(step(), 1..40)) {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(run(steps));
+        }
+    }
+}
