@@ -3,6 +3,7 @@
 
 use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// etcd's default `--max-request-bytes`: 1.5 MiB.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
@@ -58,6 +59,16 @@ pub struct Config {
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
+    /// How often watchers that asked for progress notifications get one when idle (a Go duration:
+    /// 10m, 30s, 500ms; at least 100ms).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_watch_progress_interval
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
+
     /// Log level: debug, info, warn or error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -65,6 +76,48 @@ pub struct Config {
 
 /// etcd's default quota when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Parses a duration as Go's time.ParseDuration writes them: numbers with units, summed ("1m30s").
+pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    if rest.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
+        let number: f64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            unit => return Err(format!("unknown unit {unit:?} in duration {text:?}")),
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// etcd refuses progress intervals below 100 ms.
+fn parse_watch_progress_interval(text: &str) -> Result<Duration, String> {
+    let interval = parse_go_duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err(format!("{text} is below the minimum of 100ms"));
+    }
+    Ok(interval)
+}
 
 impl Config {
     /// Parses etcd-style arguments: Go's flag package takes `-name` as well as `--name`.
@@ -133,6 +186,22 @@ mod tests {
         assert_eq!(c.max_txn_ops, 128);
         assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
         assert_eq!(c.quota_bytes(), 2 << 30);
+    }
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_go_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        assert!(parse_go_duration("10").is_err());
+        assert!(parse_go_duration("5d").is_err());
+        assert!(parse_watch_progress_interval("50ms").is_err());
+        let c = parse(&["-experimental-watch-progress-notify-interval=2s"]);
+        assert_eq!(
+            c.experimental_watch_progress_notify_interval,
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

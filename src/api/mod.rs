@@ -6,6 +6,7 @@ mod cluster;
 mod kv;
 mod maintenance;
 pub mod validation;
+mod watch;
 
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use crate::mvcc::Store;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +40,7 @@ struct Context {
     quota_bytes: u64,
     name: String,
     client_urls: Vec<String>,
+    watch_progress_interval: std::time::Duration,
 }
 
 impl Context {
@@ -99,6 +102,7 @@ impl Server {
             quota_bytes: config.quota_bytes(),
             name: config.name.clone(),
             client_urls,
+            watch_progress_interval: config.experimental_watch_progress_notify_interval,
         };
         let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
         let mut routes = tonic::service::Routes::builder();
@@ -110,6 +114,11 @@ impl Server {
             )
             .add_service(
                 MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                WatchServer::new(watch::WatchService(context.clone()))
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
             )

@@ -60,6 +60,14 @@ impl<'a> KeyRange<'a> {
         matches!(*self, KeyRange::Between(key, end) if end <= key)
     }
 
+    pub fn contains(&self, k: &[u8]) -> bool {
+        match *self {
+            KeyRange::Single(key) => k == key,
+            KeyRange::From(key) => k >= key,
+            KeyRange::Between(key, end) => key <= k && k < end,
+        }
+    }
+
     fn bounds(&self) -> (&'a [u8], Bound<&'a [u8]>) {
         match *self {
             KeyRange::Single(key) => (key, Bound::Included(key)),

@@ -8,6 +8,7 @@ mod key_index;
 mod range;
 mod store;
 mod txn;
+pub mod watch;
 
 pub use store::Store;
 

@@ -9,6 +9,7 @@
 use super::index::{Index, Undo};
 use super::range;
 use super::txn::{self, TxnOutcome};
+use super::watch::{self, Notice, WatchHub, WatchSpec, WatcherKey};
 use crate::backend::{Backend, Identity, LogEntry, Usage};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
@@ -16,7 +17,8 @@ use crate::proto::etcdserverpb::{
     PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::event::EventType;
-use std::sync::{Arc, RwLock};
+use crate::proto::mvccpb::Event;
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most writes one commit takes; more wait for the next.
@@ -28,6 +30,8 @@ pub struct Store {
     index: Arc<RwLock<Index>>,
     backend: Arc<dyn Backend>,
     writes: mpsc::Sender<Queued>,
+    /// Locked before the index whenever both are.
+    hub: Arc<Mutex<WatchHub>>,
 }
 
 enum Write {
@@ -77,17 +81,25 @@ impl Store {
             "recovered the key index from the log"
         );
         let index = Arc::new(RwLock::new(index));
+        let hub = Arc::new(Mutex::new(WatchHub::default()));
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let writer = Writer {
             index: index.clone(),
             backend: backend.clone(),
+            hub: hub.clone(),
             unresolved: None,
         };
         tokio::spawn(writer.run(rx));
+        tokio::spawn(watch::sync_unsynced(
+            hub.clone(),
+            index.clone(),
+            backend.clone(),
+        ));
         Ok(Arc::new(Store {
             index,
             backend,
             writes: tx,
+            hub,
         }))
     }
 
@@ -144,6 +156,59 @@ impl Store {
         }
     }
 
+    /// Starts a watcher whose notices go to `stream`, announced through `created`. A start revision
+    /// at or below the committed one replays history first.
+    pub fn watch(
+        &self,
+        spec: WatchSpec,
+        stream: mpsc::Sender<Notice>,
+        created: mpsc::Permit<'_, Notice>,
+    ) -> WatcherKey {
+        let mut hub = self.hub.lock().expect("hub lock");
+        let committed = self.index.read().expect("index lock").committed;
+        hub.add(spec, stream, created, committed)
+    }
+
+    /// Stops a watcher; false if it was already gone.
+    pub fn unwatch(&self, key: WatcherKey) -> bool {
+        self.hub.lock().expect("hub lock").remove(key)
+    }
+
+    /// Tells `stream` that everything up to the committed revision has been sent to `keys`, if it
+    /// has (see [`WatchHub::progress`]).
+    pub fn watch_progress(
+        &self,
+        keys: &[WatcherKey],
+        watch_id: i64,
+        stream: &mpsc::Sender<Notice>,
+    ) {
+        let hub = self.hub.lock().expect("hub lock");
+        let committed = self.index.read().expect("index lock").committed;
+        hub.progress(keys, watch_id, stream, committed);
+    }
+
+    /// Fills each event's prev_kv with the key as it was just before the event, as etcd does for
+    /// watchers that ask for it: nothing for a creation, or when that revision is compacted.
+    pub async fn fill_prev_kvs(&self, events: &mut [Event]) {
+        for event in events {
+            let Some(kv) = &event.kv else {
+                continue;
+            };
+            let created = event.r#type == EventType::Put as i32 && kv.version == 1;
+            if created {
+                continue;
+            }
+            let before = RangeRequest {
+                key: kv.key.clone(),
+                revision: kv.mod_revision - 1,
+                ..Default::default()
+            };
+            if let Ok(r) = self.range(&before).await {
+                event.prev_kv = r.kvs.into_iter().next();
+            }
+        }
+    }
+
     async fn write(&self, write: Write) -> Result<Written> {
         let (reply, answer) = oneshot::channel();
         self.writes
@@ -170,6 +235,7 @@ fn restore(index: &mut Index, entry: LogEntry) {
 struct Writer {
     index: Arc<RwLock<Index>>,
     backend: Arc<dyn Backend>,
+    hub: Arc<Mutex<WatchHub>>,
     /// The undo log of a batch whose append failed and whose fate the backend has not told yet.
     unresolved: Option<Undo>,
 }
@@ -236,6 +302,10 @@ impl Writer {
                 }
                 return;
             }
+            // Watchers hear of the revisions before readers can see them, under the hub lock, so
+            // that a watcher catching up from the log cannot miss them.
+            let mut hub = self.hub.lock().expect("hub lock");
+            hub.notify(&entries);
             self.index.write().expect("index lock").committed = head;
         }
         for (result, reply) in applied {

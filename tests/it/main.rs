@@ -5,3 +5,4 @@ mod durability;
 mod etcdctl;
 mod requests;
 mod support;
+mod watch;

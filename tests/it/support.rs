@@ -118,6 +118,13 @@ impl Strata {
         s
     }
 
+    pub fn start_with(args: &[&str]) -> Strata {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Strata::start_in(dir.path(), args);
+        s._dir = Some(dir);
+        s
+    }
+
     /// Starts on `dir` (kept by the caller, so that a restart finds the same data).
     pub fn start_in(dir: &Path, args: &[&str]) -> Strata {
         let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
