@@ -203,3 +203,83 @@ fn endpoint_status_and_health() {
     assert!(members.success, "{members:?}");
     assert!(members.stdout.contains("http://ENDPOINT"), "{members:?}");
 }
+
+/// The first `lines` lines `etcdctl watch <args>` prints, after which it is stopped.
+fn watch_lines(server: &Process, args: &str, lines: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(server.address.to_string())
+        .arg("watch")
+        .args(args.split_whitespace())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl runs");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (line, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            if line.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    while out.len() < lines {
+        match printed.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(l) => out.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        out.len(),
+        lines,
+        "etcdctl watch {args} printed only {out:?}"
+    );
+    out
+}
+
+#[test]
+fn watch_replays_history_with_its_options() {
+    let (etcd, strata) = std::thread::scope(|s| {
+        let etcd = s.spawn(Etcd::start);
+        let strata = s.spawn(Strata::start);
+        (etcd.join().unwrap(), strata.join().unwrap())
+    });
+    let history = [
+        "put k1 a",
+        "put k2 b",
+        "put k1 c",
+        "del k2",
+        "put other x",
+        "del --prefix k",
+    ];
+    for server in [&etcd.process, &strata.process] {
+        for c in history {
+            assert!(etcdctl(server, &call(c)).success, "{c}");
+        }
+    }
+    // Each event prints its type, key and value; with --prev-kv the previous pair comes between.
+    for (args, lines) in [
+        ("--prefix k --rev 1", 15),
+        ("--prefix k --rev 3 --prev-kv", 18),
+        ("k1 --rev 2 --prev-kv", 13),
+        ("--rev 4 -w json other", 1),
+        ("--rev 1 k k3", 15),
+    ] {
+        let want = watch_lines(&etcd, args, lines);
+        let got = watch_lines(&strata, args, lines);
+        let blank = |lines: Vec<String>, server: &Process| -> Vec<String> {
+            lines.iter().map(|l| normalise(l, server)).collect()
+        };
+        assert_eq!(
+            blank(got, &strata),
+            blank(want, &etcd),
+            "etcdctl watch {args}"
+        );
+    }
+}
