@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 /// etcd 3.5 release whose behaviour Strata reproduces; kube-apiserver reads it from Status.
 pub const ETCD_VERSION: &str = "3.5.33";
@@ -139,8 +140,16 @@ impl Server {
         for listener in listeners {
             let mut stopped = stopped.clone();
             let server = tonic::transport::Server::builder().add_routes(routes.clone());
+            // Replies are small and latency-bound: Nagle's algorithm would hold each one back
+            // until the client's delayed acknowledgement (tens of milliseconds).
+            let incoming = TcpListenerStream::new(listener).map(|stream| {
+                if let Ok(s) = &stream {
+                    let _ = s.set_nodelay(true);
+                }
+                stream
+            });
             tasks.push(tokio::spawn(server.serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                incoming,
                 async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 },

@@ -302,11 +302,11 @@ impl Writer {
                 }
                 return;
             }
-            // Watchers hear of the revisions before readers can see them, under the hub lock, so
-            // that a watcher catching up from the log cannot miss them.
+            // Under the hub lock, so that a watcher catching up from the log cannot miss them; the
+            // revisions are readable first, as a watcher asking for prev_kv reads the one before.
             let mut hub = self.hub.lock().expect("hub lock");
-            hub.notify(&entries);
             self.index.write().expect("index lock").committed = head;
+            hub.notify(&entries);
         }
         for (result, reply) in applied {
             let result = match result {

@@ -27,6 +27,9 @@ use tokio::sync::{mpsc, Notify};
 
 /// Most revisions replayed into one response for a watcher catching up (etcd's watchBatchMaxRevs).
 const MAX_REVISIONS_PER_REPLAY: usize = 1000;
+/// Most watchers replayed in one pass (etcd's maxWatchersPerSync): the pass holds the hub lock, and
+/// with it the writer's notifications.
+const MAX_WATCHERS_PER_PASS: usize = 512;
 /// Log events read per replay step.
 const REPLAY_CHUNK: usize = 10_000;
 /// How often watchers whose stream was full are retried (etcd retries victims every 100 ms).
@@ -218,8 +221,8 @@ impl WatchHub {
     }
 
     /// Sends each synced watcher its events of `entries`, newly committed, one response per
-    /// revision. Called by the writer before the revisions become visible to readers, so a watcher
-    /// that syncs meanwhile misses nothing.
+    /// revision. The writer calls it under the hub lock together with moving the committed revision,
+    /// so a watcher that syncs meanwhile misses nothing.
     pub fn notify(&mut self, entries: &[LogEntry]) {
         let mut fell_behind = Vec::new();
         let mut gone = Vec::new();
@@ -300,6 +303,7 @@ async fn replay_once(
         let work: Vec<(WatcherKey, i64)> = hub
             .unsynced
             .iter()
+            .take(MAX_WATCHERS_PER_PASS)
             .map(|k| (*k, hub.watchers[k].next))
             .collect();
         (committed, work)

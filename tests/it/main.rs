@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real servers on loopback ports.
 
+mod bench;
 mod differential;
 mod durability;
 mod etcdctl;

@@ -1,0 +1,283 @@
+//! `strata-bench`: drives any etcd v3 endpoint over gRPC with one workload and reports throughput
+//! and latency, for side-by-side runs against etcd and Strata (see `scripts/bench`).
+
+use clap::{Parser, ValueEnum};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use strata::proto::etcdserverpb::kv_client::KvClient;
+use strata::proto::etcdserverpb::request_op::Request;
+use strata::proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// Put random keys of the key space.
+    Put,
+    /// Get single random keys of the key space (written first).
+    Range,
+    /// Get a page of `--limit` keys from the start of the key space (written first).
+    RangePrefix,
+    /// Compare-and-swap: a txn that puts a key if its mod revision is the one last seen.
+    TxnPut,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "strata-bench", about = "Benchmarks an etcd v3 endpoint.")]
+struct Args {
+    #[arg(value_enum)]
+    workload: Workload,
+    /// Comma-separated endpoints (host:port or http://host:port); connections are spread over them.
+    #[arg(long, default_value = "127.0.0.1:2379", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// gRPC connections the clients share.
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    /// Requests in all.
+    #[arg(long, default_value_t = 10_000)]
+    total: u64,
+    #[arg(long, default_value_t = 8)]
+    key_size: usize,
+    #[arg(long, default_value_t = 256)]
+    val_size: usize,
+    /// Distinct keys the workload touches.
+    #[arg(long, default_value_t = 10_000)]
+    key_space: u64,
+    /// Keys per page for range-prefix.
+    #[arg(long, default_value_t = 100)]
+    limit: i64,
+    /// Serializable reads instead of linearizable ones.
+    #[arg(long)]
+    serializable: bool,
+    /// Print one JSON object instead of the human-readable report.
+    #[arg(long)]
+    json: bool,
+}
+
+fn key(args: &Args, n: u64) -> bytes::Bytes {
+    let digits = format!("{n:0width$}", width = args.key_size.max(1));
+    bytes::Bytes::from(format!("bench/{digits}"))
+}
+
+/// A cheap deterministic spread over the key space (splitmix64): no two clients hammer one key.
+fn spread(i: u64, space: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) % space.max(1)
+}
+
+async fn connect(args: &Args) -> anyhow::Result<Vec<KvClient<Channel>>> {
+    let mut clients = Vec::new();
+    for i in 0..args.conns.max(1) {
+        let endpoint = &args.endpoints[i % args.endpoints.len()];
+        let url = if endpoint.contains("://") {
+            endpoint.clone()
+        } else {
+            format!("http://{endpoint}")
+        };
+        let channel = Endpoint::from_shared(url)?.connect().await?;
+        clients.push(
+            KvClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX),
+        );
+    }
+    Ok(clients)
+}
+
+/// Writes every key of the key space once, for the read workloads.
+async fn fill(args: &Args, kv: &mut KvClient<Channel>) -> anyhow::Result<()> {
+    let value = bytes::Bytes::from(vec![b'v'; args.val_size]);
+    for n in 0..args.key_space {
+        kv.put(PutRequest {
+            key: key(args, n),
+            value: value.clone(),
+            ..Default::default()
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// One request of the workload; `i` numbers it among all requests.
+async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), tonic::Status> {
+    let value = bytes::Bytes::from(vec![b'v'; args.val_size]);
+    match args.workload {
+        Workload::Put => {
+            kv.put(PutRequest {
+                key: key(args, spread(i, args.key_space)),
+                value,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Workload::Range => {
+            kv.range(RangeRequest {
+                key: key(args, spread(i, args.key_space)),
+                serializable: args.serializable,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Workload::RangePrefix => {
+            kv.range(RangeRequest {
+                key: bytes::Bytes::from_static(b"bench/"),
+                range_end: bytes::Bytes::from_static(b"bench0"),
+                limit: args.limit,
+                serializable: args.serializable,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Workload::TxnPut => {
+            let k = key(args, spread(i, args.key_space));
+            let current = kv
+                .range(RangeRequest {
+                    key: k.clone(),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            let seen = current.kvs.first().map_or(0, |kv| kv.mod_revision);
+            kv.txn(TxnRequest {
+                compare: vec![Compare {
+                    key: k.clone(),
+                    target: CompareTarget::Mod as i32,
+                    result: CompareResult::Equal as i32,
+                    target_union: Some(TargetUnion::ModRevision(seen)),
+                    range_end: bytes::Bytes::new(),
+                }],
+                success: vec![RequestOp {
+                    request: Some(Request::RequestPut(PutRequest {
+                        key: k,
+                        value,
+                        ..Default::default()
+                    })),
+                }],
+                failure: Vec::new(),
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+struct Report {
+    requests: usize,
+    errors: u64,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Report {
+    fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let at = ((self.latencies.len() - 1) as f64 * p).round() as usize;
+        self.latencies[at]
+    }
+
+    fn throughput(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn print(&self, args: &Args) {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        if args.json {
+            println!(
+                "{{\"workload\":\"{:?}\",\"clients\":{},\"conns\":{},\"requests\":{},\"errors\":{},\
+                 \"seconds\":{:.3},\"throughput\":{:.1},\"p50_ms\":{:.3},\"p90_ms\":{:.3},\
+                 \"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+                args.workload,
+                args.clients,
+                args.conns,
+                self.requests,
+                self.errors,
+                self.elapsed.as_secs_f64(),
+                self.throughput(),
+                ms(self.percentile(0.5)),
+                ms(self.percentile(0.9)),
+                ms(self.percentile(0.99)),
+                ms(self.percentile(1.0)),
+            );
+        } else {
+            println!(
+                "{:?}: {} requests ({} errors) in {:.2}s by {} clients over {} connections",
+                args.workload,
+                self.requests,
+                self.errors,
+                self.elapsed.as_secs_f64(),
+                args.clients,
+                args.conns
+            );
+            println!("  throughput {:.1} req/s", self.throughput());
+            println!(
+                "  latency p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                ms(self.percentile(0.5)),
+                ms(self.percentile(0.9)),
+                ms(self.percentile(0.99)),
+                ms(self.percentile(1.0))
+            );
+        }
+    }
+}
+
+async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
+    let mut clients = connect(&args).await?;
+    if matches!(args.workload, Workload::Range | Workload::RangePrefix) {
+        fill(&args, &mut clients[0]).await?;
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let mut kv = clients[c % clients.len()].clone();
+        let (args, next, errors) = (args.clone(), next.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= args.total {
+                    return latencies;
+                }
+                let began = Instant::now();
+                match request(&args, &mut kv, i).await {
+                    Ok(()) => latencies.push(began.elapsed()),
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await?);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(Report {
+        requests: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Arc::new(Args::parse());
+    let report = run(args.clone()).await?;
+    report.print(&args);
+    if report.errors > 0 {
+        anyhow::bail!("{} requests failed", report.errors);
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! The benchmark tool runs each workload correctly against a real server (not a timing test).
+
+use crate::support::Strata;
+use std::process::Command;
+
+#[test]
+fn every_workload_runs_without_errors() {
+    let strata = Strata::start();
+    for workload in ["put", "range", "range-prefix", "txn-put"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+            .arg(workload)
+            .args(["--endpoints", &strata.address.to_string()])
+            .args(["--clients", "4", "--conns", "2", "--total", "40"])
+            .args(["--key-space", "20", "--limit", "5", "--json"])
+            .output()
+            .expect("strata-bench runs");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{workload}: {printed} {out:?}");
+        assert!(
+            printed.contains("\"requests\":40,\"errors\":0"),
+            "{workload}: {printed}"
+        );
+    }
+}
