@@ -3,7 +3,7 @@
 //! revision must match too.
 
 use crate::requests::*;
-use crate::support::{Etcd, Strata};
+use crate::support::start_both;
 use strata::proto::etcdserverpb::compare::{
     CompareResult as R, CompareTarget as T, TargetUnion as U,
 };
@@ -11,11 +11,7 @@ use strata::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use strata::proto::etcdserverpb::*;
 
 async fn differential(ops: Vec<Op>) {
-    let (etcd, strata) = std::thread::scope(|s| {
-        let etcd = s.spawn(Etcd::start);
-        let strata = s.spawn(Strata::start);
-        (etcd.join().unwrap(), strata.join().unwrap())
-    });
+    let (etcd, strata) = start_both();
     let mut e = etcd.kv().await;
     let mut s = strata.kv().await;
     for (i, op) in ops.iter().enumerate() {

@@ -1,7 +1,7 @@
 //! etcdctl (Debian's etcd-client) against Strata: the same command lines run against a fresh etcd and
 //! a fresh Strata must print the same thing and exit the same way.
 
-use crate::support::{etcdctl_binary, Etcd, Process, Strata};
+use crate::support::{etcdctl_binary, start_both, Process, Strata};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -97,11 +97,7 @@ fn normalise(text: &str, server: &Process) -> String {
 }
 
 fn same_output(calls: Vec<Call>) {
-    let (etcd, strata) = std::thread::scope(|s| {
-        let etcd = s.spawn(Etcd::start);
-        let strata = s.spawn(Strata::start);
-        (etcd.join().unwrap(), strata.join().unwrap())
-    });
+    let (etcd, strata) = start_both();
     for c in &calls {
         let want = etcdctl(&etcd, c);
         let got = etcdctl(&strata, c);
@@ -245,11 +241,7 @@ fn watch_lines(server: &Process, args: &str, lines: usize) -> Vec<String> {
 
 #[test]
 fn watch_replays_history_with_its_options() {
-    let (etcd, strata) = std::thread::scope(|s| {
-        let etcd = s.spawn(Etcd::start);
-        let strata = s.spawn(Strata::start);
-        (etcd.join().unwrap(), strata.join().unwrap())
-    });
+    let (etcd, strata) = start_both();
     let history = [
         "put k1 a",
         "put k2 b",

@@ -213,3 +213,12 @@ pub fn etcd_binary() -> String {
 pub fn etcdctl_binary() -> String {
     std::env::var("STRATA_TEST_ETCDCTL").unwrap_or_else(|_| "etcdctl".to_owned())
 }
+
+/// A fresh etcd and a fresh Strata, started side by side.
+pub fn start_both() -> (Etcd, Strata) {
+    std::thread::scope(|s| {
+        let etcd = s.spawn(Etcd::start);
+        let strata = s.spawn(Strata::start);
+        (etcd.join().unwrap(), strata.join().unwrap())
+    })
+}

@@ -2,7 +2,7 @@
 //! compared; and what etcd 3.4 (the one Debian has) cannot be compared on, against Strata alone.
 
 use crate::requests::*;
-use crate::support::{Etcd, Process, Strata};
+use crate::support::{start_both, Process, Strata};
 use std::time::Duration;
 use strata::proto::etcdserverpb::kv_client::KvClient;
 use strata::proto::etcdserverpb::watch_client::WatchClient;
@@ -51,6 +51,17 @@ impl Stream {
             })
             .await
             .unwrap();
+    }
+
+    /// The mod revisions of the next `n` events, whatever responses carry them.
+    async fn event_revisions(&mut self, n: usize) -> Vec<i64> {
+        let mut revisions = Vec::new();
+        while revisions.len() < n {
+            for r in self.next(1).await {
+                revisions.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
+            }
+        }
+        revisions
     }
 
     /// The next `n` responses, ids and term blanked, ordered by watch id (etcd sends one revision's
@@ -138,11 +149,7 @@ async fn play(server: &Process, script: &[Step]) -> Vec<Vec<WatchResponse>> {
 }
 
 async fn same_responses(script: Vec<Step>) {
-    let (etcd, strata) = std::thread::scope(|s| {
-        let etcd = s.spawn(Etcd::start);
-        let strata = s.spawn(Strata::start);
-        (etcd.join().unwrap(), strata.join().unwrap())
-    });
+    let (etcd, strata) = start_both();
     let want = play(&etcd, &script).await;
     let got = play(&strata, &script).await;
     for (i, (got, want)) in got.iter().zip(&want).enumerate() {
@@ -332,19 +339,8 @@ async fn stalled_stream_blocks_nobody_and_catches_up() {
             kv.put(put(&format!("k{i:05}"), &value)).await.unwrap();
         }
     });
-    let mut revisions = Vec::new();
-    while revisions.len() < writes {
-        for r in live.next(1).await {
-            revisions.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
-        }
-    }
+    let every = (2..2 + writes as i64).collect::<Vec<_>>();
+    assert_eq!(live.event_revisions(writes).await, every);
     writer.await.unwrap();
-    assert_eq!(revisions, (2..2 + writes as i64).collect::<Vec<_>>());
-    let mut revisions = Vec::new();
-    while revisions.len() < writes {
-        for r in stalled.next(1).await {
-            revisions.extend(r.events.iter().map(|e| e.kv.as_ref().unwrap().mod_revision));
-        }
-    }
-    assert_eq!(revisions, (2..2 + writes as i64).collect::<Vec<_>>());
+    assert_eq!(stalled.event_revisions(writes).await, every);
 }
