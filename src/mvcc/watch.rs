@@ -158,14 +158,19 @@ impl WatchHub {
             return false;
         };
         self.unsynced.remove(&key);
+        self.leave_synced(key, &w.spec.key);
+        true
+    }
+
+    /// Takes a watcher of `watched` out of the synced group.
+    fn leave_synced(&mut self, key: WatcherKey, watched: &Bytes) {
         self.ranges.remove(&key);
-        if let Some(set) = self.by_key.get_mut(&w.spec.key) {
+        if let Some(set) = self.by_key.get_mut(watched) {
             set.remove(&key);
             if set.is_empty() {
-                self.by_key.remove(&w.spec.key);
+                self.by_key.remove(watched);
             }
         }
-        true
     }
 
     /// Reports progress at `committed` on `stream` under `watch_id` if every one of `keys` has been
@@ -208,14 +213,8 @@ impl WatchHub {
     }
 
     fn mark_unsynced(&mut self, key: WatcherKey) {
-        let w = &self.watchers[&key];
-        if let Some(set) = self.by_key.get_mut(&w.spec.key) {
-            set.remove(&key);
-            if set.is_empty() {
-                self.by_key.remove(&w.spec.key);
-            }
-        }
-        self.ranges.remove(&key);
+        let watched = self.watchers[&key].spec.key.clone();
+        self.leave_synced(key, &watched);
         self.unsynced.insert(key);
         self.wake.notify_one();
     }
