@@ -27,6 +27,10 @@ pub enum Error {
     FutureRevision,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: mvcc: database space exceeded")]
     NoSpace,
     /// The store could not make a write durable or read it back; the write was not acknowledged.
@@ -50,8 +54,9 @@ impl Error {
             | Error::DuplicateKey
             | Error::InvalidSortOption
             | Error::RequestTooLarge => Code::InvalidArgument,
-            Error::Compacted | Error::FutureRevision => Code::OutOfRange,
+            Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
+            Error::LeaseExists => Code::FailedPrecondition,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod kv;
+mod lease;
 mod maintenance;
 pub mod validation;
 mod watch;
@@ -13,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
@@ -115,6 +117,11 @@ impl Server {
             )
             .add_service(
                 MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LeaseServer::new(lease::LeaseService(context.clone()))
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
             )

@@ -3,22 +3,23 @@
 //! Tables:
 //! - `log`: (main, sub) → an encoded `mvccpb::Event`, one row per change.
 //! - `meta`: "head", "compacted", "cluster_id", "member_id" → u64.
+//! - `leases`: lease id → TTL in seconds.
 //!
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
 
-use super::{Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
+use super::{random_id, Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use prost::Message;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
 /// Rows removed per commit during physical compaction, so that appends are never held up for long.
 const REMOVE_BATCH: usize = 10_000;
@@ -62,6 +63,7 @@ impl Embedded {
         let tx = db.begin_write().map_err(storage)?;
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
+            tx.open_table(LEASES).map_err(storage)?;
             let mut meta = tx.open_table(META).map_err(storage)?;
             let mut id = |name: &str| -> Result<u64> {
                 if let Some(v) = meta.get(name).map_err(storage)? {
@@ -113,18 +115,6 @@ impl Embedded {
         .await
         .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
     }
-}
-
-fn random_id() -> u64 {
-    // RandomState is seeded from the OS's randomness; ids only need to be unique, not secret.
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    h.finish().max(1)
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
@@ -266,6 +256,46 @@ impl Backend for Embedded {
         Ok(())
     }
 
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(LEASES)
+                .map_err(storage)?
+                .insert(id, ttl)
+                .map_err(storage)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn remove_lease(&self, id: i64) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(LEASES)
+                .map_err(storage)?
+                .remove(id)
+                .map_err(storage)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let leases = tx.open_table(LEASES).map_err(storage)?;
+            leases
+                .iter()
+                .map_err(storage)?
+                .map(|row| {
+                    let (id, ttl) = row.map_err(storage)?;
+                    Ok((id.value(), ttl.value()))
+                })
+                .collect()
+        })
+        .await
+    }
+
     fn usage(&self) -> Usage {
         // redb reports allocated pages only inside a write transaction, which would wait for the
         // writer; the file size answers at once and is what `--quota-backend-bytes` limits.
@@ -288,6 +318,7 @@ mod tests {
         conformance::append_and_read_back(&Embedded::in_memory().unwrap()).await;
         conformance::append_out_of_order_is_refused(&Embedded::in_memory().unwrap()).await;
         conformance::compaction_removes_and_is_remembered(&Embedded::in_memory().unwrap()).await;
+        conformance::leases_are_recorded_and_forgotten(&Embedded::in_memory().unwrap()).await;
     }
 
     #[tokio::test]

@@ -62,6 +62,20 @@ pub enum BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// A random non-zero id (cluster and member ids, lease ids). RandomState is seeded from the OS's
+/// randomness; ids only need to be unique, not secret.
+pub(crate) fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish().max(1)
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     fn identity(&self) -> Identity;
@@ -84,6 +98,15 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Physically removes the changes at `revisions`, which compaction made unreachable.
     async fn remove(&self, revisions: &[Revision]) -> Result<()>;
+
+    /// Durably records a granted lease and its TTL in seconds.
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()>;
+
+    /// Durably forgets a lease (its keys are already deleted).
+    async fn remove_lease(&self, id: i64) -> Result<()>;
+
+    /// Every lease recorded, as (id, TTL), in id order.
+    async fn leases(&self) -> Result<Vec<(i64, i64)>>;
 
     fn usage(&self) -> Usage;
 }
@@ -171,6 +194,16 @@ pub(crate) mod conformance {
         b.append(&log[..1]).await.unwrap();
         assert!(b.append(&log[..1]).await.is_err());
         assert_eq!(b.progress().await.unwrap().head, 2);
+    }
+
+    pub async fn leases_are_recorded_and_forgotten(b: &dyn Backend) {
+        assert_eq!(b.leases().await.unwrap(), vec![]);
+        b.put_lease(7, 60).await.unwrap();
+        b.put_lease(3, 10).await.unwrap();
+        assert_eq!(b.leases().await.unwrap(), vec![(3, 10), (7, 60)]);
+        b.remove_lease(3).await.unwrap();
+        b.remove_lease(99).await.unwrap();
+        assert_eq!(b.leases().await.unwrap(), vec![(7, 60)]);
     }
 
     pub async fn compaction_removes_and_is_remembered(b: &dyn Backend) {

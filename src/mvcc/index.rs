@@ -9,7 +9,7 @@ use super::Revision;
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::KeyValue;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 #[derive(Default)]
@@ -21,6 +21,8 @@ pub struct Index {
     pub committed: i64,
     /// Reads below this revision are refused.
     pub compacted: i64,
+    /// The live keys attached to each lease.
+    by_lease: HashMap<i64, BTreeSet<Bytes>>,
 }
 
 #[derive(Default)]
@@ -160,13 +162,39 @@ impl Index {
         Ok(at)
     }
 
+    /// The live keys attached to lease `id`, in key order.
+    pub fn lease_keys(&self, id: i64) -> Vec<Bytes> {
+        self.by_lease
+            .get(&id)
+            .map_or_else(Vec::new, |keys| keys.iter().cloned().collect())
+    }
+
+    /// Moves `key` from the lease of `old` to the lease of `new` (0 or no value: none).
+    fn relink(&mut self, key: &Bytes, old: Option<&Live>, new: Option<&Live>) {
+        let lease = |l: Option<&Live>| l.map_or(0, |l| l.lease);
+        let (old, new) = (lease(old), lease(new));
+        if old == new {
+            return;
+        }
+        if let Some(keys) = self.by_lease.get_mut(&old) {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_lease.remove(&old);
+            }
+        }
+        if new != 0 {
+            self.by_lease.entry(new).or_default().insert(key.clone());
+        }
+    }
+
     pub fn put(&mut self, key: Bytes, rev: Revision, live: Live, undo: &mut Undo) -> KeyValue {
         let entry = self.keys.entry(key.clone()).or_default();
         entry.index.put(rev);
-        let old = entry.live.replace(live);
+        let kr = entry.index.get(rev.main).expect("just put");
+        let old = entry.live.replace(live.clone());
+        self.relink(&key, old.as_ref(), Some(&live));
         undo.changes.push((key.clone(), old));
         self.current = rev.main;
-        let kr = entry.index.get(rev.main).expect("just put");
         self.found(&key, kr, true).kv
     }
 
@@ -178,20 +206,28 @@ impl Index {
         if !entry.index.tombstone(rev) {
             return false;
         }
-        undo.changes.push((key.clone(), entry.live.take()));
+        let old = entry.live.take();
+        self.relink(key, old.as_ref(), None);
+        undo.changes.push((key.clone(), old));
         self.current = rev.main;
         true
     }
 
     /// Undoes every change recorded in `undo` since `mark`, all of them at revisions above `to`.
     pub fn rollback(&mut self, undo: &mut Undo, mark: usize, to: i64) {
-        for (key, old) in undo.changes.drain(mark..).rev() {
-            if let Some(entry) = self.keys.get_mut(&key) {
-                entry.index.truncate_after(to);
-                entry.live = old;
-                if entry.index.is_empty() {
-                    self.keys.remove(&key);
-                }
+        let changes: Vec<_> = undo.changes.drain(mark..).rev().collect();
+        for (key, old) in &changes {
+            let Some(entry) = self.keys.get_mut(key) else {
+                continue;
+            };
+            entry.index.truncate_after(to);
+            let undone = std::mem::replace(&mut entry.live, old.clone());
+            self.relink(key, undone.as_ref(), old.as_ref());
+        }
+        // Only now: a key changed twice must be found again by the second undo.
+        for (key, _) in &changes {
+            if self.keys.get(key).is_some_and(|e| e.index.is_empty()) {
+                self.keys.remove(key);
             }
         }
         self.current = to;
@@ -199,17 +235,20 @@ impl Index {
 
     /// Rebuilds a key's history from one logged change.
     pub fn restore(&mut self, rev: Revision, kv: KeyValue, is_put: bool) {
-        let entry = self.keys.entry(kv.key.clone()).or_default();
-        if is_put {
+        let key = kv.key.clone();
+        let entry = self.keys.entry(key.clone()).or_default();
+        let live = if is_put {
             entry.index.restore(rev, kv.create_revision, kv.version);
-            entry.live = Some(Live {
+            Some(Live {
                 value: kv.value,
                 lease: kv.lease,
-            });
+            })
         } else {
             entry.index.restore_tombstone(rev);
-            entry.live = None;
-        }
+            None
+        };
+        let old = std::mem::replace(&mut entry.live, live.clone());
+        self.relink(&key, old.as_ref(), live.as_ref());
     }
 
     /// Forgets history no read at or after `at` can see; returns the revisions to remove from the log.
@@ -225,5 +264,55 @@ impl Index {
 
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(index: &mut Index, undo: &mut Undo, key: &'static str, main: i64, lease: i64) {
+        let live = Live {
+            value: Bytes::new(),
+            lease,
+        };
+        index.put(
+            Bytes::from_static(key.as_bytes()),
+            Revision { main, sub: 0 },
+            live,
+            undo,
+        );
+    }
+
+    fn keys(index: &Index, lease: i64) -> Vec<Bytes> {
+        index.lease_keys(lease)
+    }
+
+    #[test]
+    fn lease_attachments_follow_puts_deletes_and_rollbacks() {
+        let mut index = Index::default();
+        let mut undo = Undo::default();
+        put(&mut index, &mut undo, "a", 2, 1);
+        put(&mut index, &mut undo, "b", 3, 1);
+        assert_eq!(keys(&index, 1), vec!["a", "b"]);
+        let mark = undo.mark();
+        // Moved to another lease, deleted, and a new key leased twice: all undone.
+        put(&mut index, &mut undo, "a", 4, 2);
+        index.tombstone(
+            &Bytes::from_static(b"b"),
+            Revision { main: 4, sub: 1 },
+            &mut undo,
+        );
+        put(&mut index, &mut undo, "c", 4, 2);
+        put(&mut index, &mut undo, "c", 5, 3);
+        assert_eq!(keys(&index, 1), Vec::<Bytes>::new());
+        assert_eq!(keys(&index, 2), vec!["a"]);
+        assert_eq!(keys(&index, 3), vec!["c"]);
+        index.rollback(&mut undo, mark, 3);
+        assert_eq!(keys(&index, 1), vec!["a", "b"]);
+        assert_eq!(keys(&index, 2), Vec::<Bytes>::new());
+        assert_eq!(keys(&index, 3), Vec::<Bytes>::new());
+        assert!(index.get(b"c").is_none());
+        assert_eq!(index.get(b"a").unwrap().lease, 1);
     }
 }

@@ -5,6 +5,7 @@
 
 mod index;
 mod key_index;
+pub mod lessor;
 mod range;
 mod store;
 mod txn;

@@ -7,19 +7,23 @@
 //! see can be lost by a crash.
 
 use super::index::{Index, Undo};
+use super::lessor::{self, Lease, Lessor};
 use super::range;
 use super::txn::{self, TxnOutcome};
 use super::watch::{self, Notice, WatchHub, WatchSpec, WatcherKey};
 use crate::backend::{Backend, Identity, LogEntry, Usage};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
+    TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::Event;
+use bytes::Bytes;
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::time::Instant;
 
 /// The most writes one commit takes; more wait for the next.
 const MAX_BATCH: usize = 1024;
@@ -32,6 +36,12 @@ pub struct Store {
     writes: mpsc::Sender<Queued>,
     /// Locked before the index whenever both are.
     hub: Arc<Mutex<WatchHub>>,
+    /// Locked before the index whenever both are; never together with the hub.
+    lessor: Arc<Mutex<Lessor>>,
+    /// Wakes the expiry task when a lease may have become the next to expire.
+    lease_granted: Arc<Notify>,
+    /// Serialises grants, so that two grants of one id cannot both succeed.
+    granting: tokio::sync::Mutex<()>,
 }
 
 enum Write {
@@ -39,6 +49,8 @@ enum Write {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// Revoke lease: delete its keys, then forget it.
+    Revoke(i64),
 }
 
 enum Written {
@@ -46,6 +58,7 @@ enum Written {
     Delete(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    Revoke(LeaseRevokeResponse),
 }
 
 struct Queued {
@@ -80,16 +93,30 @@ impl Store {
             keys = index.len(),
             "recovered the key index from the log"
         );
+        // Every lease starts a full TTL again, as etcd renews them all under a new leader.
+        let mut leases = Lessor::default();
+        let now = Instant::now();
+        for (id, ttl) in backend.leases().await? {
+            leases.grant(id, ttl, now);
+        }
         let index = Arc::new(RwLock::new(index));
         let hub = Arc::new(Mutex::new(WatchHub::default()));
+        let lessor = Arc::new(Mutex::new(leases));
+        let lease_granted = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let writer = Writer {
             index: index.clone(),
             backend: backend.clone(),
             hub: hub.clone(),
+            lessor: lessor.clone(),
             unresolved: None,
         };
         tokio::spawn(writer.run(rx));
+        tokio::spawn(expire_leases(
+            lessor.clone(),
+            lease_granted.clone(),
+            tx.clone(),
+        ));
         tokio::spawn(watch::sync_unsynced(
             hub.clone(),
             index.clone(),
@@ -100,6 +127,9 @@ impl Store {
             backend,
             writes: tx,
             hub,
+            lessor,
+            lease_granted,
+            granting: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -154,6 +184,69 @@ impl Store {
             Written::Compact(r) => Ok(r),
             _ => unreachable!("a compaction is answered by a compaction"),
         }
+    }
+
+    /// Grants a lease (`id` 0: one the server picks) with `ttl` seconds, at least etcd's minimum;
+    /// durable before it is answered. Returns the id and the TTL granted.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> Result<(i64, i64)> {
+        if ttl > lessor::MAX_LEASE_TTL {
+            return Err(Error::LeaseTtlTooLarge);
+        }
+        let ttl = lessor::granted_ttl(ttl);
+        let _granting = self.granting.lock().await;
+        let id = {
+            let leases = self.lessor.lock().expect("lessor lock");
+            match id {
+                0 => loop {
+                    let candidate = crate::backend::random_id() as i64 & i64::MAX;
+                    if candidate != 0 && !leases.contains(candidate) {
+                        break candidate;
+                    }
+                },
+                id if leases.contains(id) => return Err(Error::LeaseExists),
+                id => id,
+            }
+        };
+        self.backend.put_lease(id, ttl).await?;
+        self.lessor
+            .lock()
+            .expect("lessor lock")
+            .grant(id, ttl, Instant::now());
+        self.lease_granted.notify_one();
+        Ok((id, ttl))
+    }
+
+    /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten.
+    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
+        match self.write(Write::Revoke(id)).await? {
+            Written::Revoke(r) => Ok(r),
+            _ => unreachable!("a revoke is answered by a revoke"),
+        }
+    }
+
+    /// Keeps a lease alive for another TTL; None if it does not exist or has expired.
+    pub fn lease_renew(&self, id: i64) -> Option<i64> {
+        self.lessor
+            .lock()
+            .expect("lessor lock")
+            .renew(id, Instant::now())
+    }
+
+    /// A lease's seconds left and granted TTL, and its keys if asked for.
+    pub fn lease_time_to_live(&self, id: i64, keys: bool) -> Option<(i64, i64, Vec<Bytes>)> {
+        let leases = self.lessor.lock().expect("lessor lock");
+        let (granted, left) = leases.time_to_live(id, Instant::now())?;
+        let keys = if keys {
+            self.index.read().expect("index lock").lease_keys(id)
+        } else {
+            Vec::new()
+        };
+        Some((left, granted, keys))
+    }
+
+    /// Every live lease id.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.lessor.lock().expect("lessor lock").ids()
     }
 
     /// Starts a watcher whose notices go to `stream`, announced through `created`. A start revision
@@ -219,6 +312,43 @@ impl Store {
     }
 }
 
+/// Revokes leases as they expire, through the writer like a client's revoke.
+async fn expire_leases(
+    lessor: Arc<Mutex<Lessor>>,
+    granted: Arc<Notify>,
+    writes: mpsc::Sender<Queued>,
+) {
+    loop {
+        let next = lessor.lock().expect("lessor lock").next_deadline();
+        match next {
+            Some(deadline) => tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = granted.notified() => continue,
+            },
+            None => {
+                granted.notified().await;
+                continue;
+            }
+        }
+        let expired = lessor
+            .lock()
+            .expect("lessor lock")
+            .take_expired(Instant::now());
+        for id in expired {
+            // The answer is not awaited: a revoke that fails is retried when the lease comes due
+            // again.
+            let (reply, _) = oneshot::channel();
+            let queued = Queued {
+                write: Write::Revoke(id),
+                reply,
+            };
+            if writes.send(queued).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 fn restore(index: &mut Index, entry: LogEntry) {
     for (sub, event) in entry.events.into_iter().enumerate() {
         let rev = super::Revision {
@@ -236,6 +366,7 @@ struct Writer {
     index: Arc<RwLock<Index>>,
     backend: Arc<dyn Backend>,
     hub: Arc<Mutex<WatchHub>>,
+    lessor: Arc<Mutex<Lessor>>,
     /// The undo log of a batch whose append failed and whose fate the backend has not told yet.
     unresolved: Option<Undo>,
 }
@@ -282,10 +413,13 @@ impl Writer {
         let mut undo = Undo::default();
         let mut entries = Vec::new();
         let mut applied = Vec::with_capacity(group.len());
+        let mut revoked = Vec::new();
         {
+            let mut leases = self.lessor.lock().expect("lessor lock");
             let mut index = self.index.write().expect("index lock");
             for q in group {
-                let (result, entry) = apply(&mut index, &mut undo, q.write);
+                let (result, entry) =
+                    apply(&mut index, &mut undo, &mut leases, &mut revoked, q.write);
                 entries.extend(entry);
                 applied.push((result, q.reply));
             }
@@ -297,6 +431,8 @@ impl Writer {
                 let e = Error::from(e);
                 self.unresolved = Some(undo);
                 let _ = self.resolve().await;
+                let durable = self.index.read().expect("index lock").committed == head;
+                self.settle_revokes(revoked, durable).await;
                 for (_, reply) in applied {
                     let _ = reply.send(Err(e.clone()));
                 }
@@ -308,6 +444,7 @@ impl Writer {
             self.index.write().expect("index lock").committed = head;
             hub.notify(&entries);
         }
+        self.settle_revokes(revoked, true).await;
         for (result, reply) in applied {
             let result = match result {
                 Applied::Done(r) => r,
@@ -317,6 +454,19 @@ impl Writer {
                     .map(|()| Written::Txn(outcome.finish())),
             };
             let _ = reply.send(result);
+        }
+    }
+
+    /// Forgets the leases whose keys' deletion is durable; takes back the others, still recorded.
+    async fn settle_revokes(&self, revoked: Vec<(i64, Lease)>, durable: bool) {
+        for (id, lease) in revoked {
+            if !durable {
+                self.lessor.lock().expect("lessor lock").restore(id, lease);
+            } else if let Err(e) = self.backend.remove_lease(id).await {
+                // Its keys are gone; the record brings back an empty lease at restart, which
+                // then expires.
+                tracing::warn!(lease = id, error = %e, "could not forget a revoked lease");
+            }
         }
     }
 
@@ -382,9 +532,15 @@ impl Writer {
     }
 }
 
-fn apply(index: &mut Index, undo: &mut Undo, write: Write) -> (Applied, Option<LogEntry>) {
+fn apply(
+    index: &mut Index,
+    undo: &mut Undo,
+    leases: &mut Lessor,
+    revoked: &mut Vec<(i64, Lease)>,
+    write: Write,
+) -> (Applied, Option<LogEntry>) {
     match write {
-        Write::Put(req) => match txn::put(index, undo, &req) {
+        Write::Put(req) => match txn::put(index, undo, leases, &req) {
             Ok((resp, entry)) => (Applied::Done(Ok(Written::Put(resp))), entry),
             Err(e) => (Applied::Done(Err(e)), None),
         },
@@ -392,10 +548,25 @@ fn apply(index: &mut Index, undo: &mut Undo, write: Write) -> (Applied, Option<L
             let (resp, entry) = txn::delete_range(index, undo, &req);
             (Applied::Done(Ok(Written::Delete(resp))), entry)
         }
-        Write::Txn(req) => match txn::txn(index, undo, &req) {
+        Write::Txn(req) => match txn::txn(index, undo, leases, &req) {
             Ok((outcome, entry)) => (Applied::Txn(outcome), entry),
             Err(e) => (Applied::Done(Err(e)), None),
         },
+        Write::Revoke(id) => {
+            // Gone from the lessor at once, so that no later write of the batch attaches to it.
+            let Some(lease) = leases.remove(id) else {
+                return (Applied::Done(Err(Error::LeaseNotFound)), None);
+            };
+            revoked.push((id, lease));
+            let (revision, entry) = txn::revoke(index, undo, id);
+            let resp = LeaseRevokeResponse {
+                header: Some(ResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+            };
+            (Applied::Done(Ok(Written::Revoke(resp))), entry)
+        }
         Write::Compact(_) => unreachable!("compactions are run apart from batches"),
     }
 }
@@ -411,6 +582,7 @@ mod tests {
     use crate::proto::mvccpb::KeyValue;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
+    use std::time::Duration;
 
     #[derive(Clone, Debug)]
     enum Step {
@@ -573,6 +745,75 @@ mod tests {
             }
             check(&store, &model).await;
         }
+    }
+
+    /// With the clock paused, a lease expires exactly one TTL after its grant (or last renewal),
+    /// and its keys are deleted in one revision that watchers see.
+    #[tokio::test(start_paused = true)]
+    async fn expired_lease_deletes_its_keys_in_one_revision() {
+        use super::watch::NoticeKind;
+        let backend: Arc<dyn Backend> = Arc::new(Embedded::in_memory().unwrap());
+        let store = Store::open(backend).await.unwrap();
+        let start = Instant::now();
+        let (id, ttl) = store.lease_grant(0, 1).await.unwrap();
+        assert_eq!(ttl, lessor::MIN_LEASE_TTL);
+        for k in [0, 1] {
+            store
+                .put(PutRequest {
+                    lease: id,
+                    ..put_request(k, k)
+                })
+                .await
+                .unwrap();
+        }
+        store.put(put_request(2, 2)).await.unwrap();
+        let (notices, mut heard) = mpsc::channel(16);
+        let spec = WatchSpec {
+            key: key(0),
+            range_end: key(9),
+            ..Default::default()
+        };
+        store.watch(spec, notices.clone(), notices.reserve().await.unwrap());
+        assert_eq!(heard.recv().await.unwrap().kind, NoticeKind::Created);
+        // Kept alive after one second: due at three.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(store.lease_renew(id), Some(2));
+        let deleted = heard.recv().await.unwrap();
+        assert!(
+            start.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            start.elapsed()
+        );
+        let NoticeKind::Events(events) = deleted.kind else {
+            panic!("expected the deletes, got {deleted:?}");
+        };
+        let deletes: Vec<(bytes::Bytes, i64)> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.kv.as_ref().unwrap().key.clone(),
+                    e.kv.as_ref().unwrap().mod_revision,
+                )
+            })
+            .collect();
+        assert_eq!(deletes, vec![(key(0), 5), (key(1), 5)]);
+        assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32));
+        assert_eq!(store.lease_time_to_live(id, false), None);
+        assert_eq!(
+            store.lease_revoke(id).await.unwrap_err(),
+            Error::LeaseNotFound
+        );
+        let all = RangeRequest {
+            key: key(0),
+            range_end: key(9),
+            ..Default::default()
+        };
+        assert_eq!(store.range(&all).await.unwrap().kvs.len(), 1);
     }
 
     proptest! {

@@ -3,6 +3,7 @@
 //! evaluated against the state before it, and its reads see its own earlier writes.
 
 use super::index::{Index, KeyRange, Live, Undo};
+use super::lessor::Lessor;
 use super::range::{self, PendingRange};
 use super::Revision;
 use crate::backend::{Backend, LogEntry};
@@ -217,16 +218,15 @@ impl TxnOutcome {
 
 /// Checks a put's preconditions against the state before it: ignore_value and ignore_lease need
 /// the key to exist; a lease must exist.
-fn check_put(index: &Index, req: &PutRequest) -> Result<()> {
+fn check_put(index: &Index, leases: &Lessor, req: &PutRequest) -> Result<()> {
     if (req.ignore_value || req.ignore_lease) && index.get(&req.key).is_none() {
         return Err(Error::KeyNotFound);
     }
-    check_lease(req.lease)
+    check_lease(leases, req.lease)
 }
 
-fn check_lease(lease: i64) -> Result<()> {
-    // No lease can exist until the lessor is built (the lease issue); etcd refuses unknown ones so.
-    if lease != 0 {
+fn check_lease(leases: &Lessor, lease: i64) -> Result<()> {
+    if lease != 0 && !leases.contains(lease) {
         return Err(Error::LeaseNotFound);
     }
     Ok(())
@@ -235,11 +235,12 @@ fn check_lease(lease: i64) -> Result<()> {
 pub fn put(
     index: &mut Index,
     undo: &mut Undo,
+    leases: &Lessor,
     req: &PutRequest,
 ) -> Result<(PutResponse, Option<LogEntry>)> {
     // A plain Put checks its lease before its key, a Put in a txn the other way round (as etcd).
-    check_lease(req.lease)?;
-    check_put(index, req)?;
+    check_lease(leases, req.lease)?;
+    check_put(index, leases, req)?;
     let mut w = TxnWrite::new(index, undo);
     let resp = w.put(req);
     Ok((resp, w.into_entry()))
@@ -255,9 +256,24 @@ pub fn delete_range(
     (resp, w.into_entry())
 }
 
+/// Deletes every key attached to lease `id`, in one revision if there are any; returns the
+/// revision the response header reports.
+pub fn revoke(index: &mut Index, undo: &mut Undo, id: i64) -> (i64, Option<LogEntry>) {
+    let keys = index.lease_keys(id);
+    let mut w = TxnWrite::new(index, undo);
+    for key in keys {
+        w.delete_range(&DeleteRangeRequest {
+            key,
+            ..Default::default()
+        });
+    }
+    (w.view(), w.into_entry())
+}
+
 pub fn txn(
     index: &mut Index,
     undo: &mut Undo,
+    leases: &Lessor,
     req: &TxnRequest,
 ) -> Result<(TxnOutcome, Option<LogEntry>)> {
     let mut path = Vec::new();
@@ -266,7 +282,7 @@ pub fn txn(
     // etcd's first kept revision: -1 until the first compaction.
     let first = index.compacted;
     for_each_chosen_op(req, &mut path.iter().copied(), &mut |op| match op {
-        Request::RequestPut(p) => check_put(index, p),
+        Request::RequestPut(p) => check_put(index, leases, p),
         _ => Ok(()),
     })?;
     for_each_chosen_op(req, &mut path.iter().copied(), &mut |op| match op {

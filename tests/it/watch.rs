@@ -17,7 +17,7 @@ use tonic::Streaming;
 /// How long a response may take before the test fails: generous, it only bounds a failing test.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-struct Stream {
+pub struct Stream {
     requests: mpsc::Sender<WatchRequest>,
     /// The call, until its response headers have come: etcd sends them with its first response.
     call: Option<tokio::task::JoinHandle<Streaming<WatchResponse>>>,
@@ -25,7 +25,7 @@ struct Stream {
 }
 
 impl Stream {
-    async fn open(server: &Process) -> Stream {
+    pub async fn open(server: &Process) -> Stream {
         let (requests, rx) = mpsc::channel(16);
         // etcd's clients accept responses of any size, as a replay can be large.
         let mut client =
@@ -44,7 +44,7 @@ impl Stream {
         }
     }
 
-    async fn send(&self, request: RequestUnion) {
+    pub async fn send(&self, request: RequestUnion) {
         self.requests
             .send(WatchRequest {
                 request_union: Some(request),
@@ -66,7 +66,7 @@ impl Stream {
 
     /// The next `n` responses, ids and term blanked, ordered by watch id (etcd sends one revision's
     /// responses to different watchers in no set order).
-    async fn next(&mut self, n: usize) -> Vec<WatchResponse> {
+    pub async fn next(&mut self, n: usize) -> Vec<WatchResponse> {
         let mut out = Vec::new();
         if n == 0 {
             return out;
@@ -98,7 +98,7 @@ fn blank(mut r: WatchResponse) -> WatchResponse {
     r
 }
 
-fn create(key: &str, end: &str, start_revision: i64) -> WatchCreateRequest {
+pub fn create(key: &str, end: &str, start_revision: i64) -> WatchCreateRequest {
     WatchCreateRequest {
         key: b(key),
         range_end: b(end),
