@@ -22,3 +22,20 @@ fn every_workload_runs_without_errors() {
         );
     }
 }
+
+#[test]
+fn watch_workload_delivers_every_event() {
+    let strata = Strata::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("watch")
+        .args(["--endpoints", &strata.address.to_string()])
+        .args(["--watchers", "40", "--streams", "4", "--rate", "500"])
+        .args(["--total", "50", "--key-space", "10", "--json"])
+        .output()
+        .expect("strata-bench runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed} {told}");
+    assert!(printed.contains("\"errors\":0"), "{printed}");
+    assert!(told.contains("50 puts at"), "{told}");
+}

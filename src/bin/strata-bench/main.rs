@@ -1,6 +1,8 @@
 //! `strata-bench`: drives any etcd v3 endpoint over gRPC with one workload and reports throughput
 //! and latency, for side-by-side runs against etcd and Strata (see `scripts/bench`).
 
+mod watch;
+
 use clap::{Parser, ValueEnum};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +23,9 @@ enum Workload {
     RangePrefix,
     /// Compare-and-swap: a txn that puts a key if its mod revision is the one last seen.
     TxnPut,
+    /// `--watchers` watchers over `--streams` streams while `--total` puts arrive at `--rate`;
+    /// reports event delivery latency.
+    Watch,
 }
 
 #[derive(Debug, Parser)]
@@ -53,6 +58,18 @@ struct Args {
     /// Serializable reads instead of linearizable ones.
     #[arg(long)]
     serializable: bool,
+    /// Watchers, for the watch workload.
+    #[arg(long, default_value_t = 10_000)]
+    watchers: usize,
+    /// Watch streams the watchers are spread over.
+    #[arg(long, default_value_t = 100)]
+    streams: usize,
+    /// Puts per second, for the watch workload.
+    #[arg(long, default_value_t = 1000)]
+    rate: u64,
+    /// The server's process id, to report its memory per watcher (Linux, same machine).
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     json: bool,
@@ -71,8 +88,8 @@ fn spread(i: u64, space: u64) -> u64 {
     (z ^ (z >> 31)) % space.max(1)
 }
 
-async fn connect(args: &Args) -> anyhow::Result<Vec<KvClient<Channel>>> {
-    let mut clients = Vec::new();
+async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
         let endpoint = &args.endpoints[i % args.endpoints.len()];
         let url = if endpoint.contains("://") {
@@ -80,14 +97,9 @@ async fn connect(args: &Args) -> anyhow::Result<Vec<KvClient<Channel>>> {
         } else {
             format!("http://{endpoint}")
         };
-        let channel = Endpoint::from_shared(url)?.connect().await?;
-        clients.push(
-            KvClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX),
-        );
+        channels.push(Endpoint::from_shared(url)?.connect().await?);
     }
-    Ok(clients)
+    Ok(channels)
 }
 
 /// Writes every key of the key space once, for the read workloads.
@@ -134,6 +146,7 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
             })
             .await?;
         }
+        Workload::Watch => unreachable!("the watch workload runs apart"),
         Workload::TxnPut => {
             let k = key(args, spread(i, args.key_space));
             let current = kv
@@ -229,7 +242,18 @@ impl Report {
 }
 
 async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
-    let mut clients = connect(&args).await?;
+    let channels = connect(&args).await?;
+    if args.workload == Workload::Watch {
+        return watch::run(&args, &channels).await;
+    }
+    let mut clients: Vec<KvClient<Channel>> = channels
+        .into_iter()
+        .map(|c| {
+            KvClient::new(c)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX)
+        })
+        .collect();
     if matches!(args.workload, Workload::Range | Workload::RangePrefix) {
         fill(&args, &mut clients[0]).await?;
     }
