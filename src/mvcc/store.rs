@@ -747,6 +747,112 @@ mod tests {
         }
     }
 
+    /// A backend whose next append fails, after making the batch durable or not.
+    struct Faulty {
+        inner: Embedded,
+        /// None: appends succeed. Some(durable): the next append fails, durable or not.
+        fail_next: Mutex<Option<bool>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Faulty {
+        fn identity(&self) -> Identity {
+            self.inner.identity()
+        }
+        async fn progress(&self) -> crate::backend::Result<crate::backend::Progress> {
+            self.inner.progress().await
+        }
+        async fn append(&self, entries: &[LogEntry]) -> crate::backend::Result<()> {
+            let fail = self.fail_next.lock().unwrap().take();
+            match fail {
+                None => self.inner.append(entries).await,
+                Some(durable) => {
+                    if durable {
+                        self.inner.append(entries).await?;
+                    }
+                    Err(crate::backend::BackendError::Storage("injected".into()))
+                }
+            }
+        }
+        async fn read_log(&self, from: i64, max: usize) -> crate::backend::Result<Vec<LogEntry>> {
+            self.inner.read_log(from, max).await
+        }
+        async fn read_values(
+            &self,
+            revisions: &[super::super::Revision],
+        ) -> crate::backend::Result<Vec<Option<KeyValue>>> {
+            self.inner.read_values(revisions).await
+        }
+        async fn set_compacted(&self, revision: i64) -> crate::backend::Result<()> {
+            self.inner.set_compacted(revision).await
+        }
+        async fn remove(&self, revisions: &[super::super::Revision]) -> crate::backend::Result<()> {
+            self.inner.remove(revisions).await
+        }
+        async fn put_lease(&self, id: i64, ttl: i64) -> crate::backend::Result<()> {
+            self.inner.put_lease(id, ttl).await
+        }
+        async fn remove_lease(&self, id: i64) -> crate::backend::Result<()> {
+            self.inner.remove_lease(id).await
+        }
+        async fn leases(&self) -> crate::backend::Result<Vec<(i64, i64)>> {
+            self.inner.leases().await
+        }
+        fn usage(&self) -> Usage {
+            self.inner.usage()
+        }
+    }
+
+    async fn keys_and_revision(store: &Store) -> (Vec<bytes::Bytes>, i64) {
+        let all = store
+            .range(&RangeRequest {
+                key: bytes::Bytes::from_static(b"\0"),
+                range_end: bytes::Bytes::from_static(b"\0"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let keys = all.kvs.into_iter().map(|kv| kv.key).collect();
+        (keys, all.header.unwrap().revision)
+    }
+
+    /// A failed append is never acknowledged; the store then carries on from whatever the backend
+    /// holds: without the batch if it was lost, with it if it became durable after all.
+    #[tokio::test]
+    async fn failed_append_is_not_acknowledged_and_the_store_carries_on() {
+        let faulty = Arc::new(Faulty {
+            inner: Embedded::in_memory().unwrap(),
+            fail_next: Mutex::new(None),
+        });
+        let store = Store::open(faulty.clone()).await.unwrap();
+        store.put(put_request(0, 0)).await.unwrap();
+
+        *faulty.fail_next.lock().unwrap() = Some(false);
+        let lost = store.put(put_request(1, 1)).await;
+        assert!(matches!(lost, Err(Error::Storage(_))), "{lost:?}");
+        assert_eq!(keys_and_revision(&store).await, (vec![key(0)], 2));
+        let next = store.put(put_request(2, 2)).await.unwrap();
+        assert_eq!(
+            next.header.unwrap().revision,
+            3,
+            "no gap where the lost write was"
+        );
+
+        *faulty.fail_next.lock().unwrap() = Some(true);
+        let unacknowledged = store.put(put_request(3, 3)).await;
+        assert!(matches!(unacknowledged, Err(Error::Storage(_))));
+        let held = (vec![key(0), key(2), key(3)], 4);
+        assert_eq!(keys_and_revision(&store).await, held);
+        let next = store.put(put_request(4, 4)).await.unwrap();
+        assert_eq!(next.header.unwrap().revision, 5);
+
+        let reopened = Store::open(faulty).await.unwrap();
+        assert_eq!(
+            keys_and_revision(&reopened).await,
+            (vec![key(0), key(2), key(3), key(4)], 5)
+        );
+    }
+
     /// With the clock paused, a lease expires exactly one TTL after its grant (or last renewal),
     /// and its keys are deleted in one revision that watchers see.
     #[tokio::test(start_paused = true)]
