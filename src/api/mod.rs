@@ -3,6 +3,7 @@
 //! One file per etcd service. An RPC that is not built yet answers `Unimplemented`, naming itself.
 
 mod cluster;
+mod http;
 mod kv;
 mod lease;
 mod maintenance;
@@ -136,7 +137,9 @@ impl Server {
                     .max_encoding_message_size(usize::MAX),
             );
         let mut routes = routes.routes();
-        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).fallback(not_built);
+        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
+            .merge(http::routes(context.clone()))
+            .fallback(not_built);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -146,7 +149,10 @@ impl Server {
         let mut tasks = Vec::new();
         for listener in listeners {
             let mut stopped = stopped.clone();
-            let server = tonic::transport::Server::builder().add_routes(routes.clone());
+            // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
+            let server = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes.clone());
             // Replies are small and latency-bound: Nagle's algorithm would hold each one back
             // until the client's delayed acknowledgement (tens of milliseconds).
             let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -229,13 +235,27 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
     }
 }
 
-/// Answers every RPC Strata does not serve yet.
-async fn not_built(uri: axum::http::Uri) -> axum::response::Response {
-    tonic::Status::unimplemented(format!(
-        "strata: {} is not implemented yet",
-        uri.path().trim_start_matches('/')
-    ))
-    .into_http()
+/// Answers every RPC Strata does not serve yet; a plain HTTP request for an unknown path gets 404
+/// (as etcd's), and one for the JSON gateway 501.
+async fn not_built(request: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = request.uri().path().to_owned();
+    let is_grpc = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if is_grpc {
+        return tonic::Status::unimplemented(format!(
+            "strata: {} is not implemented yet",
+            path.trim_start_matches('/')
+        ))
+        .into_http();
+    }
+    if path.starts_with("/v3/") {
+        let message = format!("strata: the JSON gateway ({path}) is not implemented yet\n");
+        return (axum::http::StatusCode::NOT_IMPLEMENTED, message).into_response();
+    }
+    (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
 
 fn unimplemented<T>(rpc: &'static str) -> std::result::Result<T, tonic::Status> {

@@ -146,6 +146,16 @@ impl Store {
         self.index.read().expect("index lock").committed
     }
 
+    /// The revision history was last compacted at (-1: never).
+    pub fn compacted(&self) -> i64 {
+        self.index.read().expect("index lock").compacted
+    }
+
+    /// Keys with any history left in the key index.
+    pub fn key_count(&self) -> usize {
+        self.index.read().expect("index lock").len()
+    }
+
     /// Answers a Range at the newest durable revision, or at the one it asks for.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let mut pending = {

@@ -4,6 +4,7 @@ mod bench;
 mod differential;
 mod durability;
 mod etcdctl;
+mod http;
 mod lease;
 mod requests;
 mod support;

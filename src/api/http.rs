@@ -1,0 +1,215 @@
+//! The plain HTTP endpoints etcd serves beside gRPC on its client port: `/health`, `/livez`,
+//! `/readyz` (each check also at `/livez/<check>` and `/readyz/<check>`), `/version` and `/metrics`.
+
+use super::{Context, ETCD_VERSION};
+use crate::proto::etcdserverpb::RangeRequest;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+/// The cluster version etcd reports: the server's major.minor with patch 0.
+fn cluster_version() -> String {
+    let mut parts = ETCD_VERSION.split('.');
+    let (major, minor) = (parts.next().unwrap_or("3"), parts.next().unwrap_or("5"));
+    format!("{major}.{minor}.0")
+}
+
+pub fn routes(context: Context) -> Router {
+    let mut router = Router::new()
+        .route("/health", get(health))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics));
+    for (root, checks) in [("/livez", LIVEZ), ("/readyz", READYZ)] {
+        router = router.route(
+            root,
+            get(move |ctx, uri| run_checks(ctx, uri, checks.to_vec())),
+        );
+        for &check in checks {
+            router = router.route(
+                &format!("{root}/{check}"),
+                get(move |ctx, uri| run_checks(ctx, uri, vec![check])),
+            );
+        }
+    }
+    router.with_state(context)
+}
+
+type State = axum::extract::State<Context>;
+
+fn query_has(uri: &Uri, name: &str) -> bool {
+    uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    })
+}
+
+fn query_value<'u>(uri: &'u Uri, name: &str) -> Option<&'u str> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+/// A one-key read, as etcd's health checks make it.
+async fn read_check(context: &Context, serializable: bool) -> Result<(), String> {
+    let probe = RangeRequest {
+        key: bytes::Bytes::from_static(b"health"),
+        keys_only: true,
+        limit: 1,
+        serializable,
+        ..Default::default()
+    };
+    context
+        .store
+        .range(&probe)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// `{"health":"true","reason":""}`, or 503 with the reason: a single member always has a leader and
+/// no alarm can be raised yet, so the read is what can fail.
+async fn health(axum::extract::State(context): State, uri: Uri) -> Response {
+    let serializable = query_value(&uri, "serializable") == Some("true");
+    let (status, healthy, reason) = match read_check(&context, serializable).await {
+        Ok(()) => (StatusCode::OK, "true", String::new()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "false",
+            format!("RANGE ERROR:{e}"),
+        ),
+    };
+    let body = format!(
+        "{{\"health\":\"{healthy}\",\"reason\":\"{}\"}}",
+        reason.replace('\\', "\\\\").replace('"', "\\\"")
+    );
+    (status, body).into_response()
+}
+
+const LIVEZ: &[&str] = &["serializable_read"];
+const READYZ: &[&str] = &[
+    "data_corruption",
+    "linearizable_read",
+    "non_learner",
+    "serializable_read",
+];
+
+/// Runs the named checks (less those in `?exclude=`): "ok", the per-check lines with `?verbose`,
+/// or 503 with them when one fails.
+async fn run_checks(axum::extract::State(context): State, uri: Uri, checks: Vec<&str>) -> Response {
+    let excluded: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("exclude="))
+        .collect();
+    let mut report = String::new();
+    let mut failed = false;
+    for check in checks.into_iter().filter(|c| !excluded.contains(c)) {
+        let outcome = match check {
+            "serializable_read" => read_check(&context, true).await,
+            "linearizable_read" => read_check(&context, false).await,
+            // No corruption alarm exists yet, and a Strata member is never a learner.
+            _ => Ok(()),
+        };
+        match outcome {
+            Ok(()) => report.push_str(&format!("[+]{check} ok\n")),
+            Err(e) => {
+                failed = true;
+                report.push_str(&format!("[-]{check} failed: {e}\n"));
+            }
+        }
+    }
+    if failed {
+        return (StatusCode::SERVICE_UNAVAILABLE, report).into_response();
+    }
+    let body = if query_has(&uri, "verbose") {
+        format!("{report}ok\n")
+    } else {
+        "ok\n".to_owned()
+    };
+    (
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn version() -> Response {
+    let body = format!(
+        "{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{}\"}}",
+        cluster_version()
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// A Prometheus text exposition of the gauges etcd exports under the same names, read at scrape
+/// time.
+async fn metrics(axum::extract::State(context): State) -> Response {
+    let store = &context.store;
+    let usage = store.usage();
+    let gauges: [(&str, &str, String); 8] = [
+        (
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+            "1".into(),
+        ),
+        (
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+            "1".into(),
+        ),
+        (
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+            context.quota_bytes.to_string(),
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_bytes",
+            "Total size of the underlying database physically allocated in bytes.",
+            usage.size.to_string(),
+        ),
+        (
+            "etcd_mvcc_db_total_size_in_use_in_bytes",
+            "Total size of the underlying database logically in use in bytes.",
+            usage.in_use.to_string(),
+        ),
+        (
+            "etcd_debugging_mvcc_current_revision",
+            "The current revision of store.",
+            store.revision().to_string(),
+        ),
+        (
+            "etcd_debugging_mvcc_compact_revision",
+            "The revision of the last compaction in store.",
+            store.compacted().to_string(),
+        ),
+        (
+            "etcd_debugging_mvcc_keys_total",
+            "Total number of keys.",
+            store.key_count().to_string(),
+        ),
+    ];
+    let mut body = String::new();
+    for (name, help, value) in gauges {
+        body.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    body.push_str(&format!(
+        "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
+         # TYPE etcd_server_version gauge\netcd_server_version{{server_version=\"{ETCD_VERSION}\"}} 1\n"
+    ));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
+}

@@ -1,0 +1,77 @@
+//! The plain HTTP endpoints on the client port, over HTTP/1.1 as probes and scrapers speak it.
+
+use crate::support::{start_both, Process, Strata};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// The status code and body of `GET path`.
+fn get(server: &Process, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.address
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn health_version_and_metrics_answer_as_etcd_does() {
+    let (etcd, strata) = start_both();
+    for path in [
+        "/health",
+        "/health?serializable=true",
+        "/version",
+        "/metrics",
+        "/nothing",
+    ] {
+        assert_eq!(get(&strata, path).0, get(&etcd, path).0, "status of {path}");
+    }
+    // etcd 3.5 added the reason (Debian's 3.4 has only the health).
+    assert_eq!(
+        get(&strata, "/health").1,
+        r#"{"health":"true","reason":""}"#
+    );
+    let version = get(&strata, "/version").1;
+    assert!(version.starts_with(r#"{"etcdserver":"3.5."#), "{version}");
+    assert!(version.ends_with(r#","etcdcluster":"3.5.0"}"#), "{version}");
+    for gauge in [
+        "etcd_server_has_leader 1",
+        "etcd_server_is_leader 1",
+        "etcd_debugging_mvcc_current_revision 1",
+        "etcd_server_quota_backend_bytes 2147483648",
+    ] {
+        assert!(get(&strata, "/metrics").1.contains(gauge), "{gauge}");
+        assert!(get(&etcd, "/metrics")
+            .1
+            .contains(&gauge.replace("2147483648", "2.147483648e+09")));
+    }
+}
+
+/// etcd 3.5's /livez and /readyz (Debian's 3.4 has neither).
+#[test]
+fn livez_and_readyz() {
+    let strata = Strata::start();
+    assert_eq!(get(&strata, "/livez"), (200, "ok\n".to_owned()));
+    assert_eq!(
+        get(&strata, "/readyz/linearizable_read"),
+        (200, "ok\n".to_owned())
+    );
+    assert_eq!(
+        get(&strata, "/readyz?verbose&exclude=non_learner").1,
+        "[+]data_corruption ok\n[+]linearizable_read ok\n[+]serializable_read ok\nok\n"
+    );
+    assert_eq!(get(&strata, "/v3/kv/range").0, 501);
+}
