@@ -1,4 +1,4 @@
-//! etcdserverpb.Maintenance: Status and the alarm list so far.
+//! etcdserverpb.Maintenance: Status, Defragment and the alarm list so far.
 
 use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
@@ -49,7 +49,10 @@ impl Maintenance for MaintenanceService {
         &self,
         _: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        unimplemented("etcdserverpb.Maintenance/Defragment")
+        self.0.store.defragment().await?;
+        let mut resp = DefragmentResponse::default();
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {

@@ -86,10 +86,11 @@ impl Embedded {
         })
     }
 
-    /// Runs `f` on the database on a blocking thread, reopening it first if a commit failed.
+    /// Runs `f` on the database on a blocking thread, reopening it first if a commit failed. One
+    /// call at a time: defragmentation needs the database to itself.
     async fn with_db<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
         let path = self.path.clone();
@@ -103,7 +104,7 @@ impl Embedded {
                 };
                 *guard = Some(Database::create(path).map_err(storage)?);
             }
-            let result = f(guard.as_ref().expect("database is open"));
+            let result = f(guard.as_mut().expect("database is open"));
             if matches!(result, Err(BackendError::Storage(_))) {
                 // redb refuses writes after a failed commit until reopened; reopen on next use.
                 if path.is_some() {
@@ -292,6 +293,17 @@ impl Backend for Embedded {
                     Ok((id.value(), ttl.value()))
                 })
                 .collect()
+        })
+        .await
+    }
+
+    async fn defragment(&self) -> Result<()> {
+        self.with_db(|db| {
+            while db
+                .compact()
+                .map_err(|e| BackendError::Storage(e.to_string()))?
+            {}
+            Ok(())
         })
         .await
     }

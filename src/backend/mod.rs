@@ -108,6 +108,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Every lease recorded, as (id, TTL), in id order.
     async fn leases(&self) -> Result<Vec<(i64, i64)>>;
 
+    /// Gives the space of removed history back to the file system.
+    async fn defragment(&self) -> Result<()>;
+
     fn usage(&self) -> Usage;
 }
 

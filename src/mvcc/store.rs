@@ -146,6 +146,11 @@ impl Store {
         self.index.read().expect("index lock").committed
     }
 
+    /// Gives the space of compacted history back to the file system.
+    pub async fn defragment(&self) -> Result<()> {
+        Ok(self.backend.defragment().await?)
+    }
+
     /// The revision history was last compacted at (-1: never).
     pub fn compacted(&self) -> i64 {
         self.index.read().expect("index lock").compacted
@@ -807,6 +812,9 @@ mod tests {
         }
         async fn leases(&self) -> crate::backend::Result<Vec<(i64, i64)>> {
             self.inner.leases().await
+        }
+        async fn defragment(&self) -> crate::backend::Result<()> {
+            self.inner.defragment().await
         }
         fn usage(&self) -> Usage {
             self.inner.usage()

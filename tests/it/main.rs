@@ -6,6 +6,7 @@ mod durability;
 mod etcdctl;
 mod http;
 mod lease;
+mod maintenance;
 mod requests;
 mod support;
 mod watch;
