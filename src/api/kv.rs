@@ -1,6 +1,7 @@
 //! etcdserverpb.KV: Range, Put, DeleteRange, Txn, Compact.
 
 use super::{validation, Context};
+use crate::mvcc::quota;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -23,7 +24,7 @@ impl Kv for KvService {
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         // etcd checks the quota before anything else.
-        self.0.check_quota()?;
+        self.0.check_quota(quota::put_cost(&req)).await?;
         validation::put(&req)?;
         validation::size(&req, &self.0.limits)?;
         let mut resp = self.0.store.put(req).await?;
@@ -48,7 +49,7 @@ impl Kv for KvService {
         validation::txn(&req, &self.0.limits)?;
         if !validation::is_read_only(&req) {
             validation::size(&req, &self.0.limits)?;
-            self.0.check_quota()?;
+            self.0.check_quota(quota::txn_cost(&req)).await?;
         }
         let mut resp = self.0.store.txn(req).await?;
         self.0.fill(&mut resp.header);

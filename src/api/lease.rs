@@ -1,6 +1,7 @@
 //! etcdserverpb.Lease: grant, revoke, keep-alive, time-to-live and the lease list.
 
 use super::Context;
+use crate::mvcc::quota;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -28,7 +29,7 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = req.into_inner();
-        self.0.check_quota()?;
+        self.0.check_quota(quota::LEASE_GRANT_COST).await?;
         let (id, ttl) = self.0.store.lease_grant(req.id, req.ttl).await?;
         let mut resp = LeaseGrantResponse {
             id,

@@ -1,8 +1,9 @@
-//! etcdserverpb.Maintenance: Status, Defragment and the alarm list so far.
+//! etcdserverpb.Maintenance: Status, Defragment and Alarm so far.
 
 use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
@@ -17,23 +18,56 @@ type SnapshotStream =
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    /// No alarm can be raised yet (the quota refuses writes without one), so the list is empty.
+    /// GET lists the alarms (of one type, or all for NONE); ACTIVATE raises one and DEACTIVATE
+    /// disarms one, each answering with the alarm concerned, as etcd does.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        if req.get_ref().action != AlarmAction::Get as i32 {
-            return unimplemented("etcdserverpb.Maintenance/Alarm with ACTIVATE or DEACTIVATE");
-        }
-        let mut resp = AlarmResponse::default();
+        let req = req.into_inner();
+        let alarm = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
+        let store = &self.0.store;
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => store.alarms(alarm),
+            Ok(AlarmAction::Activate) => store
+                .raise_alarm(req.member_id, alarm)
+                .await?
+                .into_iter()
+                .collect(),
+            Ok(AlarmAction::Deactivate) => store
+                .disarm_alarm(req.member_id, alarm)
+                .await?
+                .into_iter()
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut resp = AlarmResponse {
+            alarms: alarms
+                .into_iter()
+                .map(|(member_id, alarm)| AlarmMember { member_id, alarm })
+                .collect(),
+            ..Default::default()
+        };
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let usage = self.0.store.usage();
+        // As etcd prints each alarm: the AlarmMember message in protobuf text form.
+        let errors = self
+            .0
+            .store
+            .alarms(AlarmType::None)
+            .into_iter()
+            .map(|(member, alarm)| {
+                let name = AlarmType::try_from(alarm).map_or("NONE", |a| a.as_str_name());
+                format!("memberID:{member} alarm:{name} ")
+            })
+            .collect();
         let mut resp = StatusResponse {
             version: ETCD_VERSION.to_owned(),
             db_size: usage.size,
             db_size_in_use: usage.in_use,
             raft_term: RAFT_TERM,
+            errors,
             ..Default::default()
         };
         self.0.fill(&mut resp.header);

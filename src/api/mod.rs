@@ -61,12 +61,9 @@ impl Context {
         }
     }
 
-    /// Refuses a write once the backend has reached its quota, as etcd does.
-    fn check_quota(&self) -> Result<()> {
-        if self.store.usage().size as u64 >= self.quota_bytes {
-            return Err(Error::NoSpace);
-        }
-        Ok(())
+    /// Refuses a request adding `cost` bytes once the backend quota is reached, as etcd does.
+    async fn check_quota(&self, cost: u64) -> Result<()> {
+        self.store.check_space(cost, self.quota_bytes).await
     }
 }
 

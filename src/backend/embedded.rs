@@ -4,6 +4,7 @@
 //! - `log`: (main, sub) → an encoded `mvccpb::Event`, one row per change.
 //! - `meta`: "head", "compacted", "cluster_id", "member_id" → u64.
 //! - `leases`: lease id → TTL in seconds.
+//! - `alarms`: (member id, alarm type) → nothing.
 //!
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
 
 /// Rows removed per commit during physical compaction, so that appends are never held up for long.
 const REMOVE_BATCH: usize = 10_000;
@@ -64,6 +66,7 @@ impl Embedded {
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
             tx.open_table(LEASES).map_err(storage)?;
+            tx.open_table(ALARMS).map_err(storage)?;
             let mut meta = tx.open_table(META).map_err(storage)?;
             let mut id = |name: &str| -> Result<u64> {
                 if let Some(v) = meta.get(name).map_err(storage)? {
@@ -297,6 +300,43 @@ impl Backend for Embedded {
         .await
     }
 
+    async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(ALARMS)
+                .map_err(storage)?
+                .insert((member, alarm), ())
+                .map_err(storage)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn remove_alarm(&self, member: u64, alarm: i32) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            tx.open_table(ALARMS)
+                .map_err(storage)?
+                .remove((member, alarm))
+                .map_err(storage)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
+
+    async fn alarms(&self) -> Result<Vec<(u64, i32)>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let alarms = tx.open_table(ALARMS).map_err(storage)?;
+            alarms
+                .iter()
+                .map_err(storage)?
+                .map(|row| Ok(row.map_err(storage)?.0.value()))
+                .collect()
+        })
+        .await
+    }
+
     async fn defragment(&self) -> Result<()> {
         self.with_db(|db| {
             while db
@@ -331,6 +371,7 @@ mod tests {
         conformance::append_out_of_order_is_refused(&Embedded::in_memory().unwrap()).await;
         conformance::compaction_removes_and_is_remembered(&Embedded::in_memory().unwrap()).await;
         conformance::leases_are_recorded_and_forgotten(&Embedded::in_memory().unwrap()).await;
+        conformance::alarms_are_recorded_and_cleared(&Embedded::in_memory().unwrap()).await;
     }
 
     #[tokio::test]

@@ -108,6 +108,15 @@ pub trait Backend: Send + Sync + 'static {
     /// Every lease recorded, as (id, TTL), in id order.
     async fn leases(&self) -> Result<Vec<(i64, i64)>>;
 
+    /// Durably records an alarm raised by a member (the alarm as etcd's AlarmType number).
+    async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()>;
+
+    /// Durably clears an alarm.
+    async fn remove_alarm(&self, member: u64, alarm: i32) -> Result<()>;
+
+    /// Every alarm recorded, as (member, alarm), in that order.
+    async fn alarms(&self) -> Result<Vec<(u64, i32)>>;
+
     /// Gives the space of removed history back to the file system.
     async fn defragment(&self) -> Result<()>;
 
@@ -207,6 +216,17 @@ pub(crate) mod conformance {
         b.remove_lease(3).await.unwrap();
         b.remove_lease(99).await.unwrap();
         assert_eq!(b.leases().await.unwrap(), vec![(7, 60)]);
+    }
+
+    pub async fn alarms_are_recorded_and_cleared(b: &dyn Backend) {
+        assert_eq!(b.alarms().await.unwrap(), vec![]);
+        b.put_alarm(9, 1).await.unwrap();
+        b.put_alarm(9, 1).await.unwrap();
+        b.put_alarm(4, 2).await.unwrap();
+        assert_eq!(b.alarms().await.unwrap(), vec![(4, 2), (9, 1)]);
+        b.remove_alarm(9, 1).await.unwrap();
+        b.remove_alarm(9, 2).await.unwrap();
+        assert_eq!(b.alarms().await.unwrap(), vec![(4, 2)]);
     }
 
     pub async fn compaction_removes_and_is_remembered(b: &dyn Backend) {

@@ -6,6 +6,7 @@
 mod index;
 mod key_index;
 pub mod lessor;
+pub mod quota;
 mod range;
 mod store;
 mod txn;

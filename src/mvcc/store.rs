@@ -8,13 +8,14 @@
 
 use super::index::{Index, Undo};
 use super::lessor::{self, Lease, Lessor};
+use super::quota::Alarms;
 use super::range;
 use super::txn::{self, TxnOutcome};
 use super::watch::{self, Notice, WatchHub, WatchSpec, WatcherKey};
 use crate::backend::{Backend, Identity, LogEntry, Usage};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
     LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseHeader,
     TxnRequest, TxnResponse,
 };
@@ -42,6 +43,7 @@ pub struct Store {
     lease_granted: Arc<Notify>,
     /// Serialises grants, so that two grants of one id cannot both succeed.
     granting: tokio::sync::Mutex<()>,
+    alarms: Mutex<Alarms>,
 }
 
 enum Write {
@@ -99,6 +101,7 @@ impl Store {
         for (id, ttl) in backend.leases().await? {
             leases.grant(id, ttl, now);
         }
+        let alarms = Mutex::new(Alarms::from_records(backend.alarms().await?));
         let index = Arc::new(RwLock::new(index));
         let hub = Arc::new(Mutex::new(WatchHub::default()));
         let lessor = Arc::new(Mutex::new(leases));
@@ -130,6 +133,7 @@ impl Store {
             lessor,
             lease_granted,
             granting: tokio::sync::Mutex::new(()),
+            alarms,
         }))
     }
 
@@ -144,6 +148,65 @@ impl Store {
     /// The newest durable revision.
     pub fn revision(&self) -> i64 {
         self.index.read().expect("index lock").committed
+    }
+
+    /// Refuses a request that adds `cost` bytes (see [`super::quota`]) while NOSPACE is raised, and
+    /// raises it for the request that would grow the store to `quota` bytes.
+    pub async fn check_space(&self, cost: u64, quota: u64) -> Result<()> {
+        if cost == 0 {
+            return Ok(());
+        }
+        if self
+            .alarms
+            .lock()
+            .expect("alarms lock")
+            .is_raised(AlarmType::Nospace)
+        {
+            return Err(Error::NoSpace);
+        }
+        if self.usage().size as u64 + cost >= quota {
+            let member = self.identity().member_id;
+            tracing::warn!(quota, "backend quota reached: raising the NOSPACE alarm");
+            self.raise_alarm(member, AlarmType::Nospace).await?;
+            return Err(Error::NoSpace);
+        }
+        Ok(())
+    }
+
+    /// Raises an alarm (durably); returns the alarm, unless it is NONE.
+    pub async fn raise_alarm(&self, member: u64, alarm: AlarmType) -> Result<Option<(u64, i32)>> {
+        if alarm == AlarmType::None {
+            return Ok(None);
+        }
+        let raised = self
+            .alarms
+            .lock()
+            .expect("alarms lock")
+            .raise(member, alarm);
+        if raised {
+            self.backend.put_alarm(member, alarm as i32).await?;
+        }
+        Ok(Some((member, alarm as i32)))
+    }
+
+    /// Disarms an alarm (durably); returns it if it was raised.
+    pub async fn disarm_alarm(&self, member: u64, alarm: AlarmType) -> Result<Option<(u64, i32)>> {
+        let disarmed = self
+            .alarms
+            .lock()
+            .expect("alarms lock")
+            .disarm(member, alarm);
+        if !disarmed {
+            return Ok(None);
+        }
+        self.backend.remove_alarm(member, alarm as i32).await?;
+        tracing::warn!(?alarm, "alarm disarmed");
+        Ok(Some((member, alarm as i32)))
+    }
+
+    /// The alarms raised of one type, or all for NONE.
+    pub fn alarms(&self, alarm: AlarmType) -> Vec<(u64, i32)> {
+        self.alarms.lock().expect("alarms lock").list(alarm)
     }
 
     /// Gives the space of compacted history back to the file system.
@@ -812,6 +875,15 @@ mod tests {
         }
         async fn leases(&self) -> crate::backend::Result<Vec<(i64, i64)>> {
             self.inner.leases().await
+        }
+        async fn put_alarm(&self, member: u64, alarm: i32) -> crate::backend::Result<()> {
+            self.inner.put_alarm(member, alarm).await
+        }
+        async fn remove_alarm(&self, member: u64, alarm: i32) -> crate::backend::Result<()> {
+            self.inner.remove_alarm(member, alarm).await
+        }
+        async fn alarms(&self) -> crate::backend::Result<Vec<(u64, i32)>> {
+            self.inner.alarms().await
         }
         async fn defragment(&self) -> crate::backend::Result<()> {
             self.inner.defragment().await

@@ -1,10 +1,11 @@
 //! Maintenance operations against Strata: defragmentation gives the space of compacted history back
-//! and keeps every answer the same.
+//! and keeps every answer the same; the backend quota and its alarm.
 
 use crate::requests::*;
 use crate::support::Strata;
+use strata::proto::etcdserverpb::alarm_request::AlarmAction;
 use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use strata::proto::etcdserverpb::{DefragmentRequest, StatusRequest};
+use strata::proto::etcdserverpb::{AlarmRequest, AlarmType, DefragmentRequest, StatusRequest};
 use tonic::transport::Channel;
 
 async fn db_size(m: &mut MaintenanceClient<Channel>) -> i64 {
@@ -61,4 +62,69 @@ async fn defragment_gives_space_back_and_keeps_the_data() {
     assert_eq!(&all.kvs[0].key[..], b"kept");
     let next = kv.put(put("next", "x")).await.unwrap().into_inner();
     assert_eq!(next.header.unwrap().revision, head + 1);
+}
+
+/// Reaching --quota-backend-bytes raises NOSPACE: writes that add data are refused with etcd's error
+/// until the alarm is disarmed; reads, deletes, compaction and defragmentation go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quota_raises_nospace_until_disarmed() {
+    let server = Strata::start_with(&["--quota-backend-bytes", "2000000"]);
+    let mut kv = server.kv().await;
+    let mut maintenance = MaintenanceClient::new(server.channel().await);
+    let value = "v".repeat(64 * 1024);
+    let mut refused = None;
+    for i in 0..200 {
+        if let Err(status) = kv.put(put(&format!("k/{i:03}"), &value)).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let refused = refused.expect("the quota is reached within 200 puts of 64 KiB");
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(
+        refused.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    let alarm = |action: AlarmAction, member_id: u64| AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: AlarmType::Nospace as i32,
+    };
+    let raised = maintenance
+        .alarm(alarm(AlarmAction::Get, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(raised.alarms.len(), 1);
+    let member = raised.alarms[0].member_id;
+    assert_eq!(member, raised.header.unwrap().member_id);
+    let status = maintenance
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.errors,
+        vec![format!("memberID:{member} alarm:NOSPACE ")]
+    );
+
+    // Small writes too are refused while the alarm is raised; reads and deletes are not.
+    let small = kv.put(put("small", "x")).await.unwrap_err();
+    assert_eq!(small.code(), tonic::Code::ResourceExhausted);
+    assert!(kv.range(get("k/000")).await.is_ok());
+    let deleted = kv.delete_range(del("k/", "k0")).await.unwrap().into_inner();
+    let head = deleted.header.unwrap().revision;
+    kv.compact(compact(head, true)).await.unwrap();
+    maintenance.defragment(DefragmentRequest {}).await.unwrap();
+    assert!(kv.put(put("small", "x")).await.is_err(), "still raised");
+
+    let disarmed = maintenance
+        .alarm(alarm(AlarmAction::Deactivate, member))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(disarmed.alarms.len(), 1);
+    kv.put(put("small", "x")).await.unwrap();
+    let none = maintenance.alarm(alarm(AlarmAction::Get, 0)).await.unwrap();
+    assert!(none.into_inner().alarms.is_empty());
 }
