@@ -3,7 +3,7 @@
 use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
-use crate::proto::etcdserverpb::{AlarmMember, AlarmType};
+use crate::proto::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
 use crate::proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
     DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
@@ -93,8 +93,22 @@ impl Maintenance for MaintenanceService {
         unimplemented("etcdserverpb.Maintenance/Hash")
     }
 
-    async fn hash_kv(&self, _: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        unimplemented("etcdserverpb.Maintenance/HashKV")
+    async fn hash_kv(
+        &self,
+        req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, revision) =
+            self.0.store.hash_kv(req.into_inner().revision).await?;
+        let mut resp = HashKvResponse {
+            header: Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+            hash,
+            compact_revision,
+        };
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     type SnapshotStream = SnapshotStream;

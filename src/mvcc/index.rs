@@ -262,6 +262,14 @@ impl Index {
         removed
     }
 
+    /// What a compaction at `at` would keep of every key (see [`KeyIndex::keep`]).
+    pub fn keep(&self, at: i64) -> std::collections::HashSet<Revision> {
+        self.keys
+            .values()
+            .filter_map(|e| e.index.keep(at))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

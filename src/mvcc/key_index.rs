@@ -165,6 +165,24 @@ impl KeyIndex {
         }
     }
 
+    /// The revision a compaction at `at` keeps for this key, as etcd's HashKV counts it: the newest
+    /// at or below `at` in the first generation that is open or ends at or after `at` — unless that
+    /// is the generation's tombstone.
+    pub fn keep(&self, at: i64) -> Option<Revision> {
+        let last = self.generations.len().checked_sub(1)?;
+        let gen = (0..last)
+            .find(|&i| {
+                self.generations[i]
+                    .revs
+                    .last()
+                    .is_some_and(|t| t.main >= at)
+            })
+            .unwrap_or(last);
+        let g = &self.generations[gen];
+        let n = g.revs.iter().rposition(|r| r.main <= at)?;
+        (n + 1 < g.revs.len() || gen == last).then(|| g.revs[n])
+    }
+
     /// Forgets every revision with main revision above `at`, undoing writes that never became durable.
     pub fn truncate_after(&mut self, at: i64) {
         loop {

@@ -6,6 +6,7 @@
 //! them visible to readers and answers. Readers read at the newest durable revision, so nothing they
 //! see can be lost by a crash.
 
+use super::hash::KvHasher;
 use super::index::{Index, Undo};
 use super::lessor::{self, Lease, Lessor};
 use super::quota::Alarms;
@@ -44,6 +45,8 @@ pub struct Store {
     /// Serialises grants, so that two grants of one id cannot both succeed.
     granting: tokio::sync::Mutex<()>,
     alarms: Mutex<Alarms>,
+    /// Held by a compaction until its rows are removed, and by a hash while it reads the log.
+    compacting: Arc<tokio::sync::RwLock<()>>,
 }
 
 enum Write {
@@ -106,12 +109,14 @@ impl Store {
         let hub = Arc::new(Mutex::new(WatchHub::default()));
         let lessor = Arc::new(Mutex::new(leases));
         let lease_granted = Arc::new(Notify::new());
+        let compacting = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let writer = Writer {
             index: index.clone(),
             backend: backend.clone(),
             hub: hub.clone(),
             lessor: lessor.clone(),
+            compacting: compacting.clone(),
             unresolved: None,
         };
         tokio::spawn(writer.run(rx));
@@ -134,6 +139,7 @@ impl Store {
             lease_granted,
             granting: tokio::sync::Mutex::new(()),
             alarms,
+            compacting,
         }))
     }
 
@@ -207,6 +213,38 @@ impl Store {
     /// The alarms raised of one type, or all for NONE.
     pub fn alarms(&self, alarm: AlarmType) -> Vec<(u64, i32)> {
         self.alarms.lock().expect("alarms lock").list(alarm)
+    }
+
+    /// etcd's HashKV at `revision` (0: the newest): the hash, the compaction revision it was taken
+    /// over, and the current revision.
+    pub async fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64)> {
+        let _compacting = self.compacting.read().await;
+        let (compacted, current, at, keep) = {
+            let index = self.index.read().expect("index lock");
+            let (compacted, current) = (index.compacted, index.committed);
+            // etcd allows a hash at the compaction revision itself.
+            if revision > 0 && revision < compacted {
+                return Err(Error::Compacted);
+            }
+            if revision > current {
+                return Err(Error::FutureRevision);
+            }
+            let at = if revision > 0 { revision } else { current };
+            (compacted, current, at, index.keep(at))
+        };
+        let mut hasher = KvHasher::new(compacted, at, keep);
+        let mut from = 1;
+        while from <= at {
+            let entries = self.backend.read_log(from, RECOVERY_CHUNK).await?;
+            let Some(last) = entries.last() else {
+                break;
+            };
+            from = last.revision + 1;
+            for entry in &entries {
+                hasher.write(entry);
+            }
+        }
+        Ok((hasher.sum(), compacted, current))
     }
 
     /// Gives the space of compacted history back to the file system.
@@ -445,6 +483,7 @@ struct Writer {
     backend: Arc<dyn Backend>,
     hub: Arc<Mutex<WatchHub>>,
     lessor: Arc<Mutex<Lessor>>,
+    compacting: Arc<tokio::sync::RwLock<()>>,
     /// The undo log of a batch whose append failed and whose fate the backend has not told yet.
     unresolved: Option<Undo>,
 }
@@ -583,6 +622,7 @@ impl Writer {
             }
             index.current
         };
+        let compacting = self.compacting.clone().write_owned().await;
         self.backend.set_compacted(req.revision).await?;
         let removed = self
             .index
@@ -591,6 +631,7 @@ impl Writer {
             .compact(req.revision);
         let backend = self.backend.clone();
         let removal = tokio::spawn(async move {
+            let _compacting = compacting;
             if let Err(e) = backend.remove(&removed).await {
                 // The log still holds the rows; the next start-up removes them.
                 tracing::warn!(error = %e, "physical compaction failed");

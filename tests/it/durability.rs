@@ -1,6 +1,6 @@
-//! Restarts and crashes: a clean restart serves the same data and revisions; after `kill -9` under
-//! concurrent load every acknowledged write is there at the revision it was acknowledged with, no txn
-//! is half there, and revisions have no gap.
+//! Restarts and crashes: a clean restart serves the same data, revisions and HashKV; after `kill -9`
+//! under concurrent load every acknowledged write is there at the revision it was acknowledged with,
+//! no txn is half there, revisions have no gap, and the history before hashes as it did.
 
 use crate::requests::*;
 use crate::support::Strata;
@@ -11,7 +11,8 @@ use strata::proto::etcdserverpb::compare::{
     CompareResult as R, CompareTarget as T, TargetUnion as U,
 };
 use strata::proto::etcdserverpb::kv_client::KvClient;
-use strata::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use strata::proto::etcdserverpb::{HashKvRequest, RangeRequest, RangeResponse, ResponseHeader};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
@@ -27,6 +28,16 @@ async fn everything(kv: &mut KvClient<Channel>, revision: i64) -> RangeResponse 
         .into_inner();
     r.header = None;
     r
+}
+
+/// etcd's HashKV of the history up to `revision`.
+async fn hash_kv(server: &Strata, revision: i64) -> u32 {
+    MaintenanceClient::new(server.channel().await)
+        .hash_kv(HashKvRequest { revision })
+        .await
+        .unwrap()
+        .into_inner()
+        .hash
 }
 
 fn header(h: &Option<ResponseHeader>) -> (u64, u64, i64) {
@@ -58,7 +69,10 @@ async fn restart_serves_the_same_data_revisions_and_identity() {
     let head = header(&kv.range(get("last")).await.unwrap().into_inner().header);
     let mut before = Vec::new();
     for revision in 10..=head.2 {
-        before.push(everything(&mut kv, revision).await);
+        before.push((
+            everything(&mut kv, revision).await,
+            hash_kv(&server, revision).await,
+        ));
     }
     drop(kv);
     assert!(server.terminate().success(), "clean shutdown on SIGTERM");
@@ -68,11 +82,11 @@ async fn restart_serves_the_same_data_revisions_and_identity() {
     let after_head = header(&kv.range(get("last")).await.unwrap().into_inner().header);
     assert_eq!(after_head, head, "same cluster id, member id and revision");
     for (i, revision) in (10..=head.2).enumerate() {
-        assert_eq!(
+        let after = (
             everything(&mut kv, revision).await,
-            before[i],
-            "at revision {revision}"
+            hash_kv(&server, revision).await,
         );
+        assert_eq!(after, before[i], "at revision {revision}");
     }
     let compacted = kv
         .range(RangeRequest {
@@ -145,6 +159,7 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         keys: Default::default(),
         count: Arc::new(Semaphore::new(0)),
     };
+    let mut hashes: Vec<(i64, u32)> = Vec::new();
     for cycle in 0..cycles {
         let mut server = Strata::start_in(dir.path(), &[]);
         let channel = server.channel().await;
@@ -168,6 +183,14 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         drop(server);
 
         let server = Strata::start_in(dir.path(), &[]);
+        // The history up to each earlier head hashes as it did right after that restart.
+        for (revision, hash) in &hashes {
+            assert_eq!(
+                hash_kv(&server, *revision).await,
+                *hash,
+                "history up to {revision}"
+            );
+        }
         let mut kv = server.kv().await;
         let all = kv
             .range(range("\u{0}", "\u{0}"))
@@ -207,5 +230,6 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
             revisions, expected,
             "every revision up to the head holds a write"
         );
+        hashes.push((head, hash_kv(&server, head).await));
     }
 }
