@@ -38,6 +38,9 @@ pub enum Error {
     Storage(String),
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// A lock's lease expired while its request waited (etcd's concurrency.ErrSessionExpired).
+    #[error("session expired")]
+    SessionExpired,
     /// A part of etcd's API that Strata does not serve yet.
     #[error("strata: {0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -60,6 +63,7 @@ impl Error {
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
+            Error::SessionExpired => Code::Unknown,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! Strata: etcd's v3 API over an embedded store or PostgreSQL.
 //!
 //! Three layers (see DESIGN.md): [`api`] maps gRPC to calls on [`mvcc`], which holds etcd's semantics
-//! over the narrow log interface of [`backend`].
+//! over the narrow log interface of [`backend`]. [`concurrency`] runs etcd's lock recipe over the
+//! store for the v3lock service.
 
 pub mod api;
 pub mod backend;
+pub mod concurrency;
 pub mod config;
 pub mod error;
 pub mod mvcc;

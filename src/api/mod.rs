@@ -6,6 +6,7 @@ mod cluster;
 mod http;
 mod kv;
 mod lease;
+mod lock;
 mod maintenance;
 pub mod validation;
 mod watch;
@@ -19,6 +20,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -120,6 +122,11 @@ impl Server {
             )
             .add_service(
                 LeaseServer::new(lease::LeaseService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                LockServer::new(lock::LockService(context.clone()))
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
             )

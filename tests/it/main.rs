@@ -6,6 +6,7 @@ mod durability;
 mod etcdctl;
 mod http;
 mod lease;
+mod lock;
 mod maintenance;
 mod requests;
 mod support;

@@ -1,6 +1,7 @@
 //! `strata-bench`: drives any etcd v3 endpoint over gRPC with one workload and reports throughput
 //! and latency, for side-by-side runs against etcd and Strata (see `scripts/bench`).
 
+mod lease;
 mod watch;
 
 use clap::{Parser, ValueEnum};
@@ -26,6 +27,8 @@ enum Workload {
     /// `--watchers` watchers over `--streams` streams while `--total` puts arrive at `--rate`;
     /// reports event delivery latency.
     Watch,
+    /// Grants `--leases` leases, then `--total` keep-alives over `--streams` streams.
+    Lease,
 }
 
 #[derive(Debug, Parser)]
@@ -61,7 +64,10 @@ struct Args {
     /// Watchers, for the watch workload.
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
-    /// Watch streams the watchers are spread over.
+    /// Leases granted, for the lease workload.
+    #[arg(long, default_value_t = 10_000)]
+    leases: u64,
+    /// Watch or keep-alive streams.
     #[arg(long, default_value_t = 100)]
     streams: usize,
     /// Puts per second, for the watch workload.
@@ -73,6 +79,19 @@ struct Args {
     /// Print one JSON object instead of the human-readable report.
     #[arg(long)]
     json: bool,
+}
+
+/// Resident memory of process `pid` in bytes, from /proc (Linux).
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 fn key(args: &Args, n: u64) -> bytes::Bytes {
@@ -146,7 +165,7 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
             })
             .await?;
         }
-        Workload::Watch => unreachable!("the watch workload runs apart"),
+        Workload::Watch | Workload::Lease => unreachable!("stream workloads run apart"),
         Workload::TxnPut => {
             let k = key(args, spread(i, args.key_space));
             let current = kv
@@ -243,8 +262,10 @@ impl Report {
 
 async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
     let channels = connect(&args).await?;
-    if args.workload == Workload::Watch {
-        return watch::run(&args, &channels).await;
+    match args.workload {
+        Workload::Watch => return watch::run(&args, &channels).await,
+        Workload::Lease => return lease::run(&args, &channels).await,
+        _ => {}
     }
     let mut clients: Vec<KvClient<Channel>> = channels
         .into_iter()

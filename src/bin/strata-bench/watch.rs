@@ -5,7 +5,7 @@
 //! so every put reaches the watchers of its key and of its group. Each value carries the moment of
 //! its put, so the delivery latency is measured in this one process.
 
-use super::{spread, Args, Report};
+use super::{rss, spread, Args, Report};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,19 +29,6 @@ fn group_prefix(group: u64) -> String {
 
 fn watch_key(n: u64) -> String {
     format!("{}{n:08}", group_prefix(n % GROUPS))
-}
-
-/// Resident memory of process `pid` in bytes, from /proc (Linux).
-fn rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }
 
 /// Which watchers each key and group has, to know how many events every put must bring.

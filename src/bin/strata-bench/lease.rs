@@ -1,0 +1,101 @@
+//! The lease workload: grants `--leases` leases, then sends `--total` keep-alives over `--streams`
+//! keep-alive streams, one in flight per stream; reports keep-alive throughput and latency, the
+//! grant rate, and (with `--server-pid`) the server's memory per lease.
+
+use super::{rss, spread, Args, Report};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use strata::proto::etcdserverpb::lease_client::LeaseClient;
+use strata::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+/// Long enough that no lease expires during a run.
+const TTL: i64 = 3600;
+
+pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
+    let before = args.server_pid.and_then(rss);
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut grants = Vec::new();
+    for c in 0..args.clients.max(1) {
+        let mut lease = LeaseClient::new(channels[c % channels.len()].clone());
+        let (next, count) = (next.clone(), args.leases);
+        grants.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < count {
+                let granted = lease
+                    .lease_grant(LeaseGrantRequest { ttl: TTL, id: 0 })
+                    .await?;
+                ids.push(granted.into_inner().id);
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::new();
+    for g in grants {
+        ids.extend(g.await??);
+    }
+    let granting = started.elapsed();
+    eprintln!(
+        "{} leases granted in {:.2}s ({:.0}/s)",
+        ids.len(),
+        granting.as_secs_f64(),
+        ids.len() as f64 / granting.as_secs_f64()
+    );
+    if let (Some(before), Some(after)) = (before, args.server_pid.and_then(rss)) {
+        let per = after.saturating_sub(before) as f64 / ids.len().max(1) as f64;
+        eprintln!("server memory per lease: {per:.0} bytes");
+    }
+
+    let ids = Arc::new(ids);
+    let next = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut streams = Vec::new();
+    for s in 0..args.streams.max(1) {
+        let mut lease = LeaseClient::new(channels[s % channels.len()].clone());
+        let (ids, next, errors, total) = (ids.clone(), next.clone(), errors.clone(), args.total);
+        streams.push(tokio::spawn(async move {
+            let (requests, rx) = mpsc::channel(1);
+            let mut latencies: Vec<Duration> = Vec::new();
+            let Ok(response) = lease.lease_keep_alive(ReceiverStream::new(rx)).await else {
+                errors.fetch_add(1, Ordering::Relaxed);
+                return latencies;
+            };
+            let mut answers = response.into_inner();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || ids.is_empty() {
+                    return latencies;
+                }
+                let id = ids[spread(i, ids.len() as u64) as usize];
+                let sent = Instant::now();
+                if requests.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    return latencies;
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.ttl > 0 => latencies.push(sent.elapsed()),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::new();
+    for s in streams {
+        latencies.extend(s.await?);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort_unstable();
+    Ok(Report {
+        requests: latencies.len(),
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        latencies,
+    })
+}
