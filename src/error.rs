@@ -41,6 +41,12 @@ pub enum Error {
     /// A lock's lease expired while its request waited (etcd's concurrency.ErrSessionExpired).
     #[error("session expired")]
     SessionExpired,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
     /// A part of etcd's API that Strata does not serve yet.
     #[error("strata: {0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -63,7 +69,11 @@ impl Error {
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
-            Error::SessionExpired => Code::Unknown,
+            // etcd returns these as plain Go errors, which gRPC turns into Unknown.
+            Error::SessionExpired
+            | Error::ElectionNotLeader
+            | Error::ElectionNoLeader
+            | Error::MissingLeaderKey => Code::Unknown,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Strata: etcd's v3 API over an embedded store or PostgreSQL.
 //!
 //! Three layers (see DESIGN.md): [`api`] maps gRPC to calls on [`mvcc`], which holds etcd's semantics
-//! over the narrow log interface of [`backend`]. [`concurrency`] runs etcd's lock recipe over the
-//! store for the v3lock service.
+//! over the narrow log interface of [`backend`]. [`concurrency`] runs etcd's lock and election
+//! recipes over the store for the v3lock and v3election services.
 
 pub mod api;
 pub mod backend;

@@ -3,6 +3,7 @@
 //! One file per etcd service. An RPC that is not built yet answers `Unimplemented`, naming itself.
 
 mod cluster;
+mod election;
 mod http;
 mod kv;
 mod lease;
@@ -20,6 +21,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
+use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -122,6 +124,11 @@ impl Server {
             )
             .add_service(
                 LeaseServer::new(lease::LeaseService(context.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                ElectionServer::new(election::ElectionService(context.clone()))
                     .max_decoding_message_size(max_message)
                     .max_encoding_message_size(usize::MAX),
             )

@@ -3,6 +3,7 @@
 mod bench;
 mod differential;
 mod durability;
+mod election;
 mod etcdctl;
 mod http;
 mod lease;
