@@ -47,6 +47,11 @@ pub enum Error {
     ElectionNoLeader,
     #[error("\"leader\" field must be provided")]
     MissingLeaderKey,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    /// Membership is not changed through the Cluster service: a frontend joins by starting.
+    #[error("strata: members are Strata frontends; one joins by starting against the cluster's backend and leaves by stopping, so {0} is refused")]
+    MembershipByFrontends(&'static str),
     /// A part of etcd's API that Strata does not serve yet.
     #[error("strata: {0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -65,7 +70,9 @@ impl Error {
             | Error::RequestTooLarge => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists => Code::FailedPrecondition,
+            Error::LeaseExists | Error::BadLeaderTransferee | Error::MembershipByFrontends(_) => {
+                Code::FailedPrecondition
+            }
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,

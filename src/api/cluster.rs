@@ -1,7 +1,9 @@
-//! etcdserverpb.Cluster: the member list. Membership changes need more than one member; they come
-//! with the PostgreSQL backend, where frontends join and leave by themselves.
+//! etcdserverpb.Cluster: the member list. Membership is not changed through this service: members
+//! are Strata frontends, which join a cluster by starting against its backend and leave by stopping,
+//! so MemberAdd, MemberRemove, MemberUpdate and MemberPromote are refused, saying so.
 
-use super::{unimplemented, Context};
+use super::Context;
+use crate::error::Error;
 use crate::proto::etcdserverpb::cluster_server::Cluster;
 use crate::proto::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -41,27 +43,27 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        unimplemented("etcdserverpb.Cluster/MemberAdd")
+        Err(Error::MembershipByFrontends("MemberAdd").into())
     }
 
     async fn member_remove(
         &self,
         _: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        unimplemented("etcdserverpb.Cluster/MemberRemove")
+        Err(Error::MembershipByFrontends("MemberRemove").into())
     }
 
     async fn member_update(
         &self,
         _: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        unimplemented("etcdserverpb.Cluster/MemberUpdate")
+        Err(Error::MembershipByFrontends("MemberUpdate").into())
     }
 
     async fn member_promote(
         &self,
         _: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        unimplemented("etcdserverpb.Cluster/MemberPromote")
+        Err(Error::MembershipByFrontends("MemberPromote").into())
     }
 }

@@ -1,6 +1,7 @@
 //! etcdserverpb.Maintenance: Status, Defragment and Alarm so far.
 
 use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
+use crate::error::Error;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
@@ -120,11 +121,18 @@ impl Maintenance for MaintenanceService {
         unimplemented("etcdserverpb.Maintenance/Snapshot")
     }
 
+    /// A single member leads already: moving leadership to itself succeeds at once, to any other
+    /// member is refused, as a one-member etcd answers.
     async fn move_leader(
         &self,
-        _: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        unimplemented("etcdserverpb.Maintenance/MoveLeader")
+        if req.into_inner().target_id != self.0.store.identity().member_id {
+            return Err(Error::BadLeaderTransferee.into());
+        }
+        let mut resp = MoveLeaderResponse::default();
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn downgrade(

@@ -178,3 +178,41 @@ async fn hash_kv_agrees_with_etcd() {
     let at_compaction = maintenance.hash_kv(HashKvRequest { revision: 5 }).await;
     assert_eq!(at_compaction.unwrap().into_inner().compact_revision, 5);
 }
+
+/// A single member already leads; membership changes are refused, saying how members join.
+#[tokio::test]
+async fn leadership_and_membership_as_one_member() {
+    use strata::proto::etcdserverpb::cluster_client::ClusterClient;
+    use strata::proto::etcdserverpb::{MemberAddRequest, MoveLeaderRequest};
+    let strata = Strata::start();
+    let mut maintenance = MaintenanceClient::new(strata.channel().await);
+    let me = maintenance
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .leader;
+    maintenance
+        .move_leader(MoveLeaderRequest { target_id: me })
+        .await
+        .unwrap();
+    let elsewhere = maintenance
+        .move_leader(MoveLeaderRequest { target_id: me ^ 1 })
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(elsewhere.message(), "etcdserver: bad leader transferee");
+    let add = ClusterClient::new(strata.channel().await)
+        .member_add(MemberAddRequest {
+            peer_ur_ls: vec!["http://127.0.0.1:2380".to_owned()],
+            is_learner: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(add.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        add.message().contains("joins by starting"),
+        "{}",
+        add.message()
+    );
+}
