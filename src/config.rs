@@ -46,6 +46,29 @@ pub struct Config {
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
 
+    /// Certificate chain (PEM) to serve https:// client URLs with.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates are verified against.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Require clients on https:// URLs to present a certificate signed by --trusted-ca-file.
+    #[arg(
+        long,
+        env = "ETCD_CLIENT_CERT_AUTH",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set,
+        default_value_t = false
+    )]
+    pub client_cert_auth: bool,
+
     /// Largest request the server accepts, in bytes.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES)]
     pub max_request_bytes: usize,
@@ -202,6 +225,14 @@ mod tests {
             c.experimental_watch_progress_notify_interval,
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn bool_flags_take_go_forms() {
+        assert!(parse(&["-client-cert-auth"]).client_cert_auth);
+        assert!(parse(&["--client-cert-auth=true"]).client_cert_auth);
+        assert!(!parse(&["--client-cert-auth=false"]).client_cert_auth);
+        assert!(!parse(&[]).client_cert_auth);
     }
 
     #[test]

@@ -87,14 +87,27 @@ impl Server {
     ) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
         for url in &config.listen_client_urls {
-            listeners.extend(bind(url).await?);
+            let secure = url.starts_with("https://");
+            listeners.extend(bind(url).await?.into_iter().map(|l| (l, secure)));
         }
+        let tls = if listeners.iter().any(|(_, secure)| *secure) {
+            Some(tls_config(config)?)
+        } else {
+            None
+        };
         let addresses: Vec<SocketAddr> = listeners
             .iter()
-            .map(|l| l.local_addr())
+            .map(|(l, _)| l.local_addr())
             .collect::<std::io::Result<_>>()?;
         let client_urls = if config.advertise_client_urls.is_empty() {
-            addresses.iter().map(|a| format!("http://{a}")).collect()
+            listeners
+                .iter()
+                .zip(&addresses)
+                .map(|((_, secure), a)| {
+                    let scheme = if *secure { "https" } else { "http" };
+                    format!("{scheme}://{a}")
+                })
+                .collect()
         } else {
             config.advertise_client_urls.clone()
         };
@@ -158,12 +171,14 @@ impl Server {
             let _ = stop.send(true);
         });
         let mut tasks = Vec::new();
-        for listener in listeners {
+        for (listener, secure) in listeners {
             let mut stopped = stopped.clone();
             // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
-            let server = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .add_routes(routes.clone());
+            let mut builder = tonic::transport::Server::builder().accept_http1(true);
+            if let (true, Some(tls)) = (secure, &tls) {
+                builder = builder.tls_config(tls.clone())?;
+            }
+            let server = builder.add_routes(routes.clone());
             // Replies are small and latency-bound: Nagle's algorithm would hold each one back
             // until the client's delayed acknowledgement (tens of milliseconds).
             let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -215,10 +230,37 @@ impl Server {
     }
 }
 
-/// Binds an `http://host:port` URL: every address the host resolves to.
+/// The TLS settings of https:// client URLs, from etcd's flags.
+fn tls_config(config: &Config) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        anyhow::bail!("https:// client URLs need --cert-file and --key-file");
+    };
+    let read = |path: &std::path::PathBuf| {
+        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    match &config.trusted_ca_file {
+        Some(ca) => {
+            tls = tls
+                .client_ca_root(Certificate::from_pem(read(ca)?))
+                .client_auth_optional(!config.client_cert_auth);
+        }
+        None if config.client_cert_auth => {
+            anyhow::bail!("--client-cert-auth needs --trusted-ca-file to verify clients with")
+        }
+        None => {}
+    }
+    Ok(tls)
+}
+
+/// Binds an `http://host:port` or `https://host:port` URL: every address the host resolves to.
 async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
-    let Some(authority) = url.strip_prefix("http://") else {
-        anyhow::bail!("cannot listen on {url}: only http:// client URLs are served so far");
+    let Some(authority) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        anyhow::bail!("cannot listen on {url}: client URLs are http:// or https://");
     };
     let authority = authority.trim_end_matches('/');
     let mut listeners = Vec::new();

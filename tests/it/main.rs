@@ -11,4 +11,5 @@ mod lock;
 mod maintenance;
 mod requests;
 mod support;
+mod tls;
 mod watch;

@@ -128,12 +128,11 @@ impl Strata {
     /// Starts on `dir` (kept by the caller, so that a restart finds the same data).
     pub fn start_in(dir: &Path, args: &[&str]) -> Strata {
         let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
-            .args(args)
-            .env("STRATA_LOG", "info");
+        command.arg("--data-dir").arg(dir.join("data"));
+        if !args.contains(&"--listen-client-urls") {
+            command.args(["--listen-client-urls", "http://127.0.0.1:0"]);
+        }
+        command.args(args).env("STRATA_LOG", "info");
         Strata {
             process: Process::start(command, "ready to serve client requests", None),
             _dir: None,
