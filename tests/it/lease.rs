@@ -61,7 +61,9 @@ async fn answer(server: &Process, lease: &mut LeaseClient<Channel>, call: &Call)
             };
             match lease.lease_time_to_live(req).await {
                 Ok(r) => {
-                    let r = r.into_inner();
+                    let mut r = r.into_inner();
+                    // etcd lists a lease's keys in no set order.
+                    r.keys.sort();
                     let ttl = if r.ttl == -1 {
                         "-1".to_owned()
                     } else {

@@ -7,6 +7,7 @@ mod election;
 mod etcdctl;
 mod http;
 mod lease;
+mod linearizability;
 mod lock;
 mod maintenance;
 mod requests;
