@@ -133,6 +133,9 @@ fn the_checker_tells_linearizable_histories_apart() {
     ]));
 }
 
+/// What the clients record, by key.
+type Shared<T> = Arc<Mutex<BTreeMap<u32, Vec<T>>>>;
+
 const KEYS: u32 = 4;
 const CLIENTS: usize = 8;
 const CALLS_PER_CLIENT: usize = 60;
@@ -141,9 +144,9 @@ const CALLS_PER_CLIENT: usize = 60;
 async fn concurrent_clients_see_a_linearizable_store() {
     let strata = Strata::start();
     let start = Instant::now();
-    let history: Arc<Mutex<BTreeMap<u32, Vec<Recorded>>>> = Arc::default();
-    // Every committed write of each key, by revision, as the writers learned them.
-    let writes: Arc<Mutex<BTreeMap<u32, Vec<(i64, u32)>>>> = Arc::default();
+    let history: Shared<Recorded> = Arc::default();
+    // Every committed write of each key, as (revision, value), as the writers learned them.
+    let writes: Shared<(i64, u32)> = Arc::default();
 
     let mut watchers = Vec::new();
     for k in 0..KEYS {
