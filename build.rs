@@ -23,6 +23,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect();
 
     let fds = protox::compile(&files, [PROTO_ROOT])?;
+    // The descriptors themselves, for the JSON gateway's protobuf-JSON mapping at run time.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
 
     // Byte fields as `bytes::Bytes`: stored values are handed to many readers without copying.
     tonic_prost_build::configure()

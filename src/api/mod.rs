@@ -4,6 +4,7 @@
 
 mod cluster;
 mod election;
+mod gateway;
 mod http;
 mod kv;
 mod lease;
@@ -161,9 +162,11 @@ impl Server {
                     .max_encoding_message_size(usize::MAX),
             );
         let mut routes = routes.routes();
+        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).fallback(not_built);
+        let grpc = routes.clone();
         *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
             .merge(http::routes(context.clone()))
-            .fallback(not_built);
+            .merge(gateway::routes(grpc));
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -289,7 +292,7 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
 }
 
 /// Answers every RPC Strata does not serve yet; a plain HTTP request for an unknown path gets 404
-/// (as etcd's), and one for the JSON gateway 501.
+/// (as etcd's), and one for a streaming gateway path (watch, keep-alive, snapshot, observe) 501.
 async fn not_built(request: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path().to_owned();
@@ -305,7 +308,7 @@ async fn not_built(request: axum::extract::Request) -> axum::response::Response 
         .into_http();
     }
     if path.starts_with("/v3/") {
-        let message = format!("strata: the JSON gateway ({path}) is not implemented yet\n");
+        let message = format!("strata: the JSON gateway does not serve {path} yet (streams)\n");
         return (axum::http::StatusCode::NOT_IMPLEMENTED, message).into_response();
     }
     (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()

@@ -5,6 +5,7 @@ mod differential;
 mod durability;
 mod election;
 mod etcdctl;
+mod gateway;
 mod http;
 mod lease;
 mod linearizability;

@@ -1,0 +1,122 @@
+//! The JSON gateway: the same JSON requests POSTed to etcd's grpc-gateway and to Strata's get the
+//! same status and the same body, ids and term aside.
+
+use crate::support::{start_both, Process};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+
+/// The status and body of a POST of `body` to `path`.
+fn post(server: &Process, path: &str, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        server.address,
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, blank_ids(&body))
+}
+
+/// The body of a chunked HTTP/1.1 response (etcd's gateway sends its errors so, with trailers).
+fn dechunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    body
+}
+
+/// Blanks the values of the id and term fields, which differ between any two servers.
+fn blank_ids(body: &str) -> String {
+    let mut out = body.to_owned();
+    for field in ["\"cluster_id\":\"", "\"member_id\":\"", "\"raft_term\":\""] {
+        let mut rest = out.as_str();
+        let mut blanked = String::new();
+        while let Some(at) = rest.find(field) {
+            let (before, after) = rest.split_at(at + field.len());
+            blanked.push_str(before);
+            rest = &after[after.find('"').unwrap_or(0)..];
+        }
+        blanked.push_str(rest);
+        out = blanked;
+    }
+    out
+}
+
+#[test]
+fn unary_calls_answer_as_etcds_gateway() {
+    let (etcd, strata) = start_both();
+    // Keys and values are base64: "a" is YQ==, "b" Yg==, "1" MQ==, "2" Mg==.
+    let calls = [
+        ("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+        (
+            "/v3/kv/put",
+            r#"{"key":"Yg==","value":"Mg==","prev_kv":true}"#,
+        ),
+        (
+            "/v3/kv/put",
+            r#"{"key":"Yg==","value":"MQ==","prev_kv":true}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+        (
+            "/v3/kv/range",
+            r#"{"key":"YQ==","range_end":"Yw==","sort_order":"DESCEND","limit":"1"}"#,
+        ),
+        (
+            "/v3/kv/range",
+            r#"{"key":"YQ==","range_end":"Yw==","count_only":true}"#,
+        ),
+        ("/v3/kv/range", r#"{"key":""}"#),
+        ("/v3/kv/range", r#"{"key":"YQ==","revision":"99"}"#),
+        (
+            "/v3/kv/txn",
+            r#"{"compare":[{"key":"YQ==","result":"EQUAL","target":"VALUE","value":"MQ=="}],
+                "success":[{"request_put":{"key":"YQ==","value":"Mg=="}},{"request_range":{"key":"YQ=="}}],
+                "failure":[{"request_range":{"key":"Yg=="}}]}"#,
+        ),
+        (
+            "/v3/kv/txn",
+            r#"{"compare":[{"key":"YQ==","result":"GREATER","target":"MOD","mod_revision":"100"}],
+                "failure":[{"request_delete_range":{"key":"Yg==","prev_kv":true}}]}"#,
+        ),
+        ("/v3/kv/deleterange", r#"{"key":"YQ==","range_end":"AA=="}"#),
+        ("/v3/kv/compaction", r#"{"revision":"3","physical":true}"#),
+        ("/v3/kv/range", r#"{"key":"YQ==","revision":"2"}"#),
+        ("/v3/lease/grant", r#"{"TTL":"60","ID":"77"}"#),
+        ("/v3/lease/grant", r#"{"TTL":"60","ID":"77"}"#),
+        (
+            "/v3/kv/put",
+            r#"{"key":"bA==","value":"MQ==","lease":"77"}"#,
+        ),
+        ("/v3/lease/leases", "{}"),
+        ("/v3/lease/revoke", r#"{"ID":"77"}"#),
+        ("/v3/lease/revoke", r#"{"ID":"77"}"#),
+        ("/v3/kv/range", r#"{"key":"AA==","range_end":"AA=="}"#),
+    ];
+    for (path, body) in calls {
+        assert_eq!(
+            post(&strata, path, body),
+            post(&etcd, path, body),
+            "POST {path} {body}"
+        );
+    }
+}
