@@ -91,7 +91,12 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        unimplemented("etcdserverpb.Maintenance/Hash")
+        let mut resp = HashResponse {
+            hash: self.0.store.hash().await?,
+            ..Default::default()
+        };
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn hash_kv(

@@ -103,6 +103,13 @@ impl KvHasher {
         }
     }
 
+    /// A lease record, for the whole-store hash.
+    pub fn write_lease(&mut self, id: i64, ttl: i64) {
+        self.crc.write(b"lease");
+        self.crc.write(&id.to_be_bytes());
+        self.crc.write(&ttl.to_be_bytes());
+    }
+
     pub fn sum(&self) -> u32 {
         self.crc.sum()
     }

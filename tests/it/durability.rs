@@ -12,7 +12,9 @@ use strata::proto::etcdserverpb::compare::{
 };
 use strata::proto::etcdserverpb::kv_client::KvClient;
 use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-use strata::proto::etcdserverpb::{HashKvRequest, RangeRequest, RangeResponse, ResponseHeader};
+use strata::proto::etcdserverpb::{
+    HashKvRequest, HashRequest, RangeRequest, RangeResponse, ResponseHeader,
+};
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
@@ -34,6 +36,16 @@ async fn everything(kv: &mut KvClient<Channel>, revision: i64) -> RangeResponse 
 async fn hash_kv(server: &Strata, revision: i64) -> u32 {
     MaintenanceClient::new(server.channel().await)
         .hash_kv(HashKvRequest { revision })
+        .await
+        .unwrap()
+        .into_inner()
+        .hash
+}
+
+/// The Hash of the whole store.
+async fn store_hash(server: &Strata) -> u32 {
+    MaintenanceClient::new(server.channel().await)
+        .hash(HashRequest {})
         .await
         .unwrap()
         .into_inner()
@@ -74,6 +86,7 @@ async fn restart_serves_the_same_data_revisions_and_identity() {
             hash_kv(&server, revision).await,
         ));
     }
+    let whole = store_hash(&server).await;
     drop(kv);
     assert!(server.terminate().success(), "clean shutdown on SIGTERM");
 
@@ -88,6 +101,11 @@ async fn restart_serves_the_same_data_revisions_and_identity() {
         );
         assert_eq!(after, before[i], "at revision {revision}");
     }
+    assert_eq!(
+        store_hash(&server).await,
+        whole,
+        "the whole store hashes the same"
+    );
     let compacted = kv
         .range(RangeRequest {
             revision: 9,
