@@ -1,7 +1,9 @@
-//! etcd's JSON gateway: each unary RPC at its `/v3/...` path, POSTed as protobuf-JSON the way etcd's
+//! etcd's JSON gateway: each RPC at its `/v3/...` path, POSTed as protobuf-JSON the way etcd's
 //! grpc-gateway reads and writes it (field names as in the .proto files, 64-bit integers as strings,
 //! bytes as base64, enums by name, default values left out; errors as
-//! `{"error","message","code"}` with the HTTP status of the gRPC code).
+//! `{"error","message","code"}` with the HTTP status of the gRPC code). A streaming RPC reads any
+//! number of JSON requests from the body and answers with one `{"result":...}` line per response,
+//! for as long as the call lasts.
 //!
 //! A gateway request is turned into a gRPC request and served, in the process, by the same services
 //! that serve gRPC, so both faces give the same answers.
@@ -15,6 +17,9 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use prost::Message;
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, SerializeOptions};
+use std::convert::Infallible;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tonic::codegen::Service;
 use tonic::service::Routes;
 use tonic::Code;
@@ -29,6 +34,18 @@ const PATHS: &[(&str, &str, &str)] = &[
     ("/v3/kv/deleterange", "etcdserverpb.KV", "DeleteRange"),
     ("/v3/kv/txn", "etcdserverpb.KV", "Txn"),
     ("/v3/kv/compaction", "etcdserverpb.KV", "Compact"),
+    ("/v3/watch", "etcdserverpb.Watch", "Watch"),
+    (
+        "/v3/lease/keepalive",
+        "etcdserverpb.Lease",
+        "LeaseKeepAlive",
+    ),
+    (
+        "/v3/maintenance/snapshot",
+        "etcdserverpb.Maintenance",
+        "Snapshot",
+    ),
+    ("/v3/election/observe", "v3electionpb.Election", "Observe"),
     ("/v3/lease/grant", "etcdserverpb.Lease", "LeaseGrant"),
     ("/v3/lease/revoke", "etcdserverpb.Lease", "LeaseRevoke"),
     ("/v3/kv/lease/revoke", "etcdserverpb.Lease", "LeaseRevoke"),
@@ -147,10 +164,17 @@ pub fn routes(grpc: Routes) -> Router {
             .and_then(|s| s.methods().find(|m| m.name() == method))
             .unwrap_or_else(|| panic!("{service}/{method} is in the protos"));
         let grpc = grpc.clone();
-        router = router.route(
-            path,
-            post(move |body: Bytes| call(grpc.clone(), method.clone(), body)),
-        );
+        router = if method.is_client_streaming() || method.is_server_streaming() {
+            router.route(
+                path,
+                post(move |body: Body| stream(grpc.clone(), method.clone(), body)),
+            )
+        } else {
+            router.route(
+                path,
+                post(move |body: Bytes| call(grpc.clone(), method.clone(), body)),
+            )
+        };
     }
     router
 }
@@ -191,11 +215,7 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
         Ok(request) => request,
         Err(e) => return error(Code::InvalidArgument, &e.to_string()),
     };
-    let message = request.encode_to_vec();
-    let mut framed = Vec::with_capacity(message.len() + 5);
-    framed.push(0);
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(&message);
+    let framed = frame(&request);
     let grpc_request = Request::builder()
         .method("POST")
         .uri(format!(
@@ -244,4 +264,127 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
         Ok(()) => json(StatusCode::OK, out.into_inner()),
         Err(e) => error(Code::Internal, &e.to_string()),
     }
+}
+
+/// A gRPC message frame: uncompressed, length-prefixed.
+fn frame(message: &DynamicMessage) -> Bytes {
+    let message = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(message.len() + 5);
+    framed.push(0);
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// Takes the complete gRPC messages off the front of `buffer`.
+fn unframe(buffer: &mut Vec<u8>) -> Vec<Vec<u8>> {
+    let mut messages = Vec::new();
+    while buffer.len() >= 5 {
+        let length = u32::from_be_bytes(buffer[1..5].try_into().expect("4 bytes")) as usize;
+        if buffer.len() < 5 + length {
+            break;
+        }
+        messages.push(buffer[5..5 + length].to_vec());
+        buffer.drain(..5 + length);
+    }
+    messages
+}
+
+/// A streaming call: JSON requests from the body as they come, one JSON line per response.
+async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Response {
+    let (requests, request_frames) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
+    let input = method.input();
+    tokio::spawn(async move {
+        let mut body = body.into_data_stream();
+        let mut pending = Vec::new();
+        while let Some(Ok(chunk)) = body.next().await {
+            pending.extend_from_slice(&chunk);
+            let mut values =
+                serde_json::Deserializer::from_slice(&pending).into_iter::<serde_json::Value>();
+            let mut used = 0;
+            while let Some(Ok(value)) = values.next() {
+                used = values.byte_offset();
+                let Ok(request) = DynamicMessage::deserialize(input.clone(), value) else {
+                    return;
+                };
+                if requests.send(Ok(frame(&request))).await.is_err() {
+                    return;
+                }
+            }
+            pending.drain(..used);
+        }
+    });
+    let grpc_request = Request::builder()
+        .method("POST")
+        .uri(format!(
+            "/{}/{}",
+            method.parent_service().full_name(),
+            method.name()
+        ))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(Body::from_stream(ReceiverStream::new(request_frames)))
+        .expect("a valid request");
+    let Ok(answer) = grpc.call(grpc_request).await;
+    let (parts, mut answer_body) = answer.into_parts();
+    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
+        if status.code() != Code::Ok {
+            return error(status.code(), status.message());
+        }
+    }
+    let (lines, lines_out) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
+    tokio::spawn(async move {
+        let options = SerializeOptions::new().use_proto_field_name(true);
+        let mut buffer = Vec::new();
+        while let Some(Ok(frame)) = answer_body.frame().await {
+            let frame = match frame.into_data() {
+                Ok(data) => data,
+                Err(frame) => {
+                    let status = frame
+                        .trailers_ref()
+                        .and_then(tonic::Status::from_header_map);
+                    if let Some(status) = status.filter(|s| s.code() != Code::Ok) {
+                        let line = stream_error(&status);
+                        let _ = lines.send(Ok(line)).await;
+                    }
+                    return;
+                }
+            };
+            buffer.extend_from_slice(&frame);
+            for message in unframe(&mut buffer) {
+                let Ok(answer) = DynamicMessage::decode(method.output(), &message[..]) else {
+                    return;
+                };
+                let mut out = serde_json::Serializer::new(b"{\"result\":".to_vec());
+                if answer.serialize_with_options(&mut out, &options).is_err() {
+                    return;
+                }
+                let mut line = out.into_inner();
+                line.extend_from_slice(b"}\n");
+                if lines.send(Ok(line.into())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(ReceiverStream::new(lines_out)),
+    )
+        .into_response()
+}
+
+/// An error in the middle of a stream, as grpc-gateway writes it.
+fn stream_error(status: &tonic::Status) -> Bytes {
+    let http = error(status.code(), "").status().as_u16();
+    let quoted = serde_json::Value::from(status.message()).to_string();
+    let reason = axum::http::StatusCode::from_u16(http)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!(
+        "{{\"error\":{{\"grpc_code\":{},\"http_code\":{http},\"message\":{quoted},\"http_status\":\"{reason}\"}}}}\n",
+        status.code() as i32
+    )
+    .into()
 }

@@ -291,8 +291,8 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
     }
 }
 
-/// Answers every RPC Strata does not serve yet; a plain HTTP request for an unknown path gets 404
-/// (as etcd's), and one for a streaming gateway path (watch, keep-alive, snapshot, observe) 501.
+/// Answers every RPC Strata does not serve yet; a plain HTTP request for an unknown path gets 404,
+/// as from etcd.
 async fn not_built(request: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path().to_owned();
@@ -306,10 +306,6 @@ async fn not_built(request: axum::extract::Request) -> axum::response::Response 
             path.trim_start_matches('/')
         ))
         .into_http();
-    }
-    if path.starts_with("/v3/") {
-        let message = format!("strata: the JSON gateway does not serve {path} yet (streams)\n");
-        return (axum::http::StatusCode::NOT_IMPLEMENTED, message).into_response();
     }
     (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()
 }
