@@ -215,18 +215,7 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
         Ok(request) => request,
         Err(e) => return error(Code::InvalidArgument, &e.to_string()),
     };
-    let framed = frame(&request);
-    let grpc_request = Request::builder()
-        .method("POST")
-        .uri(format!(
-            "/{}/{}",
-            method.parent_service().full_name(),
-            method.name()
-        ))
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
-        .body(Body::from(framed))
-        .expect("a valid request");
+    let grpc_request = grpc_request(&method, Body::from(frame(&request)));
     let Ok(answer) = grpc.call(grpc_request).await;
     let (parts, answer_body) = answer.into_parts();
     if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
@@ -246,15 +235,11 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
             return error(status.code(), status.message());
         }
     }
-    let data = collected.to_bytes();
-    let Some(length) = data.get(1..5) else {
-        return error(Code::Internal, "no response message");
+    let mut data = collected.to_bytes().to_vec();
+    let Some(message) = unframe(&mut data).into_iter().next() else {
+        return error(Code::Internal, "no whole response message");
     };
-    let length = u32::from_be_bytes(length.try_into().expect("4 bytes")) as usize;
-    let Some(message) = data.get(5..5 + length) else {
-        return error(Code::Internal, "truncated response message");
-    };
-    let answer = match DynamicMessage::decode(method.output(), message) {
+    let answer = match DynamicMessage::decode(method.output(), &message[..]) {
         Ok(answer) => answer,
         Err(e) => return error(Code::Internal, &e.to_string()),
     };
@@ -264,6 +249,21 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
         Ok(()) => json(StatusCode::OK, out.into_inner()),
         Err(e) => error(Code::Internal, &e.to_string()),
     }
+}
+
+/// The gRPC request for `method` carrying `body`, to be served in the process.
+fn grpc_request(method: &MethodDescriptor, body: Body) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri(format!(
+            "/{}/{}",
+            method.parent_service().full_name(),
+            method.name()
+        ))
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .body(body)
+        .expect("a valid request")
 }
 
 /// A gRPC message frame: uncompressed, length-prefixed.
@@ -314,17 +314,10 @@ async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Respo
             pending.drain(..used);
         }
     });
-    let grpc_request = Request::builder()
-        .method("POST")
-        .uri(format!(
-            "/{}/{}",
-            method.parent_service().full_name(),
-            method.name()
-        ))
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
-        .body(Body::from_stream(ReceiverStream::new(request_frames)))
-        .expect("a valid request");
+    let grpc_request = grpc_request(
+        &method,
+        Body::from_stream(ReceiverStream::new(request_frames)),
+    );
     let Ok(answer) = grpc.call(grpc_request).await;
     let (parts, mut answer_body) = answer.into_parts();
     if let Some(status) = tonic::Status::from_header_map(&parts.headers) {

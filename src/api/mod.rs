@@ -124,43 +124,33 @@ impl Server {
             watch_progress_interval: config.experimental_watch_progress_notify_interval,
         };
         let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+        // Every service takes requests up to the limit (etcd's gRPC layer allows a little more than
+        // --max-request-bytes, which the handlers then check) and answers of any size.
+        macro_rules! limited {
+            ($server:ident, $service:expr) => {
+                $server::new($service)
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(usize::MAX)
+            };
+        }
         let mut routes = tonic::service::Routes::builder();
         routes
-            .add_service(
-                KvServer::new(kv::KvService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                MaintenanceServer::new(maintenance::MaintenanceService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                LeaseServer::new(lease::LeaseService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                ElectionServer::new(election::ElectionService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                LockServer::new(lock::LockService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                WatchServer::new(watch::WatchService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            )
-            .add_service(
-                ClusterServer::new(cluster::ClusterService(context.clone()))
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX),
-            );
+            .add_service(limited!(KvServer, kv::KvService(context.clone())))
+            .add_service(limited!(
+                MaintenanceServer,
+                maintenance::MaintenanceService(context.clone())
+            ))
+            .add_service(limited!(LeaseServer, lease::LeaseService(context.clone())))
+            .add_service(limited!(
+                ElectionServer,
+                election::ElectionService(context.clone())
+            ))
+            .add_service(limited!(LockServer, lock::LockService(context.clone())))
+            .add_service(limited!(WatchServer, watch::WatchService(context.clone())))
+            .add_service(limited!(
+                ClusterServer,
+                cluster::ClusterService(context.clone())
+            ));
         let mut routes = routes.routes();
         *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).fallback(not_built);
         let grpc = routes.clone();

@@ -39,3 +39,23 @@ fn watch_workload_delivers_every_event() {
     assert!(printed.contains("\"errors\":0"), "{printed}");
     assert!(told.contains("50 puts at"), "{told}");
 }
+
+#[test]
+fn lease_workload_keeps_leases_alive() {
+    let strata = Strata::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("lease")
+        .args(["--endpoints", &strata.address.to_string()])
+        .args(["--leases", "20", "--clients", "4", "--streams", "3"])
+        .args(["--total", "30", "--json"])
+        .output()
+        .expect("strata-bench runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed} {told}");
+    assert!(
+        printed.contains("\"requests\":30,\"errors\":0"),
+        "{printed}"
+    );
+    assert!(told.contains("20 leases granted"), "{told}");
+}

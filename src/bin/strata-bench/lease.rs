@@ -86,16 +86,5 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
             }
         }));
     }
-    let mut latencies = Vec::new();
-    for s in streams {
-        latencies.extend(s.await?);
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    Ok(Report {
-        requests: latencies.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    })
+    Report::gather(streams, &errors, start).await
 }

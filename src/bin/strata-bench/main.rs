@@ -207,6 +207,26 @@ struct Report {
 }
 
 impl Report {
+    /// The report of client tasks that each return their latencies, started at `start`.
+    async fn gather(
+        tasks: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+        errors: &AtomicU64,
+        start: Instant,
+    ) -> anyhow::Result<Report> {
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await?);
+        }
+        let elapsed = start.elapsed();
+        latencies.sort_unstable();
+        Ok(Report {
+            requests: latencies.len(),
+            errors: errors.load(Ordering::Relaxed),
+            elapsed,
+            latencies,
+        })
+    }
+
     fn percentile(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
@@ -302,18 +322,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
             }
         }));
     }
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await?);
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    Ok(Report {
-        requests: latencies.len(),
-        errors: errors.load(Ordering::Relaxed),
-        elapsed,
-        latencies,
-    })
+    Report::gather(tasks, &errors, start).await
 }
 
 #[tokio::main]
