@@ -1,6 +1,7 @@
 //! The integration tests: one binary, real servers on loopback ports.
 
 mod bench;
+mod client;
 mod differential;
 mod durability;
 mod election;

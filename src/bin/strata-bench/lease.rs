@@ -60,12 +60,9 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
         let (ids, next, errors, total) = (ids.clone(), next.clone(), errors.clone(), args.total);
         streams.push(tokio::spawn(async move {
             let (requests, rx) = mpsc::channel(1);
+            let mut rx_slot = Some(rx);
             let mut latencies: Vec<Duration> = Vec::new();
-            let Ok(response) = lease.lease_keep_alive(ReceiverStream::new(rx)).await else {
-                errors.fetch_add(1, Ordering::Relaxed);
-                return latencies;
-            };
-            let mut answers = response.into_inner();
+            let mut answers = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total || ids.is_empty() {
@@ -77,6 +74,19 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
                     errors.fetch_add(1, Ordering::Relaxed);
                     return latencies;
                 }
+                // The call is answered with its first response (etcd sends the response headers
+                // with it), so it is made once the first request waits in the channel.
+                if answers.is_none() {
+                    let stream = ReceiverStream::new(rx_slot.take().expect("once"));
+                    match lease.lease_keep_alive(stream).await {
+                        Ok(response) => answers = Some(response.into_inner()),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            return latencies;
+                        }
+                    }
+                }
+                let answers = answers.as_mut().expect("opened above");
                 match answers.message().await {
                     Ok(Some(answer)) if answer.ttl > 0 => latencies.push(sent.elapsed()),
                     _ => {
