@@ -275,3 +275,49 @@ fn watch_replays_history_with_its_options() {
         );
     }
 }
+
+/// `etcdctl watch -i`: watch commands and progress requests typed in. Strata answers a progress
+/// request once the watcher has caught up, after its history (etcd 3.5.13 and later; Debian's 3.4
+/// answers at once, so this is not compared with it).
+#[test]
+fn interactive_watch_with_progress() {
+    use std::io::BufRead;
+    let strata = Strata::start();
+    assert!(etcdctl(&strata, &call("put k v1")).success);
+    let mut child = Command::new(etcdctl_binary())
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(strata.address.to_string())
+        .args(["watch", "-i"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut commands = child.stdin.take().unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (line, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in stdout.lines().map_while(Result::ok) {
+            if line.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    let next_lines = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                printed
+                    .recv_timeout(std::time::Duration::from_secs(10))
+                    .expect("etcdctl printed in time")
+            })
+            .collect()
+    };
+    commands.write_all(b"watch k --rev 1\nprogress\n").unwrap();
+    commands.flush().unwrap();
+    assert_eq!(next_lines(4), ["PUT", "k", "v1", "progress notify: 2"]);
+    assert!(etcdctl(&strata, &call("put k v2")).success);
+    assert_eq!(next_lines(3), ["PUT", "k", "v2"]);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -344,3 +344,116 @@ async fn stalled_stream_blocks_nobody_and_catches_up() {
     writer.await.unwrap();
     assert_eq!(stalled.event_revisions(writes).await, every);
 }
+
+/// The way kube-apiserver uses watch: a paged list at one revision, then a prefix watch with prev_kv
+/// and progress notifications from the list's revision + 1, updates and deletes as compare-and-swap
+/// txns on mod revisions, progress requests, and a relist after the watch falls behind a compaction.
+#[tokio::test]
+async fn kube_apiserver_shaped_list_and_watch() {
+    use strata::proto::etcdserverpb::compare::{
+        CompareResult as R, CompareTarget as T, TargetUnion as U,
+    };
+    // The default progress interval (10 minutes): no periodic report interleaves with the events.
+    let strata = Strata::start();
+    let mut kv = strata.kv().await;
+    let mut stream = Stream::open(&strata).await;
+    for i in 0..12 {
+        kv.put(put(&format!("/registry/pods/ns/p{i:02}"), "spec"))
+            .await
+            .unwrap();
+    }
+    // A paged list, all pages at the first page's revision.
+    let mut listed = Vec::new();
+    let mut from = "/registry/pods/".to_owned();
+    let mut at = 0;
+    loop {
+        let page = kv
+            .range(RangeRequest {
+                limit: 5,
+                revision: at,
+                ..range(&from, "/registry/pods0")
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        at = page.header.unwrap().revision;
+        listed.extend(page.kvs.iter().cloned());
+        if !page.more {
+            break;
+        }
+        from = format!(
+            "{}\u{0}",
+            String::from_utf8_lossy(&page.kvs.last().unwrap().key)
+        );
+    }
+    assert_eq!((listed.len(), at), (12, 13));
+    stream
+        .send(RequestUnion::CreateRequest(WatchCreateRequest {
+            prev_kv: true,
+            progress_notify: true,
+            ..create("/registry/pods/", "/registry/pods0", at + 1)
+        }))
+        .await;
+    assert!(stream.next(1).await[0].created);
+    // GuaranteedUpdate and Delete: compare the mod revision the cache holds.
+    let p03 = &listed[3];
+    let update = txn(
+        vec![cmp(
+            "/registry/pods/ns/p03",
+            T::Mod,
+            R::Equal,
+            U::ModRevision(p03.mod_revision),
+        )],
+        vec![op::put("/registry/pods/ns/p03", "spec v2")],
+        vec![op::get("/registry/pods/ns/p03")],
+    );
+    assert!(kv.txn(update.clone()).await.unwrap().into_inner().succeeded);
+    assert!(
+        !kv.txn(update).await.unwrap().into_inner().succeeded,
+        "stale"
+    );
+    let p05 = &listed[5];
+    let delete = txn(
+        vec![cmp(
+            "/registry/pods/ns/p05",
+            T::Mod,
+            R::Equal,
+            U::ModRevision(p05.mod_revision),
+        )],
+        vec![op::del("/registry/pods/ns/p05", "")],
+        vec![],
+    );
+    assert!(kv.txn(delete).await.unwrap().into_inner().succeeded);
+    let events: Vec<_> = stream
+        .next(2)
+        .await
+        .into_iter()
+        .flat_map(|r| r.events)
+        .collect();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b("spec"));
+    assert_eq!(events[0].kv.as_ref().unwrap().mod_revision, 14);
+    assert_eq!(events[1].r#type, 1);
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().key, p05.key);
+    // The watch cache asks where the stream is.
+    stream
+        .send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
+    let progress = stream.next(1).await.remove(0);
+    assert_eq!(
+        (progress.watch_id, progress.header.unwrap().revision),
+        (-1, 15)
+    );
+    // After a compaction past where a new watch would start, kube relists.
+    kv.compact(compact(15, false)).await.unwrap();
+    stream
+        .send(RequestUnion::CreateRequest(create(
+            "/registry/pods/",
+            "/registry/pods0",
+            at + 1,
+        )))
+        .await;
+    let refused: Vec<_> = stream.next(2).await;
+    assert!(refused[1].canceled, "{refused:?}");
+    assert_eq!(refused[1].compact_revision, 15);
+}
