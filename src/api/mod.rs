@@ -10,6 +10,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod tls;
 pub mod validation;
 mod watch;
 
@@ -92,7 +93,7 @@ impl Server {
             listeners.extend(bind(url).await?.into_iter().map(|l| (l, secure)));
         }
         let tls = if listeners.iter().any(|(_, secure)| *secure) {
-            Some(tls_config(config)?)
+            Some(tls::acceptor(config)?)
         } else {
             None
         };
@@ -167,11 +168,9 @@ impl Server {
         for (listener, secure) in listeners {
             let mut stopped = stopped.clone();
             // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
-            let mut builder = tonic::transport::Server::builder().accept_http1(true);
-            if let (true, Some(tls)) = (secure, &tls) {
-                builder = builder.tls_config(tls.clone())?;
-            }
-            let server = builder.add_routes(routes.clone());
+            let server = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(routes.clone());
             // Replies are small and latency-bound: Nagle's algorithm would hold each one back
             // until the client's delayed acknowledgement (tens of milliseconds).
             let incoming = TcpListenerStream::new(listener).map(|stream| {
@@ -180,12 +179,15 @@ impl Server {
                 }
                 stream
             });
-            tasks.push(tokio::spawn(server.serve_with_incoming_shutdown(
-                incoming,
-                async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                },
-            )));
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            tasks.push(match (secure, &tls) {
+                (true, Some(tls)) => tokio::spawn(
+                    server.serve_with_incoming_shutdown(tls::accept(incoming, tls.clone()), stop),
+                ),
+                _ => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
+            });
         }
         for address in &addresses {
             tracing::info!(%address, "ready to serve client requests");
@@ -221,30 +223,6 @@ impl Server {
             }
         }
     }
-}
-
-/// The TLS settings of https:// client URLs, from etcd's flags.
-fn tls_config(config: &Config) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
-    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
-        anyhow::bail!("https:// client URLs need --cert-file and --key-file");
-    };
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
-    };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    match &config.trusted_ca_file {
-        Some(ca) => {
-            tls = tls
-                .client_ca_root(Certificate::from_pem(read(ca)?))
-                .client_auth_optional(!config.client_cert_auth);
-        }
-        None if config.client_cert_auth => {
-            anyhow::bail!("--client-cert-auth needs --trusted-ca-file to verify clients with")
-        }
-        None => {}
-    }
-    Ok(tls)
 }
 
 /// Binds an `http://host:port` or `https://host:port` URL: every address the host resolves to.

@@ -107,4 +107,20 @@ fn https_with_client_certificates() {
         !refused.status.success(),
         "a client without a certificate got in"
     );
+    // Clients that speak only HTTP/1.1 (probes, scrapers) are offered it by ALPN.
+    let http1 = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &strata.address.to_string(),
+            "-alpn",
+            "http/1.1",
+        ])
+        .args(["-CAfile", &file("ca.pem"), "-cert", &file("client.pem")])
+        .args(["-key", &file("client-key.pem")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&http1.stdout);
+    assert!(said.contains("ALPN protocol: http/1.1"), "{said}");
 }
