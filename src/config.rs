@@ -92,6 +92,10 @@ pub struct Config {
     )]
     pub experimental_watch_progress_notify_interval: Duration,
 
+    /// Log format: `text` (etcd's `console` is taken as text) or `json`, one object per line.
+    #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "text", value_parser = ["text", "console", "json"])]
+    pub log_format: String,
+
     /// Log level: debug, info, warn or error.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,

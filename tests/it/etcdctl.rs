@@ -313,9 +313,13 @@ fn interactive_watch_with_progress() {
             })
             .collect()
     };
-    commands.write_all(b"watch k --rev 1\nprogress\n").unwrap();
+    commands.write_all(b"watch k --rev 1\n").unwrap();
     commands.flush().unwrap();
-    assert_eq!(next_lines(4), ["PUT", "k", "v1", "progress notify: 2"]);
+    assert_eq!(next_lines(3), ["PUT", "k", "v1"]);
+    // Asked before the history is through, it would go unanswered (as etcd 3.5.13 and later).
+    commands.write_all(b"progress\n").unwrap();
+    commands.flush().unwrap();
+    assert_eq!(next_lines(1), ["progress notify: 2"]);
     assert!(etcdctl(&strata, &call("put k v2")).success);
     assert_eq!(next_lines(3), ["PUT", "k", "v2"]);
     let _ = child.kill();

@@ -77,3 +77,42 @@ fn livez_and_readyz() {
     assert_eq!(get(&strata, "/v3/kv/range").0, 405);
     assert_eq!(get(&strata, "/v3/watch").0, 405);
 }
+
+/// `--log-format json`: one JSON object per log line, fields included.
+#[test]
+fn json_logs() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args([
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (found, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let line = stderr
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("ready to serve client requests"));
+        let _ = found.send(line);
+    });
+    // Bounds a failing test only: the server logs its ready line at once.
+    let ready = ready.recv_timeout(std::time::Duration::from_secs(30));
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready = ready.ok().flatten().expect("a ready line");
+    let line: serde_json::Value = serde_json::from_str(&ready).unwrap();
+    assert_eq!(line["level"], "INFO");
+    assert!(line["fields"]["address"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+}
