@@ -200,9 +200,25 @@ fn endpoint_status_and_health() {
     assert!(members.stdout.contains("http://ENDPOINT"), "{members:?}");
 }
 
+/// The lines a child process prints, as they come.
+fn lines_of(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (line, printed) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.send(l).is_err() {
+                return;
+            }
+        }
+    });
+    printed
+}
+
 /// The first `lines` lines `etcdctl watch <args>` prints, after which it is stopped.
 fn watch_lines(server: &Process, args: &str, lines: usize) -> Vec<String> {
-    use std::io::BufRead;
     let mut child = Command::new(etcdctl_binary())
         .env("ETCDCTL_API", "3")
         .arg("--endpoints")
@@ -213,15 +229,7 @@ fn watch_lines(server: &Process, args: &str, lines: usize) -> Vec<String> {
         .stderr(Stdio::null())
         .spawn()
         .expect("etcdctl runs");
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (line, printed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            if line.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let printed = lines_of(child.stdout.take().unwrap());
     let mut out = Vec::new();
     while out.len() < lines {
         match printed.recv_timeout(std::time::Duration::from_secs(10)) {
@@ -281,7 +289,6 @@ fn watch_replays_history_with_its_options() {
 /// answers at once, so this is not compared with it).
 #[test]
 fn interactive_watch_with_progress() {
-    use std::io::BufRead;
     let strata = Strata::start();
     assert!(etcdctl(&strata, &call("put k v1")).success);
     let mut child = Command::new(etcdctl_binary())
@@ -295,15 +302,7 @@ fn interactive_watch_with_progress() {
         .spawn()
         .unwrap();
     let mut commands = child.stdin.take().unwrap();
-    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let (line, printed) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in stdout.lines().map_while(Result::ok) {
-            if line.send(l).is_err() {
-                return;
-            }
-        }
-    });
+    let printed = lines_of(child.stdout.take().unwrap());
     let next_lines = |n: usize| -> Vec<String> {
         (0..n)
             .map(|_| {
