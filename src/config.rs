@@ -1,6 +1,7 @@
 //! Command-line flags, named as etcd's and read from `ETCD_*` variables as etcd reads them, so that
 //! Strata can take etcd's place in existing manifests and scripts.
 
+use crate::mvcc::compactor::Policy;
 use clap::{CommandFactory, Parser};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -92,6 +93,21 @@ pub struct Config {
     )]
     pub experimental_watch_progress_notify_interval: Duration,
 
+    /// Automatic compaction: `periodic` keeps --auto-compaction-retention of time, `revision` keeps
+    /// that many revisions.
+    #[arg(
+        long,
+        env = "ETCD_AUTO_COMPACTION_MODE",
+        default_value = "periodic",
+        value_parser = ["periodic", "revision"]
+    )]
+    pub auto_compaction_mode: String,
+
+    /// History automatic compaction keeps: a duration for periodic (1h, 30m; a bare number is
+    /// hours), a number of revisions for revision. 0 turns it off.
+    #[arg(long, env = "ETCD_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
+
     /// Log format: `text` (etcd's `console` is taken as text) or `json`, one object per line.
     #[arg(long, env = "ETCD_LOG_FORMAT", default_value = "text", value_parser = ["text", "console", "json"])]
     pub log_format: String,
@@ -147,6 +163,24 @@ fn parse_watch_progress_interval(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The automatic compaction asked for, if any, as etcd reads its two flags.
+    pub fn auto_compaction(&self) -> Result<Option<Policy>, String> {
+        let retention = self.auto_compaction_retention.trim();
+        let policy = if self.auto_compaction_mode == "revision" {
+            let revisions: i64 = retention.parse().map_err(|_| {
+                format!("--auto-compaction-retention {retention:?} is not a number of revisions")
+            })?;
+            (revisions > 0).then_some(Policy::Revision(revisions))
+        } else {
+            let period = match retention.parse::<u64>() {
+                Ok(hours) => Duration::from_secs(hours * 3600),
+                Err(_) => parse_go_duration(retention)?,
+            };
+            (!period.is_zero()).then_some(Policy::Periodic(period))
+        };
+        Ok(policy)
+    }
+
     /// Parses etcd-style arguments: Go's flag package takes `-name` as well as `--name`.
     pub fn parse_etcd_style<I: IntoIterator<Item = String>>(args: I) -> Config {
         let command = Config::command();
@@ -229,6 +263,31 @@ mod tests {
             c.experimental_watch_progress_notify_interval,
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        assert_eq!(parse(&[]).auto_compaction(), Ok(None));
+        let hours = parse(&["--auto-compaction-retention", "1"]).auto_compaction();
+        assert_eq!(hours, Ok(Some(Policy::Periodic(Duration::from_secs(3600)))));
+        let minutes = parse(&["--auto-compaction-retention=30m"]).auto_compaction();
+        assert_eq!(
+            minutes,
+            Ok(Some(Policy::Periodic(Duration::from_secs(1800))))
+        );
+        let revisions = parse(&[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+        ]);
+        assert_eq!(
+            revisions.auto_compaction(),
+            Ok(Some(Policy::Revision(1000)))
+        );
+        let bad = parse(&[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1h",
+        ]);
+        assert!(bad.auto_compaction().is_err());
     }
 
     #[test]

@@ -33,7 +33,12 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unknown --backend {other:?}: the only backend so far is `embedded`")
         }
     };
+    let auto_compaction = config.auto_compaction().map_err(anyhow::Error::msg)?;
     let store = Store::open(backend).await?;
+    if let Some(policy) = auto_compaction {
+        tracing::info!(?policy, "automatic compaction");
+        tokio::spawn(strata::mvcc::compactor::run(store.clone(), policy));
+    }
     let server = Server::start(&config, store, shutdown_signal()).await?;
     server.wait().await?;
     tracing::info!("stopped");
