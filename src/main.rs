@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
             .init();
     }
 
+    let auto_compaction = config.auto_compaction().map_err(anyhow::Error::msg)?;
     let backend = match config.backend.as_str() {
         "embedded" => {
             let dir = config.data_dir();
@@ -33,7 +34,6 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unknown --backend {other:?}: the only backend so far is `embedded`")
         }
     };
-    let auto_compaction = config.auto_compaction().map_err(anyhow::Error::msg)?;
     let store = Store::open(backend).await?;
     if let Some(policy) = auto_compaction {
         tracing::info!(?policy, "automatic compaction");
