@@ -70,13 +70,7 @@ fn by_creation(prefix: &Bytes, ascend: bool, max_create: i64) -> RangeRequest {
 /// A txn that deletes `key` if it is still the one created at `created`.
 fn delete_if_created_at(key: &Bytes, created: i64) -> TxnRequest {
     TxnRequest {
-        compare: vec![Compare {
-            key: key.clone(),
-            target: CompareTarget::Create as i32,
-            result: CompareResult::Equal as i32,
-            target_union: Some(TargetUnion::CreateRevision(created)),
-            range_end: Bytes::new(),
-        }],
+        compare: vec![create_is(key, created)],
         success: vec![op(Request::RequestDeleteRange(DeleteRangeRequest {
             key: key.clone(),
             ..Default::default()

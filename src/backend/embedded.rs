@@ -119,6 +119,19 @@ impl Embedded {
         .await
         .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
     }
+
+    /// Runs `f` in one write transaction and commits it: durable when this returns Ok.
+    async fn commit(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<()> + Send + 'static,
+    ) -> Result<()> {
+        self.with_db(move |db| {
+            let tx = db.begin_write().map_err(storage)?;
+            f(&tx)?;
+            tx.commit().map_err(storage)
+        })
+        .await
+    }
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
@@ -168,21 +181,18 @@ impl Backend for Embedded {
                     .map(move |(sub, ev)| ((e.revision, sub as i64), ev.encode_to_vec()))
             })
             .collect();
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
-            {
-                let mut meta = tx.open_table(META).map_err(storage)?;
-                let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
-                if first != head + 1 {
-                    return Err(BackendError::OutOfOrder { head, got: first });
-                }
-                let mut log = tx.open_table(LOG).map_err(storage)?;
-                for (key, value) in &rows {
-                    log.insert(key, value.as_slice()).map_err(storage)?;
-                }
-                meta.insert("head", last as u64).map_err(storage)?;
+        self.commit(move |tx| {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
+            if first != head + 1 {
+                return Err(BackendError::OutOfOrder { head, got: first });
             }
-            tx.commit().map_err(storage)
+            let mut log = tx.open_table(LOG).map_err(storage)?;
+            for (key, value) in &rows {
+                log.insert(key, value.as_slice()).map_err(storage)?;
+            }
+            meta.insert("head", last as u64).map_err(storage)?;
+            Ok(())
         })
         .await
     }
@@ -231,13 +241,12 @@ impl Backend for Embedded {
     }
 
     async fn set_compacted(&self, revision: i64) -> Result<()> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.commit(move |tx| {
             tx.open_table(META)
                 .map_err(storage)?
                 .insert("compacted", revision as u64)
                 .map_err(storage)?;
-            tx.commit().map_err(storage)
+            Ok(())
         })
         .await
     }
@@ -245,15 +254,12 @@ impl Backend for Embedded {
     async fn remove(&self, revisions: &[Revision]) -> Result<()> {
         for chunk in revisions.chunks(REMOVE_BATCH) {
             let chunk = chunk.to_vec();
-            self.with_db(move |db| {
-                let tx = db.begin_write().map_err(storage)?;
-                {
-                    let mut log = tx.open_table(LOG).map_err(storage)?;
-                    for r in &chunk {
-                        log.remove((r.main, r.sub)).map_err(storage)?;
-                    }
+            self.commit(move |tx| {
+                let mut log = tx.open_table(LOG).map_err(storage)?;
+                for r in &chunk {
+                    log.remove((r.main, r.sub)).map_err(storage)?;
                 }
-                tx.commit().map_err(storage)
+                Ok(())
             })
             .await?;
         }
@@ -261,25 +267,23 @@ impl Backend for Embedded {
     }
 
     async fn put_lease(&self, id: i64, ttl: i64) -> Result<()> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.commit(move |tx| {
             tx.open_table(LEASES)
                 .map_err(storage)?
                 .insert(id, ttl)
                 .map_err(storage)?;
-            tx.commit().map_err(storage)
+            Ok(())
         })
         .await
     }
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.commit(move |tx| {
             tx.open_table(LEASES)
                 .map_err(storage)?
                 .remove(id)
                 .map_err(storage)?;
-            tx.commit().map_err(storage)
+            Ok(())
         })
         .await
     }
@@ -301,25 +305,23 @@ impl Backend for Embedded {
     }
 
     async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.commit(move |tx| {
             tx.open_table(ALARMS)
                 .map_err(storage)?
                 .insert((member, alarm), ())
                 .map_err(storage)?;
-            tx.commit().map_err(storage)
+            Ok(())
         })
         .await
     }
 
     async fn remove_alarm(&self, member: u64, alarm: i32) -> Result<()> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.commit(move |tx| {
             tx.open_table(ALARMS)
                 .map_err(storage)?
                 .remove((member, alarm))
                 .map_err(storage)?;
-            tx.commit().map_err(storage)
+            Ok(())
         })
         .await
     }
