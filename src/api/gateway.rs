@@ -218,22 +218,15 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
     let grpc_request = grpc_request(&method, Body::from(frame(&request)));
     let Ok(answer) = grpc.call(grpc_request).await;
     let (parts, answer_body) = answer.into_parts();
-    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
-        if status.code() != Code::Ok {
-            return error(status.code(), status.message());
-        }
+    if let Some(status) = failure(&parts.headers) {
+        return error(status.code(), status.message());
     }
     let collected = match answer_body.collect().await {
         Ok(collected) => collected,
         Err(e) => return error(Code::Internal, &e.to_string()),
     };
-    if let Some(status) = collected
-        .trailers()
-        .and_then(tonic::Status::from_header_map)
-    {
-        if status.code() != Code::Ok {
-            return error(status.code(), status.message());
-        }
+    if let Some(status) = collected.trailers().and_then(failure) {
+        return error(status.code(), status.message());
     }
     let mut data = collected.to_bytes().to_vec();
     let Some(message) = unframe(&mut data).into_iter().next() else {
@@ -249,6 +242,11 @@ async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Respon
         Ok(()) => json(StatusCode::OK, out.into_inner()),
         Err(e) => error(Code::Internal, &e.to_string()),
     }
+}
+
+/// The gRPC status in `headers` (or trailers), if it is a failure.
+fn failure(headers: &axum::http::HeaderMap) -> Option<tonic::Status> {
+    tonic::Status::from_header_map(headers).filter(|s| s.code() != Code::Ok)
 }
 
 /// The gRPC request for `method` carrying `body`, to be served in the process.
@@ -320,10 +318,8 @@ async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Respo
     );
     let Ok(answer) = grpc.call(grpc_request).await;
     let (parts, mut answer_body) = answer.into_parts();
-    if let Some(status) = tonic::Status::from_header_map(&parts.headers) {
-        if status.code() != Code::Ok {
-            return error(status.code(), status.message());
-        }
+    if let Some(status) = failure(&parts.headers) {
+        return error(status.code(), status.message());
     }
     let (lines, lines_out) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
     tokio::spawn(async move {
@@ -333,10 +329,7 @@ async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Respo
             let frame = match frame.into_data() {
                 Ok(data) => data,
                 Err(frame) => {
-                    let status = frame
-                        .trailers_ref()
-                        .and_then(tonic::Status::from_header_map);
-                    if let Some(status) = status.filter(|s| s.code() != Code::Ok) {
+                    if let Some(status) = frame.trailers_ref().and_then(failure) {
                         let line = stream_error(&status);
                         let _ = lines.send(Ok(line)).await;
                     }
