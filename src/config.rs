@@ -30,7 +30,9 @@ pub struct Config {
     #[arg(long, env = "ETCD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// Where the data lives: `embedded` (a local crash-safe store in --data-dir).
+    /// Where the data lives: `embedded` (a local crash-safe store in --data-dir), or a PostgreSQL
+    /// connection string (`postgres://user:pass@host:5432/db` or `host=… dbname=…`) shared by any
+    /// number of frontends, each with its own --name.
     #[arg(long, env = "STRATA_BACKEND", default_value = "embedded")]
     pub backend: String,
 

@@ -1,8 +1,10 @@
-//! `strata`: serve etcd's v3 API from a data directory (or, later, a database).
+//! `strata`: serve etcd's v3 API from a data directory or a PostgreSQL database.
 
 use std::sync::Arc;
 use strata::api::Server;
 use strata::backend::embedded::Embedded;
+use strata::backend::postgres::Postgres;
+use strata::backend::Backend;
 use strata::config::Config;
 use strata::mvcc::Store;
 use tracing_subscriber::EnvFilter;
@@ -24,14 +26,30 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let auto_compaction = config.auto_compaction().map_err(anyhow::Error::msg)?;
-    let backend = match config.backend.as_str() {
+    let backend: Arc<dyn Backend> = match config.backend.as_str() {
         "embedded" => {
             let dir = config.data_dir();
             tracing::info!(data_dir = %dir.display(), "opening the embedded store");
             Arc::new(Embedded::open(&dir)?)
         }
-        other => {
-            anyhow::bail!("unknown --backend {other:?}: the only backend so far is `embedded`")
+        connection => {
+            let postgres: tokio_postgres::Config = connection.parse().map_err(|e| {
+                anyhow::anyhow!(
+                    "--backend is neither `embedded` nor a PostgreSQL connection string: {e}"
+                )
+            })?;
+            tracing::info!(
+                hosts = ?postgres.get_hosts(),
+                dbname = ?postgres.get_dbname(),
+                "connecting to PostgreSQL"
+            );
+            let member = format!(
+                "{} {} {}",
+                config.name,
+                config.listen_client_urls.join(","),
+                config.advertise_client_urls.join(",")
+            );
+            Arc::new(Postgres::open(postgres, &member).await?)
         }
     };
     let store = Store::open(backend).await?;

@@ -6,6 +6,7 @@
 //! at the bottom of this file.
 
 pub mod embedded;
+pub mod postgres;
 
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{Event, KeyValue};
@@ -58,6 +59,9 @@ pub enum BackendError {
     Corrupt { revision: i64, detail: String },
     #[error("append of revision {got} does not follow the head {head}")]
     OutOfOrder { head: i64, got: i64 },
+    /// The backend's stored layout is not one this binary can use.
+    #[error("{0}")]
+    Schema(String),
 }
 
 pub type Result<T> = std::result::Result<T, BackendError>;
@@ -121,6 +125,13 @@ pub trait Backend: Send + Sync + 'static {
     async fn defragment(&self) -> Result<()>;
 
     fn usage(&self) -> Usage;
+
+    /// For a backend that other processes append to: the newest head this one has learnt of,
+    /// changing when another appends. None when this process is the only appender, so the store's
+    /// own revision is always the head.
+    fn tail(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -219,6 +219,19 @@ impl WatchHub {
         self.wake.notify_one();
     }
 
+    /// Makes every watcher replay from the log, after the index was reloaded under them.
+    pub fn unsync_all(&mut self) {
+        let synced: Vec<WatcherKey> = self
+            .watchers
+            .keys()
+            .filter(|k| !self.unsynced.contains(k))
+            .copied()
+            .collect();
+        for key in synced {
+            self.mark_unsynced(key);
+        }
+    }
+
     /// Sends each synced watcher its events of `entries`, newly committed, one response per
     /// revision. The writer calls it under the hub lock together with moving the committed revision,
     /// so a watcher that syncs meanwhile misses nothing.

@@ -6,6 +6,7 @@ mod differential;
 mod durability;
 mod election;
 mod etcdctl;
+mod frontends;
 mod gateway;
 mod http;
 mod lease;

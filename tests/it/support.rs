@@ -125,10 +125,15 @@ impl Strata {
         s
     }
 
-    /// Starts on `dir` (kept by the caller, so that a restart finds the same data).
+    /// Starts on `dir` (kept by the caller, so that a restart finds the same data). With
+    /// `STRATA_TEST_BACKEND=postgres` the data is in a database of its own on the PostgreSQL that
+    /// `STRATA_TEST_POSTGRES` names, the same one for every start on `dir`.
     pub fn start_in(dir: &Path, args: &[&str]) -> Strata {
         let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
         command.arg("--data-dir").arg(dir.join("data"));
+        if on_postgres() {
+            command.arg("--backend").arg(postgres_database(dir));
+        }
         if !args.contains(&"--listen-client-urls") {
             command.args(["--listen-client-urls", "http://127.0.0.1:0"]);
         }
@@ -151,6 +156,55 @@ impl std::ops::DerefMut for Strata {
     fn deref_mut(&mut self) -> &mut Process {
         &mut self.process
     }
+}
+
+impl Strata {
+    /// A frontend named `name` on the PostgreSQL database kept for `dir`, whatever
+    /// `STRATA_TEST_BACKEND` says: frontends started on one `dir` serve one cluster.
+    pub fn frontend(dir: &Path, name: &str) -> Strata {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .args(["--name", name, "--backend", &postgres_database(dir)])
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .env("STRATA_LOG", "info");
+        Strata {
+            process: Process::start(command, "ready to serve client requests", None),
+            _dir: None,
+        }
+    }
+}
+
+/// Whether the servers the tests start keep their data in PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("STRATA_TEST_BACKEND").is_ok_and(|b| b == "postgres")
+}
+
+/// The connection string of the database kept for `dir`, created on first use.
+fn postgres_database(dir: &Path) -> String {
+    let admin = std::env::var("STRATA_TEST_POSTGRES")
+        .expect("STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)");
+    let marker = dir.join("postgres-database");
+    let name = match std::fs::read_to_string(&marker) {
+        Ok(name) => name,
+        Err(_) => {
+            let unique = {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            };
+            let name = format!("strata_it_{unique:x}");
+            let created = Command::new("psql")
+                .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
+                .status()
+                .expect("psql runs");
+            assert!(created.success(), "CREATE DATABASE {name} failed");
+            std::fs::write(&marker, &name).unwrap();
+            name
+        }
+    };
+    let (server, _) = admin.rsplit_once('/').expect("a postgres:// URL");
+    format!("{server}/{name}")
 }
 
 fn free_port() -> u16 {

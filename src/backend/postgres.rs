@@ -1,0 +1,798 @@
+//! The PostgreSQL backend: the log in a shared database, so that any number of stateless Strata
+//! frontends serve one etcd cluster.
+//!
+//! Tables (schema version 1):
+//! - `strata_meta`: one row (id 1) with the schema version, the cluster id, the head revision and
+//!   the compaction revision. The head is the revision counter: an append moves it from the
+//!   revision before its first to its last in the same statement that inserts the rows, and only if
+//!   it still is that revision. The row lock this takes makes commit order revision order, and an
+//!   append whose writer missed another frontend's commit is refused ([`BackendError::OutOfOrder`]).
+//! - `strata_log`: one row per change, keyed by (revision, sub).
+//! - `strata_leases`: lease id → TTL; `strata_alarms`: (member, alarm).
+//!
+//! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
+//! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs. LISTEN/NOTIFY is used only as a wake-up for
+//! other frontends' tailers, which also poll; without it (or if it fails) they only poll.
+//!
+//! Every statement has a deadline: while the database is unreachable calls fail (and requests with
+//! them) instead of hanging, and the next call reconnects.
+
+use super::{Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
+use crate::mvcc::Revision;
+use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{watch, Mutex};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Row};
+
+/// The schema this binary creates and understands.
+const SCHEMA_VERSION: i32 = 1;
+/// The longest any statement may take before the call fails and its connection is dropped.
+const STATEMENT_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a tailer reads the head even when no notification came.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the space used is measured; in between, appends add an estimate of their rows.
+const USAGE_INTERVAL: Duration = Duration::from_secs(10);
+/// A log row's size beyond its key and value, for the estimate: PostgreSQL's tuple header, the
+/// other columns, and the primary key's index entry.
+const ROW_OVERHEAD: i64 = 100;
+/// The longest a defragmentation may take (it rewrites the whole log).
+const DEFRAGMENT_DEADLINE: Duration = Duration::from_secs(3600);
+/// Rows removed per statement during physical compaction, so that appends are never held up long.
+const REMOVE_BATCH: usize = 10_000;
+/// The notification channel an append announces its head on.
+const CHANNEL: &str = "strata_log";
+/// Connections shared by reads; each carries many pipelined queries at once.
+const READERS: usize = 2;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS strata_meta (
+    id INT PRIMARY KEY,
+    schema_version INT NOT NULL,
+    cluster_id BIGINT NOT NULL,
+    head BIGINT NOT NULL,
+    compacted BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS strata_log (
+    revision BIGINT NOT NULL,
+    sub BIGINT NOT NULL,
+    deleted BOOLEAN NOT NULL,
+    key BYTEA NOT NULL,
+    create_revision BIGINT NOT NULL,
+    version BIGINT NOT NULL,
+    lease BIGINT NOT NULL,
+    value BYTEA NOT NULL,
+    PRIMARY KEY (revision, sub)
+);
+CREATE TABLE IF NOT EXISTS strata_leases (
+    id BIGINT PRIMARY KEY,
+    ttl BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS strata_alarms (
+    member BIGINT NOT NULL,
+    alarm INT NOT NULL,
+    PRIMARY KEY (member, alarm)
+);
+";
+
+const APPEND: &str = "
+WITH moved AS (
+    UPDATE strata_meta SET head = $1 WHERE id = 1 AND head = $2 RETURNING head
+)
+INSERT INTO strata_log (revision, sub, deleted, key, create_revision, version, lease, value)
+SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7::BIGINT[],
+                     $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
+WHERE EXISTS (SELECT 1 FROM moved)";
+
+const LOG_COLUMNS: &str = "revision, sub, deleted, key, create_revision, version, lease, value";
+
+pub struct Postgres {
+    inner: Arc<Inner>,
+    identity: Identity,
+    head: watch::Receiver<i64>,
+}
+
+struct Inner {
+    config: Config,
+    /// The one connection appends and other writes go through, one at a time.
+    writer: Mutex<Option<Client>>,
+    readers: Vec<Mutex<Option<Arc<Client>>>>,
+    next_reader: std::sync::atomic::AtomicUsize,
+    /// The newest head this process has seen: its own appends, notifications and polls.
+    head: watch::Sender<i64>,
+    size: AtomicI64,
+    notify: std::sync::atomic::AtomicBool,
+}
+
+fn db_error(e: tokio_postgres::Error) -> BackendError {
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(&e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    };
+    BackendError::Storage(format!("postgres: {detail}"))
+}
+
+/// Runs `f`, failing if it takes longer than [`STATEMENT_DEADLINE`].
+async fn deadline<T>(
+    f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    deadline_of(STATEMENT_DEADLINE, f).await
+}
+
+async fn deadline_of<T>(
+    limit: Duration,
+    f: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(limit, f).await {
+        Ok(result) => result.map_err(db_error),
+        Err(_) => Err(BackendError::Storage(format!(
+            "postgres: no answer within {}s",
+            limit.as_secs()
+        ))),
+    }
+}
+
+async fn connect(config: &Config) -> Result<Client> {
+    let (client, connection) = deadline(config.connect(NoTls)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// A stable 64-bit FNV-1a hash, for member ids that survive restarts and upgrades.
+fn fnv(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+impl Postgres {
+    /// Connects, creates or checks the schema, and starts the tailer. `member` names this frontend
+    /// (its name and client URLs): the same name gives the same member id after a restart.
+    pub async fn open(config: Config, member: &str) -> Result<Postgres> {
+        let mut client = connect(&config).await?;
+        let cluster_id = init_schema(&mut client).await?;
+        let head = deadline(client.query_one("SELECT head FROM strata_meta WHERE id = 1", &[]))
+            .await?
+            .get::<_, i64>(0);
+        let (head_tx, head_rx) = watch::channel(head);
+        let inner = Arc::new(Inner {
+            config,
+            writer: Mutex::new(Some(client)),
+            readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
+            next_reader: Default::default(),
+            head: head_tx,
+            size: AtomicI64::new(0),
+            notify: Default::default(),
+        });
+        inner.measure_usage().await;
+        tokio::spawn(tail(Arc::downgrade(&inner)));
+        tokio::spawn(measure_usage(Arc::downgrade(&inner)));
+        Ok(Postgres {
+            identity: Identity {
+                cluster_id,
+                member_id: fnv(&[&cluster_id.to_be_bytes(), member.as_bytes()]),
+            },
+            inner,
+            head: head_rx,
+        })
+    }
+}
+
+/// Creates the tables if they are missing and returns the cluster id; refuses a database whose
+/// schema is newer than this binary's. Frontends starting together may race to create the tables,
+/// so a failed attempt is tried again.
+async fn init_schema(client: &mut Client) -> Result<u64> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match try_init_schema(client).await {
+            Err(BackendError::Storage(e)) if attempt < 3 => {
+                tracing::info!(error = %e, "creating the schema raced another frontend; again");
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn try_init_schema(client: &mut Client) -> Result<u64> {
+    deadline(client.batch_execute(SCHEMA)).await?;
+    let fresh = super::random_id() as i64;
+    deadline(client.execute(
+        "INSERT INTO strata_meta (id, schema_version, cluster_id, head, compacted)
+         VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+        &[
+            &SCHEMA_VERSION,
+            &fresh,
+            &Progress::EMPTY.head,
+            &Progress::EMPTY.compacted,
+        ],
+    ))
+    .await?;
+    let row = deadline(client.query_one(
+        "SELECT schema_version, cluster_id FROM strata_meta WHERE id = 1",
+        &[],
+    ))
+    .await?;
+    let version: i32 = row.get(0);
+    if version > SCHEMA_VERSION {
+        return Err(BackendError::Schema(format!(
+            "the database holds Strata schema version {version}, but this binary understands up to \
+             version {SCHEMA_VERSION}: upgrade Strata"
+        )));
+    }
+    Ok(row.get::<_, i64>(1) as u64)
+}
+
+impl Inner {
+    /// A shared connection for reads, reconnecting a closed one.
+    async fn reader(&self) -> Result<Arc<Client>> {
+        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let mut slot = self.readers[i].lock().await;
+        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(client.clone());
+        }
+        let client = Arc::new(connect(&self.config).await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs a read on a shared connection; a connection that missed its deadline is dropped.
+    async fn read(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>> {
+        let client = self.reader().await?;
+        let result = deadline(client.query(sql, params)).await;
+        if result.is_err() && !client.is_closed() {
+            for slot in &self.readers {
+                let mut slot = slot.lock().await;
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                    *slot = None;
+                }
+            }
+        }
+        result
+    }
+
+    /// Runs one write statement on the writer connection; returns the rows it changed.
+    async fn write(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        self.write_within(STATEMENT_DEADLINE, sql, params).await
+    }
+
+    async fn write_within(
+        &self,
+        limit: Duration,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64> {
+        let mut slot = self.writer.lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            *slot = Some(connect(&self.config).await?);
+        }
+        let client = slot.as_ref().expect("connected above");
+        let result = deadline_of(limit, client.execute(sql, params)).await;
+        if result.is_err() {
+            // Its state is unknown (a statement may still be running): start afresh next time.
+            *slot = None;
+        }
+        result
+    }
+
+    async fn progress(&self) -> Result<Progress> {
+        let rows = self
+            .read("SELECT head, compacted FROM strata_meta WHERE id = 1", &[])
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+        let progress = Progress {
+            head: row.get(0),
+            compacted: row.get(1),
+        };
+        self.seen(progress.head);
+        Ok(progress)
+    }
+
+    fn seen(&self, head: i64) {
+        self.head.send_if_modified(|h| {
+            let newer = head > *h;
+            if newer {
+                *h = head;
+            }
+            newer
+        });
+    }
+
+    async fn measure_usage(&self) {
+        let sql = "SELECT CAST(pg_total_relation_size('strata_log') + pg_total_relation_size('strata_meta')
+                 + pg_total_relation_size('strata_leases') + pg_total_relation_size('strata_alarms') AS BIGINT)";
+        match self.read(sql, &[]).await {
+            Ok(rows) => {
+                if let Some(row) = rows.first() {
+                    self.size.store(row.get(0), Ordering::Relaxed);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "could not measure the space used"),
+        }
+    }
+}
+
+/// Follows the head moved by other frontends: notifications wake it at once, and it polls anyway.
+async fn tail(inner: Weak<Inner>) {
+    loop {
+        let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
+            return;
+        };
+        let listener = match deadline(config.connect(NoTls)).await {
+            Ok((client, connection)) => Some((client, connection)),
+            Err(e) => {
+                tracing::warn!(error = %e, "tailer cannot connect; polling");
+                None
+            }
+        };
+        let Some((client, mut connection)) = listener else {
+            if !poll_once(&inner).await {
+                return;
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+            continue;
+        };
+        let statement = format!("LISTEN {CHANNEL}");
+        let listen = client.batch_execute(&statement);
+        let listening = tokio::select! {
+            r = listen => r.is_ok(),
+            m = std::future::poll_fn(|cx| connection.poll_message(cx)) => {
+                tracing::warn!(message = ?m.map(|m| m.is_ok()), "tailer connection ended early");
+                false
+            }
+        };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        strong.notify.store(listening, Ordering::Relaxed);
+        drop(strong);
+        if !poll_once(&inner).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        let Some(inner) = inner.upgrade() else { return };
+                        if let Ok(head) = n.payload().parse() {
+                            inner.seen(head);
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+                () = tokio::time::sleep(POLL_INTERVAL) => {
+                    if !poll_once(&inner).await {
+                        return;
+                    }
+                }
+            }
+        }
+        tracing::warn!("tailer lost its connection; reconnecting");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Reads the head once; false when the backend is gone.
+async fn poll_once(inner: &Weak<Inner>) -> bool {
+    let Some(inner) = inner.upgrade() else {
+        return false;
+    };
+    if let Err(e) = inner.progress().await {
+        tracing::debug!(error = %e, "tailer could not read the head");
+    }
+    true
+}
+
+async fn measure_usage(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(USAGE_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        inner.measure_usage().await;
+    }
+}
+
+fn event(row: &Row) -> Event {
+    let deleted: bool = row.get(2);
+    let key: Vec<u8> = row.get(3);
+    let revision: i64 = row.get(0);
+    let kv = if deleted {
+        KeyValue {
+            key: key.into(),
+            mod_revision: revision,
+            ..Default::default()
+        }
+    } else {
+        KeyValue {
+            key: key.into(),
+            create_revision: row.get(4),
+            mod_revision: revision,
+            version: row.get(5),
+            value: row.get::<_, Vec<u8>>(7).into(),
+            lease: row.get(6),
+        }
+    };
+    Event {
+        r#type: if deleted {
+            EventType::Delete
+        } else {
+            EventType::Put
+        } as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
+/// Splits revisions into the two arrays the statements unnest.
+fn columns(revisions: &[Revision]) -> (Vec<i64>, Vec<i64>) {
+    revisions.iter().map(|r| (r.main, r.sub)).unzip()
+}
+
+#[async_trait]
+impl Backend for Postgres {
+    fn identity(&self) -> Identity {
+        self.identity
+    }
+
+    async fn progress(&self) -> Result<Progress> {
+        self.inner.progress().await
+    }
+
+    async fn append(&self, entries: &[LogEntry]) -> Result<()> {
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(());
+        };
+        let (first, last) = (first.revision, last.revision);
+        let mut rows = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        let mut bytes = 0;
+        for (expected, entry) in (first..).zip(entries) {
+            if entry.revision != expected {
+                return Err(BackendError::OutOfOrder {
+                    head: expected - 1,
+                    got: entry.revision,
+                });
+            }
+            for (sub, e) in entry.events.iter().enumerate() {
+                let kv = e.kv.clone().unwrap_or_default();
+                bytes += (kv.key.len() + kv.value.len()) as i64 + ROW_OVERHEAD;
+                rows.0.push(entry.revision);
+                rows.1.push(sub as i64);
+                rows.2.push(e.r#type == EventType::Delete as i32);
+                rows.3.push(kv.key.to_vec());
+                rows.4.push(kv.create_revision);
+                rows.5.push(kv.version);
+                rows.6.push(kv.lease);
+                rows.7.push(kv.value.to_vec());
+            }
+        }
+        let inserted = self
+            .inner
+            .write(
+                APPEND,
+                &[
+                    &last,
+                    &(first - 1),
+                    &rows.0,
+                    &rows.1,
+                    &rows.2,
+                    &rows.3,
+                    &rows.4,
+                    &rows.5,
+                    &rows.6,
+                    &rows.7,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            let head = self.inner.progress().await?.head;
+            return Err(BackendError::OutOfOrder { head, got: first });
+        }
+        self.inner.seen(last);
+        self.inner.size.fetch_add(bytes, Ordering::Relaxed);
+        if self.inner.notify.load(Ordering::Relaxed) {
+            // A hint for other frontends' tailers, after the commit; they poll if it is lost.
+            let payload = last.to_string();
+            if let Err(e) = self
+                .inner
+                .write("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                .await
+            {
+                tracing::debug!(error = %e, "could not notify other frontends");
+            }
+        }
+        Ok(())
+    }
+
+    async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
+        let limit = max_events.max(1) as i64;
+        let mut rows = self
+            .inner
+            .read(
+                &format!(
+                    "SELECT {LOG_COLUMNS} FROM strata_log WHERE revision >= $1
+                     ORDER BY revision, sub LIMIT $2"
+                ),
+                &[&from, &limit],
+            )
+            .await?;
+        if rows.len() as i64 == limit {
+            // Whole revisions only: the rest of the last one.
+            let last = rows.last().expect("limit is at least 1");
+            let (revision, sub): (i64, i64) = (last.get(0), last.get(1));
+            rows.extend(
+                self.inner
+                    .read(
+                        &format!(
+                            "SELECT {LOG_COLUMNS} FROM strata_log WHERE revision = $1 AND sub > $2
+                             ORDER BY sub"
+                        ),
+                        &[&revision, &sub],
+                    )
+                    .await?,
+            );
+        }
+        let mut entries: Vec<LogEntry> = Vec::new();
+        for row in &rows {
+            let revision: i64 = row.get(0);
+            match entries.last_mut() {
+                Some(e) if e.revision == revision => e.events.push(event(row)),
+                _ => entries.push(LogEntry {
+                    revision,
+                    events: vec![event(row)],
+                }),
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>> {
+        if revisions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mains, subs) = columns(revisions);
+        let rows = self
+            .inner
+            .read(
+                "SELECT l.revision, l.sub, l.deleted, l.key, l.create_revision, l.version, l.lease,
+                        l.value
+                 FROM strata_log l
+                 JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS r (revision, sub)
+                   ON l.revision = r.revision AND l.sub = r.sub
+                 WHERE NOT l.deleted",
+                &[&mains, &subs],
+            )
+            .await?;
+        let mut found: HashMap<(i64, i64), KeyValue> = rows
+            .iter()
+            .map(|row| ((row.get(0), row.get(1)), event(row).kv.unwrap_or_default()))
+            .collect();
+        Ok(revisions
+            .iter()
+            .map(|r| found.remove(&(r.main, r.sub)))
+            .collect())
+    }
+
+    async fn set_compacted(&self, revision: i64) -> Result<()> {
+        self.inner
+            .write(
+                "UPDATE strata_meta SET compacted = $1 WHERE id = 1 AND compacted < $1",
+                &[&revision],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&self, revisions: &[Revision]) -> Result<()> {
+        for chunk in revisions.chunks(REMOVE_BATCH) {
+            let (mains, subs) = columns(chunk);
+            self.inner
+                .write(
+                    "DELETE FROM strata_log WHERE (revision, sub) IN
+                     (SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[]))",
+                    &[&mains, &subs],
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()> {
+        self.inner
+            .write(
+                "INSERT INTO strata_leases (id, ttl) VALUES ($1, $2)
+                 ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl",
+                &[&id, &ttl],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_lease(&self, id: i64) -> Result<()> {
+        self.inner
+            .write("DELETE FROM strata_leases WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
+    }
+
+    async fn leases(&self) -> Result<Vec<(i64, i64)>> {
+        let rows = self
+            .inner
+            .read("SELECT id, ttl FROM strata_leases ORDER BY id", &[])
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()> {
+        self.inner
+            .write(
+                "INSERT INTO strata_alarms (member, alarm) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&(member as i64), &alarm],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_alarm(&self, member: u64, alarm: i32) -> Result<()> {
+        self.inner
+            .write(
+                "DELETE FROM strata_alarms WHERE member = $1 AND alarm = $2",
+                &[&(member as i64), &alarm],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn alarms(&self) -> Result<Vec<(u64, i32)>> {
+        let rows = self
+            .inner
+            .read(
+                "SELECT member, alarm FROM strata_alarms ORDER BY member, alarm",
+                &[],
+            )
+            .await?;
+        let mut alarms: Vec<(u64, i32)> = rows
+            .iter()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect();
+        // Members are unsigned; the column's order is the signed one.
+        alarms.sort_unstable();
+        Ok(alarms)
+    }
+
+    async fn defragment(&self) -> Result<()> {
+        // VACUUM FULL rewrites the tables and gives the space of removed rows back to the file
+        // system, as etcd's defragmentation does; like it, it blocks reads and writes meanwhile
+        // (here those of every frontend). PostgreSQL's autovacuum already makes that space
+        // reusable without it.
+        for table in ["strata_log", "strata_leases", "strata_alarms"] {
+            let sql = format!("VACUUM FULL {table}");
+            self.inner
+                .write_within(DEFRAGMENT_DEADLINE, &sql, &[])
+                .await?;
+        }
+        self.inner.measure_usage().await;
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        let size = self.inner.size.load(Ordering::Relaxed);
+        Usage { size, in_use: size }
+    }
+
+    fn tail(&self) -> Option<watch::Receiver<i64>> {
+        Some(self.head.clone())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::conformance;
+    use super::*;
+
+    /// A fresh, empty database on the PostgreSQL that `STRATA_TEST_POSTGRES` (a connection string
+    /// with rights to create databases) names; `scripts/test` starts one and sets it.
+    pub async fn fresh_database() -> Config {
+        let url = std::env::var("STRATA_TEST_POSTGRES").expect(
+            "STRATA_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a \
+             throwaway PostgreSQL",
+        );
+        let admin: Config = url.parse().expect("STRATA_TEST_POSTGRES parses");
+        let client = connect(&admin)
+            .await
+            .expect("connect to the test PostgreSQL");
+        let name = format!("strata_unit_{:x}", super::super::random_id());
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        let mut config = admin;
+        config.dbname(&name);
+        config
+    }
+
+    async fn fresh() -> Postgres {
+        Postgres::open(fresh_database().await, "test")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn conformance() {
+        conformance::append_and_read_back(&fresh().await).await;
+        conformance::append_out_of_order_is_refused(&fresh().await).await;
+        conformance::compaction_removes_and_is_remembered(&fresh().await).await;
+        conformance::leases_are_recorded_and_forgotten(&fresh().await).await;
+        conformance::alarms_are_recorded_and_cleared(&fresh().await).await;
+    }
+
+    #[tokio::test]
+    async fn frontends_share_identity_and_see_each_others_appends() {
+        let config = fresh_database().await;
+        let a = Postgres::open(config.clone(), "a").await.unwrap();
+        let b = Postgres::open(config, "b").await.unwrap();
+        assert_eq!(a.identity().cluster_id, b.identity().cluster_id);
+        assert_ne!(a.identity().member_id, b.identity().member_id);
+        let mut tail = b.tail().expect("a shared backend has a tail");
+        let entry = LogEntry {
+            revision: 2,
+            events: vec![conformance::put("k", "v", 2, 1)],
+        };
+        a.append(std::slice::from_ref(&entry)).await.unwrap();
+        tail.wait_for(|head| *head >= 2).await.unwrap();
+        assert_eq!(b.read_log(2, 10).await.unwrap(), vec![entry.clone()]);
+        // b's writer had not caught up: its append of revision 2 is refused, not written twice.
+        let err = b.append(&[entry]).await.unwrap_err();
+        assert!(matches!(err, BackendError::OutOfOrder { head: 2, got: 2 }));
+    }
+
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
+        let config = fresh_database().await;
+        drop(Postgres::open(config.clone(), "a").await.unwrap());
+        let client = connect(&config).await.unwrap();
+        client
+            .batch_execute("UPDATE strata_meta SET schema_version = 99")
+            .await
+            .unwrap();
+        let err = Postgres::open(config, "a").await.err().expect("refused");
+        assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+}
