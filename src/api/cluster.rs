@@ -1,4 +1,5 @@
-//! etcdserverpb.Cluster: the member list. Membership is not changed through this service: members
+//! etcdserverpb.Cluster: the member list (every live frontend sharing the backend, by id; this
+//! process alone on the embedded backend). Membership is not changed through this service: members
 //! are Strata frontends, which join a cluster by starting against its backend and leave by stopping,
 //! so MemberAdd, MemberRemove, MemberUpdate and MemberPromote are refused, saying so.
 
@@ -20,15 +21,31 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let member = Member {
-            id: self.0.store.identity().member_id,
-            name: self.0.name.clone(),
-            peer_ur_ls: Vec::new(),
-            client_ur_ls: self.0.client_urls.clone(),
-            is_learner: false,
-        };
+        let mut members: Vec<Member> = self
+            .0
+            .store
+            .members()
+            .await?
+            .into_iter()
+            .map(|m| Member {
+                id: m.id,
+                name: m.name,
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: m.client_urls,
+                is_learner: false,
+            })
+            .collect();
+        if members.is_empty() {
+            members.push(Member {
+                id: self.0.store.identity().member_id,
+                name: self.0.name.clone(),
+                peer_ur_ls: Vec::new(),
+                client_ur_ls: self.0.client_urls.clone(),
+                is_learner: false,
+            });
+        }
         let mut resp = MemberListResponse {
-            members: vec![member],
+            members,
             ..Default::default()
         };
         self.0.fill(&mut resp.header);

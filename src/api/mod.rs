@@ -14,6 +14,7 @@ mod tls;
 pub mod validation;
 mod watch;
 
+use crate::backend::MemberRecord;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::error::{Error, Result};
 use crate::mvcc::Store;
@@ -73,6 +74,22 @@ impl Context {
     }
 }
 
+/// How often a frontend tells the others sharing its backend that it is alive.
+const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Announces this frontend for as long as the store lives, so the member list shows it.
+async fn heartbeat(store: std::sync::Weak<Store>, member: MemberRecord) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_INTERVAL).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if let Err(e) = store.heartbeat(&member).await {
+            tracing::warn!(error = %e, "could not announce this frontend");
+        }
+    }
+}
+
 /// A running server: the addresses it listens on, and its tasks.
 pub struct Server {
     pub addresses: Vec<SocketAddr>,
@@ -113,6 +130,13 @@ impl Server {
         } else {
             config.advertise_client_urls.clone()
         };
+        let member = MemberRecord {
+            id: store.identity().member_id,
+            name: config.name.clone(),
+            client_urls: client_urls.clone(),
+        };
+        store.heartbeat(&member).await?;
+        tokio::spawn(heartbeat(Arc::downgrade(&store), member));
         let context = Context {
             store,
             limits: validation::Limits {

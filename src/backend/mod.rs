@@ -44,6 +44,14 @@ pub struct Identity {
     pub member_id: u64,
 }
 
+/// A frontend serving the cluster, as the member list shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub id: u64,
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
 /// Space used by the backend, as etcd's Status reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -89,7 +97,21 @@ pub trait Backend: Send + Sync + 'static {
     async fn progress(&self) -> Result<Progress>;
 
     /// Makes `entries` durable, all or none. The first must follow the head by one, the rest in order.
+    /// Ends what [`Backend::lock`] took, whether it succeeds or fails.
     async fn append(&self, entries: &[LogEntry]) -> Result<()>;
+
+    /// For a backend other processes append to: takes the right to append, cluster-wide, and
+    /// returns where the log stands as of taking it. It is held until the next `append` or
+    /// [`Backend::unlock`]; meanwhile other processes' appends wait. None for a backend this process
+    /// alone appends to, where there is nothing to take.
+    async fn lock(&self) -> Result<Option<Progress>> {
+        Ok(None)
+    }
+
+    /// Gives back the right [`Backend::lock`] took, appending nothing.
+    async fn unlock(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
@@ -131,6 +153,18 @@ pub trait Backend: Send + Sync + 'static {
     /// own revision is always the head.
     fn tail(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
         None
+    }
+
+    /// Announces a frontend as live, for a while (see [`Backend::members`]). A backend owned by one
+    /// process needs no announcement.
+    async fn heartbeat(&self, _member: &MemberRecord) -> Result<()> {
+        Ok(())
+    }
+
+    /// The frontends whose heartbeat is recent, by id; empty for a backend owned by one process,
+    /// whose only member is that process.
+    async fn members(&self) -> Result<Vec<MemberRecord>> {
+        Ok(Vec::new())
     }
 }
 

@@ -3,12 +3,16 @@
 //!
 //! Tables (schema version 1):
 //! - `strata_meta`: one row (id 1) with the schema version, the cluster id, the head revision and
-//!   the compaction revision. The head is the revision counter: an append moves it from the
-//!   revision before its first to its last in the same statement that inserts the rows, and only if
-//!   it still is that revision. The row lock this takes makes commit order revision order, and an
-//!   append whose writer missed another frontend's commit is refused ([`BackendError::OutOfOrder`]).
+//!   the compaction revision. The head is the revision counter and its row lock the append right:
+//!   a frontend's writer takes it ([`Backend::lock`]: `SELECT … FOR UPDATE` in a transaction),
+//!   catches up to the head it read, evaluates its batch, and appends in the same transaction
+//!   (the rows, and the head moved from the revision before the first to the last, only if it still
+//!   is that revision). Commit order is therefore revision order, and no frontend evaluates a txn
+//!   on a stale state.
 //! - `strata_log`: one row per change, keyed by (revision, sub).
 //! - `strata_leases`: lease id → TTL; `strata_alarms`: (member, alarm).
+//! - `strata_members`: each frontend's id, name and client URLs with the database time of its last
+//!   heartbeat; the member list shows those heard from within [`MEMBER_TIMEOUT_SECONDS`].
 //!
 //! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
 //! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs. LISTEN/NOTIFY is used only as a wake-up for
@@ -17,7 +21,7 @@
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
 
-use super::{Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
+use super::{Backend, BackendError, Identity, LogEntry, MemberRecord, Progress, Result, Usage};
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
@@ -27,7 +31,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Row};
+use tokio_postgres::{
+    AsyncMessage, Client, Config, NoTls, Row, SimpleQueryMessage, SimpleQueryRow, Statement,
+};
 
 /// The schema this binary creates and understands.
 const SCHEMA_VERSION: i32 = 1;
@@ -46,6 +52,10 @@ const DEFRAGMENT_DEADLINE: Duration = Duration::from_secs(3600);
 const REMOVE_BATCH: usize = 10_000;
 /// The notification channel an append announces its head on.
 const CHANNEL: &str = "strata_log";
+/// A frontend not heard from for this long is left out of the member list.
+const MEMBER_TIMEOUT_SECONDS: i64 = 10;
+/// A frontend not heard from for this long is forgotten.
+const MEMBER_FORGET_SECONDS: i64 = 24 * 3600;
 /// Connections shared by reads; each carries many pipelined queries at once.
 const READERS: usize = 2;
 
@@ -77,6 +87,12 @@ CREATE TABLE IF NOT EXISTS strata_alarms (
     alarm INT NOT NULL,
     PRIMARY KEY (member, alarm)
 );
+CREATE TABLE IF NOT EXISTS strata_members (
+    id BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    client_urls TEXT NOT NULL,
+    last_seen TIMESTAMPTZ NOT NULL
+);
 ";
 
 const APPEND: &str = "
@@ -88,7 +104,26 @@ SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7:
                      $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
 WHERE EXISTS (SELECT 1 FROM moved)";
 
-const LOG_COLUMNS: &str = "revision, sub, deleted, key, create_revision, version, lease, value";
+macro_rules! log_columns {
+    () => {
+        "revision, sub, deleted, key, create_revision, version, lease, value"
+    };
+}
+
+const READ_LOG: &str = concat!(
+    "SELECT ",
+    log_columns!(),
+    " FROM strata_log WHERE revision >= $1 ORDER BY revision, sub LIMIT $2"
+);
+const READ_REST_OF_REVISION: &str = concat!(
+    "SELECT ",
+    log_columns!(),
+    " FROM strata_log WHERE revision = $1 AND sub > $2 ORDER BY sub"
+);
+const PROGRESS: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1";
+const LOCK: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1 FOR UPDATE";
+
+type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
 pub struct Postgres {
     inner: Arc<Inner>,
@@ -98,14 +133,109 @@ pub struct Postgres {
 
 struct Inner {
     config: Config,
-    /// The one connection appends and other writes go through, one at a time.
-    writer: Mutex<Option<Client>>,
-    readers: Vec<Mutex<Option<Arc<Client>>>>,
+    /// The connection of the append transaction (see [`Backend::lock`]).
+    appender: Mutex<Appender>,
+    /// The connection other writes go through, one at a time.
+    writer: Mutex<Option<Conn>>,
+    /// Connections shared by reads, each carrying many pipelined queries at once.
+    readers: Vec<Mutex<Option<Arc<Conn>>>>,
     next_reader: std::sync::atomic::AtomicUsize,
     /// The newest head this process has seen: its own appends, notifications and polls.
     head: watch::Sender<i64>,
     size: AtomicI64,
     notify: std::sync::atomic::AtomicBool,
+}
+
+/// A connection, with the statements prepared on it so far.
+struct Conn {
+    client: Client,
+    statements: std::sync::Mutex<HashMap<&'static str, Statement>>,
+}
+
+impl Conn {
+    async fn open(config: &Config) -> Result<Conn> {
+        let (client, connection) = deadline(config.connect(NoTls)).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "postgres connection closed");
+            }
+        });
+        Ok(Conn {
+            client,
+            statements: Default::default(),
+        })
+    }
+
+    async fn statement(&self, sql: &'static str) -> Result<Statement> {
+        if let Some(s) = self.statements.lock().expect("statements lock").get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = deadline(self.client.prepare(sql)).await?;
+        self.statements
+            .lock()
+            .expect("statements lock")
+            .insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    async fn query(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let statement = self.statement(sql).await?;
+        deadline(self.client.query(&statement, params)).await
+    }
+
+    async fn execute(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        let statement = self.statement(sql).await?;
+        deadline(self.client.execute(&statement, params)).await
+    }
+}
+
+/// The append transaction's connection, and whether that transaction is open (holding the head's
+/// row lock). Any failure drops the connection, which ends the transaction: PostgreSQL rolls back
+/// what did not commit.
+struct Appender {
+    conn: Option<Conn>,
+    locked: bool,
+}
+
+impl Appender {
+    async fn conn(&mut self, config: &Config) -> Result<&Conn> {
+        if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
+            self.locked = false;
+            self.conn = Some(Conn::open(config).await?);
+        }
+        Ok(self.conn.as_ref().expect("connected above"))
+    }
+
+    fn failed<T>(&mut self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.conn = None;
+            self.locked = false;
+        }
+        result
+    }
+
+    async fn execute(
+        &mut self,
+        config: &Config,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<u64> {
+        let result = self.conn(config).await?.execute(sql, params).await;
+        self.failed(result)
+    }
+
+    /// Runs statements as one simple query (one round trip), returning the rows of the last.
+    async fn simple(&mut self, config: &Config, sql: &str) -> Result<Vec<SimpleQueryRow>> {
+        let result = deadline(self.conn(config).await?.client.simple_query(sql)).await;
+        let messages = self.failed(result)?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .collect())
+    }
 }
 
 fn db_error(e: tokio_postgres::Error) -> BackendError {
@@ -139,16 +269,6 @@ async fn deadline_of<T>(
     }
 }
 
-async fn connect(config: &Config) -> Result<Client> {
-    let (client, connection) = deadline(config.connect(NoTls)).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "postgres connection closed");
-        }
-    });
-    Ok(client)
-}
-
 /// A stable 64-bit FNV-1a hash, for member ids that survive restarts and upgrades.
 fn fnv(parts: &[&[u8]]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -162,19 +282,32 @@ fn fnv(parts: &[&[u8]]) -> u64 {
     h.max(1)
 }
 
+/// A text column of a simple query's row as a number.
+fn number(row: &SimpleQueryRow, column: usize) -> Result<i64> {
+    row.get(column)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| BackendError::Schema(format!("strata_meta column {column} is not a number")))
+}
+
 impl Postgres {
     /// Connects, creates or checks the schema, and starts the tailer. `member` names this frontend
     /// (its name and client URLs): the same name gives the same member id after a restart.
     pub async fn open(config: Config, member: &str) -> Result<Postgres> {
-        let mut client = connect(&config).await?;
-        let cluster_id = init_schema(&mut client).await?;
-        let head = deadline(client.query_one("SELECT head FROM strata_meta WHERE id = 1", &[]))
-            .await?
-            .get::<_, i64>(0);
+        let conn = Conn::open(&config).await?;
+        let cluster_id = init_schema(&conn.client).await?;
+        let head = conn.query(PROGRESS, &[]).await?;
+        let head: i64 = head
+            .first()
+            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?
+            .get(0);
         let (head_tx, head_rx) = watch::channel(head);
         let inner = Arc::new(Inner {
             config,
-            writer: Mutex::new(Some(client)),
+            appender: Mutex::new(Appender {
+                conn: None,
+                locked: false,
+            }),
+            writer: Mutex::new(Some(conn)),
             readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
             next_reader: Default::default(),
             head: head_tx,
@@ -198,7 +331,7 @@ impl Postgres {
 /// Creates the tables if they are missing and returns the cluster id; refuses a database whose
 /// schema is newer than this binary's. Frontends starting together may race to create the tables,
 /// so a failed attempt is tried again.
-async fn init_schema(client: &mut Client) -> Result<u64> {
+async fn init_schema(client: &Client) -> Result<u64> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -211,7 +344,7 @@ async fn init_schema(client: &mut Client) -> Result<u64> {
     }
 }
 
-async fn try_init_schema(client: &mut Client) -> Result<u64> {
+async fn try_init_schema(client: &Client) -> Result<u64> {
     deadline(client.batch_execute(SCHEMA)).await?;
     let fresh = super::random_id() as i64;
     deadline(client.execute(
@@ -242,29 +375,25 @@ async fn try_init_schema(client: &mut Client) -> Result<u64> {
 
 impl Inner {
     /// A shared connection for reads, reconnecting a closed one.
-    async fn reader(&self) -> Result<Arc<Client>> {
+    async fn reader(&self) -> Result<Arc<Conn>> {
         let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let mut slot = self.readers[i].lock().await;
-        if let Some(client) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(client.clone());
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
         }
-        let client = Arc::new(connect(&self.config).await?);
-        *slot = Some(client.clone());
-        Ok(client)
+        let conn = Arc::new(Conn::open(&self.config).await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
     }
 
     /// Runs a read on a shared connection; a connection that missed its deadline is dropped.
-    async fn read(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<Row>> {
-        let client = self.reader().await?;
-        let result = deadline(client.query(sql, params)).await;
-        if result.is_err() && !client.is_closed() {
+    async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let conn = self.reader().await?;
+        let result = conn.query(sql, params).await;
+        if result.is_err() && !conn.client.is_closed() {
             for slot in &self.readers {
                 let mut slot = slot.lock().await;
-                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &client)) {
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
                     *slot = None;
                 }
             }
@@ -273,26 +402,16 @@ impl Inner {
     }
 
     /// Runs one write statement on the writer connection; returns the rows it changed.
-    async fn write(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64> {
-        self.write_within(STATEMENT_DEADLINE, sql, params).await
-    }
-
-    async fn write_within(
-        &self,
-        limit: Duration,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64> {
+    async fn write(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
         let mut slot = self.writer.lock().await;
-        if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(connect(&self.config).await?);
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(Conn::open(&self.config).await?);
         }
-        let client = slot.as_ref().expect("connected above");
-        let result = deadline_of(limit, client.execute(sql, params)).await;
+        let result = slot
+            .as_ref()
+            .expect("connected above")
+            .execute(sql, params)
+            .await;
         if result.is_err() {
             // Its state is unknown (a statement may still be running): start afresh next time.
             *slot = None;
@@ -300,10 +419,22 @@ impl Inner {
         result
     }
 
+    /// Runs a maintenance statement on the writer connection, with a longer deadline.
+    async fn maintain(&self, sql: &str) -> Result<()> {
+        let mut slot = self.writer.lock().await;
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(Conn::open(&self.config).await?);
+        }
+        let conn = slot.as_ref().expect("connected above");
+        let result = deadline_of(DEFRAGMENT_DEADLINE, conn.client.batch_execute(sql)).await;
+        if result.is_err() {
+            *slot = None;
+        }
+        result
+    }
+
     async fn progress(&self) -> Result<Progress> {
-        let rows = self
-            .read("SELECT head, compacted FROM strata_meta WHERE id = 1", &[])
-            .await?;
+        let rows = self.read(PROGRESS, &[]).await?;
         let row = rows
             .first()
             .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
@@ -503,69 +634,86 @@ impl Backend for Postgres {
                 rows.7.push(kv.value.to_vec());
             }
         }
-        let inserted = self
-            .inner
-            .write(
-                APPEND,
-                &[
-                    &last,
-                    &(first - 1),
-                    &rows.0,
-                    &rows.1,
-                    &rows.2,
-                    &rows.3,
-                    &rows.4,
-                    &rows.5,
-                    &rows.6,
-                    &rows.7,
-                ],
-            )
-            .await?;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &last,
+            &(first - 1),
+            &rows.0,
+            &rows.1,
+            &rows.2,
+            &rows.3,
+            &rows.4,
+            &rows.5,
+            &rows.6,
+            &rows.7,
+        ];
+        let inserted = {
+            let mut appender = self.inner.appender.lock().await;
+            let config = &self.inner.config;
+            let inserted = appender.execute(config, APPEND, &params).await?;
+            // A wake-up for other frontends' tailers, sent on commit; they poll if it is lost.
+            let notify = if inserted > 0 && self.inner.notify.load(Ordering::Relaxed) {
+                format!("NOTIFY {CHANNEL}, '{last}'; ")
+            } else {
+                String::new()
+            };
+            if appender.locked {
+                appender.locked = false;
+                appender.simple(config, &format!("{notify}COMMIT")).await?;
+            } else if !notify.is_empty() {
+                if let Err(e) = appender.simple(config, &notify).await {
+                    tracing::debug!(error = %e, "could not notify other frontends");
+                }
+            }
+            inserted
+        };
         if inserted == 0 {
             let head = self.inner.progress().await?.head;
             return Err(BackendError::OutOfOrder { head, got: first });
         }
         self.inner.seen(last);
         self.inner.size.fetch_add(bytes, Ordering::Relaxed);
-        if self.inner.notify.load(Ordering::Relaxed) {
-            // A hint for other frontends' tailers, after the commit; they poll if it is lost.
-            let payload = last.to_string();
-            if let Err(e) = self
-                .inner
-                .write("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                .await
-            {
-                tracing::debug!(error = %e, "could not notify other frontends");
-            }
+        Ok(())
+    }
+
+    async fn lock(&self) -> Result<Option<Progress>> {
+        let mut appender = self.inner.appender.lock().await;
+        let config = &self.inner.config;
+        if appender.locked {
+            appender.locked = false;
+            appender.simple(config, "ROLLBACK").await?;
+        }
+        let rows = appender.simple(config, &format!("BEGIN; {LOCK}")).await?;
+        appender.locked = true;
+        let row = rows
+            .first()
+            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+        let progress = Progress {
+            head: number(row, 0)?,
+            compacted: number(row, 1)?,
+        };
+        self.inner.seen(progress.head);
+        Ok(Some(progress))
+    }
+
+    async fn unlock(&self) -> Result<()> {
+        let mut appender = self.inner.appender.lock().await;
+        if appender.locked {
+            appender.locked = false;
+            appender.simple(&self.inner.config, "ROLLBACK").await?;
         }
         Ok(())
     }
 
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
         let limit = max_events.max(1) as i64;
-        let mut rows = self
-            .inner
-            .read(
-                &format!(
-                    "SELECT {LOG_COLUMNS} FROM strata_log WHERE revision >= $1
-                     ORDER BY revision, sub LIMIT $2"
-                ),
-                &[&from, &limit],
-            )
-            .await?;
+        let mut rows = self.inner.read(READ_LOG, &[&from, &limit]).await?;
         if rows.len() as i64 == limit {
             // Whole revisions only: the rest of the last one.
             let last = rows.last().expect("limit is at least 1");
             let (revision, sub): (i64, i64) = (last.get(0), last.get(1));
             rows.extend(
                 self.inner
-                    .read(
-                        &format!(
-                            "SELECT {LOG_COLUMNS} FROM strata_log WHERE revision = $1 AND sub > $2
-                             ORDER BY sub"
-                        ),
-                        &[&revision, &sub],
-                    )
+                    .read(READ_REST_OF_REVISION, &[&revision, &sub])
                     .await?,
             );
         }
@@ -704,9 +852,7 @@ impl Backend for Postgres {
         // reusable without it.
         for table in ["strata_log", "strata_leases", "strata_alarms"] {
             let sql = format!("VACUUM FULL {table}");
-            self.inner
-                .write_within(DEFRAGMENT_DEADLINE, &sql, &[])
-                .await?;
+            self.inner.maintain(&sql).await?;
         }
         self.inner.measure_usage().await;
         Ok(())
@@ -719,6 +865,53 @@ impl Backend for Postgres {
 
     fn tail(&self) -> Option<watch::Receiver<i64>> {
         Some(self.head.clone())
+    }
+
+    async fn heartbeat(&self, member: &MemberRecord) -> Result<()> {
+        let urls = member.client_urls.join(",");
+        self.inner
+            .write(
+                "INSERT INTO strata_members (id, name, client_urls, last_seen)
+                 VALUES ($1, $2, $3, now())
+                 ON CONFLICT (id) DO UPDATE
+                 SET name = excluded.name, client_urls = excluded.client_urls, last_seen = now()",
+                &[&(member.id as i64), &member.name, &urls],
+            )
+            .await?;
+        self.inner
+            .write(
+                "DELETE FROM strata_members WHERE last_seen < now() - $1 * INTERVAL '1 second'",
+                &[&(MEMBER_FORGET_SECONDS as f64)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn members(&self) -> Result<Vec<MemberRecord>> {
+        let rows = self
+            .inner
+            .read(
+                "SELECT id, name, client_urls FROM strata_members
+                 WHERE last_seen >= now() - $1 * INTERVAL '1 second'",
+                &[&(MEMBER_TIMEOUT_SECONDS as f64)],
+            )
+            .await?;
+        let mut members: Vec<MemberRecord> = rows
+            .iter()
+            .map(|r| MemberRecord {
+                id: r.get::<_, i64>(0) as u64,
+                name: r.get(1),
+                client_urls: r
+                    .get::<_, String>(2)
+                    .split(',')
+                    .filter(|u| !u.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            })
+            .collect();
+        // etcd lists members by id; ids are unsigned, the column's order is the signed one.
+        members.sort_by_key(|m| m.id);
+        Ok(members)
     }
 }
 
@@ -735,11 +928,11 @@ pub(crate) mod tests {
              throwaway PostgreSQL",
         );
         let admin: Config = url.parse().expect("STRATA_TEST_POSTGRES parses");
-        let client = connect(&admin)
+        let conn = Conn::open(&admin)
             .await
             .expect("connect to the test PostgreSQL");
         let name = format!("strata_unit_{:x}", super::super::random_id());
-        client
+        conn.client
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create a test database");
@@ -787,7 +980,7 @@ pub(crate) mod tests {
     async fn a_newer_schema_is_refused() {
         let config = fresh_database().await;
         drop(Postgres::open(config.clone(), "a").await.unwrap());
-        let client = connect(&config).await.unwrap();
+        let client = Conn::open(&config).await.unwrap().client;
         client
             .batch_execute("UPDATE strata_meta SET schema_version = 99")
             .await

@@ -13,7 +13,7 @@ use super::quota::Alarms;
 use super::range;
 use super::txn::{self, TxnOutcome};
 use super::watch::{self, Notice, WatchHub, WatchSpec, WatcherKey};
-use crate::backend::{Backend, BackendError, Identity, LogEntry, Usage};
+use crate::backend::{Backend, BackendError, Identity, LogEntry, MemberRecord, Usage};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     AlarmType, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
@@ -143,6 +143,16 @@ impl Store {
 
     pub fn identity(&self) -> Identity {
         self.backend.identity()
+    }
+
+    /// Announces this frontend to the others sharing the backend.
+    pub async fn heartbeat(&self, member: &MemberRecord) -> Result<()> {
+        Ok(self.backend.heartbeat(member).await?)
+    }
+
+    /// The live frontends sharing the backend; empty when the backend is this process's alone.
+    pub async fn members(&self) -> Result<Vec<MemberRecord>> {
+        Ok(self.backend.members().await?)
     }
 
     pub fn usage(&self) -> Usage {
@@ -618,13 +628,19 @@ impl Writer {
     /// Applies `group` to the index, makes it durable in one append, then answers each write.
     async fn commit(&mut self, group: Vec<Queued>) {
         let mut attempt = 0;
+        let writes = group.iter().any(|q| !matches!(q.write, Write::CatchUp));
         let done = loop {
             attempt += 1;
-            if let Err(e) = self.prepare().await {
+            if let Err(e) = self.prepare(writes).await {
                 break Err(e);
             }
             let g = self.apply_group(&group);
             let Some(last) = g.entries.last() else {
+                if writes && self.shared {
+                    if let Err(e) = self.backend.unlock().await {
+                        tracing::warn!(error = %e, "could not give back the append right");
+                    }
+                }
                 break Ok(g.applied);
             };
             let head = last.revision;
@@ -681,13 +697,29 @@ impl Writer {
     }
 
     /// Before a batch: settles an earlier failed append and, on a shared backend, catches up with
-    /// everything committed before the batch's writes arrived.
-    async fn prepare(&mut self) -> Result<()> {
+    /// everything committed before the batch's requests arrived. A batch that may write takes the
+    /// append right first, so that its compares see the head and nothing gets in before its append.
+    async fn prepare(&mut self, writes: bool) -> Result<()> {
         self.resolve().await?;
-        if self.shared {
-            self.catch_up().await?;
+        if !self.shared {
+            return Ok(());
         }
-        Ok(())
+        let locked = if writes {
+            self.backend.lock().await?
+        } else {
+            None
+        };
+        let progress = match locked {
+            Some(progress) => progress,
+            None => self.backend.progress().await?,
+        };
+        let caught_up = self.catch_up(progress).await;
+        if caught_up.is_err() && locked.is_some() {
+            if let Err(e) = self.backend.unlock().await {
+                tracing::warn!(error = %e, "could not give back the append right");
+            }
+        }
+        caught_up
     }
 
     fn apply_group(&self, group: &[Queued]) -> AppliedGroup {
@@ -749,7 +781,8 @@ impl Writer {
             return Ok(());
         };
         let committed = self.index.read().expect("index lock").committed;
-        let head = self.backend.progress().await?.head;
+        let progress = self.backend.progress().await?;
+        let head = progress.head;
         let last = unresolved.entries.last().map_or(committed, |e| e.revision);
         let durable = head >= last && {
             let events = unresolved.entries.iter().map(|e| e.events.len()).sum();
@@ -766,7 +799,7 @@ impl Writer {
         }
         if head > self.index.read().expect("index lock").committed {
             // Only another process can have appended: catch up with it.
-            self.catch_up().await?;
+            self.catch_up(progress).await?;
         }
         Ok(())
     }
@@ -775,8 +808,7 @@ impl Writer {
     /// their compactions. If a compaction removed history this process had not read yet, the index
     /// is rebuilt and every watcher replays from the log (those that needed the removed history are
     /// told it was compacted, as etcd tells a watcher that fell behind a compaction).
-    async fn catch_up(&mut self) -> Result<()> {
-        let progress = self.backend.progress().await?;
+    async fn catch_up(&mut self, progress: crate::backend::Progress) -> Result<()> {
         let mut from = self.index.read().expect("index lock").committed + 1;
         if progress.compacted > from {
             tracing::warn!(
@@ -820,7 +852,7 @@ impl Writer {
     }
 
     async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
-        self.prepare().await?;
+        self.prepare(false).await?;
         let current = {
             let index = self.index.read().expect("index lock");
             if req.revision <= index.compacted {

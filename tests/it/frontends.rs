@@ -5,9 +5,10 @@
 use crate::requests::*;
 use crate::support::Strata;
 use crate::watch::{create, Stream};
+use strata::proto::etcdserverpb::cluster_client::ClusterClient;
 use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use strata::proto::etcdserverpb::watch_request::RequestUnion;
-use strata::proto::etcdserverpb::StatusRequest;
+use strata::proto::etcdserverpb::{MemberListRequest, StatusRequest};
 
 async fn status(s: &Strata) -> strata::proto::etcdserverpb::StatusResponse {
     let mut m = MaintenanceClient::new(s.channel().await);
@@ -23,6 +24,22 @@ async fn frontends_share_writes_reads_and_watches() {
     let (ha, hb) = (sa.header.unwrap(), sb.header.unwrap());
     assert_eq!(ha.cluster_id, hb.cluster_id);
     assert_ne!(ha.member_id, hb.member_id);
+    // Each lists both, by id, with its client URL; clients that sync endpoints find them all.
+    for s in [&a, &b] {
+        let mut cluster = ClusterClient::new(s.channel().await);
+        let list = cluster.member_list(MemberListRequest::default()).await;
+        let members = list.unwrap().into_inner().members;
+        let mut expected = vec![
+            (ha.member_id, "a", a.endpoint()),
+            (hb.member_id, "b", b.endpoint()),
+        ];
+        expected.sort();
+        let listed: Vec<(u64, &str, String)> = members
+            .iter()
+            .map(|m| (m.id, m.name.as_str(), m.client_ur_ls.join(",")))
+            .collect();
+        assert_eq!(listed, expected);
+    }
 
     let mut watch = Stream::open(&b).await;
     watch
