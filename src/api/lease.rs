@@ -62,13 +62,20 @@ impl Lease for LeaseService {
         let context = self.0.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                let mut resp = LeaseKeepAliveResponse {
-                    id: request.id,
-                    ttl: context.store.lease_renew(request.id).unwrap_or(0),
-                    ..Default::default()
+                let answer = match context.store.lease_renew(request.id).await {
+                    Ok(ttl) => {
+                        let mut resp = LeaseKeepAliveResponse {
+                            id: request.id,
+                            ttl: ttl.unwrap_or(0),
+                            ..Default::default()
+                        };
+                        context.fill(&mut resp.header);
+                        Ok(resp)
+                    }
+                    Err(e) => Err(Status::from(e)),
                 };
-                context.fill(&mut resp.header);
-                if responses.send(Ok(resp)).await.is_err() {
+                let failed = answer.is_err();
+                if responses.send(answer).await.is_err() || failed {
                     return;
                 }
             }
@@ -82,7 +89,7 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
-        let mut resp = match self.0.store.lease_time_to_live(req.id, req.keys) {
+        let mut resp = match self.0.store.lease_time_to_live(req.id, req.keys).await? {
             Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
                 id: req.id,
                 ttl,
@@ -109,6 +116,7 @@ impl Lease for LeaseService {
                 .0
                 .store
                 .lease_ids()
+                .await?
                 .into_iter()
                 .map(|id| LeaseStatus { id })
                 .collect(),

@@ -121,14 +121,15 @@ impl Embedded {
     }
 
     /// Runs `f` in one write transaction and commits it: durable when this returns Ok.
-    async fn commit(
+    async fn commit<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<()> + Send + 'static,
-    ) -> Result<()> {
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         self.with_db(move |db| {
             let tx = db.begin_write().map_err(storage)?;
-            f(&tx)?;
-            tx.commit().map_err(storage)
+            let answer = f(&tx)?;
+            tx.commit().map_err(storage)?;
+            Ok(answer)
         })
         .await
     }
@@ -266,13 +267,14 @@ impl Backend for Embedded {
         Ok(())
     }
 
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()> {
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool> {
         self.commit(move |tx| {
-            tx.open_table(LEASES)
-                .map_err(storage)?
-                .insert(id, ttl)
-                .map_err(storage)?;
-            Ok(())
+            let mut leases = tx.open_table(LEASES).map_err(storage)?;
+            if leases.get(id).map_err(storage)?.is_some() {
+                return Ok(false);
+            }
+            leases.insert(id, ttl).map_err(storage)?;
+            Ok(true)
         })
         .await
     }

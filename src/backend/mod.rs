@@ -97,21 +97,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn progress(&self) -> Result<Progress>;
 
     /// Makes `entries` durable, all or none. The first must follow the head by one, the rest in order.
-    /// Ends what [`Backend::lock`] took, whether it succeeds or fails.
+    /// On a shared backend it ends what [`Shared::lock`] took, whether it succeeds or fails.
     async fn append(&self, entries: &[LogEntry]) -> Result<()>;
-
-    /// For a backend other processes append to: takes the right to append, cluster-wide, and
-    /// returns where the log stands as of taking it. It is held until the next `append` or
-    /// [`Backend::unlock`]; meanwhile other processes' appends wait. None for a backend this process
-    /// alone appends to, where there is nothing to take.
-    async fn lock(&self) -> Result<Option<Progress>> {
-        Ok(None)
-    }
-
-    /// Gives back the right [`Backend::lock`] took, appending nothing.
-    async fn unlock(&self) -> Result<()> {
-        Ok(())
-    }
 
     /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
@@ -125,10 +112,12 @@ pub trait Backend: Send + Sync + 'static {
     /// Physically removes the changes at `revisions`, which compaction made unreachable.
     async fn remove(&self, revisions: &[Revision]) -> Result<()>;
 
-    /// Durably records a granted lease and its TTL in seconds.
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()>;
+    /// Durably records a granted lease and its TTL in seconds; false, recording nothing, if a lease
+    /// with this id exists.
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool>;
 
-    /// Durably forgets a lease (its keys are already deleted).
+    /// Durably forgets a lease. On a shared backend whose append right this process holds, the
+    /// removal commits with the next append (or [`Shared::unlock`]), and not without it.
     async fn remove_lease(&self, id: i64) -> Result<()>;
 
     /// Every lease recorded, as (id, TTL), in id order.
@@ -148,24 +137,52 @@ pub trait Backend: Send + Sync + 'static {
 
     fn usage(&self) -> Usage;
 
-    /// For a backend that other processes append to: the newest head this one has learnt of,
-    /// changing when another appends. None when this process is the only appender, so the store's
-    /// own revision is always the head.
-    fn tail(&self) -> Option<tokio::sync::watch::Receiver<i64>> {
+    /// What the backend adds when other processes (frontends) share it; None when this process
+    /// alone uses it, so that its own revision is always the head and its own clock times leases.
+    fn shared(&self) -> Option<&dyn Shared> {
         None
     }
+}
 
-    /// Announces a frontend as live, for a while (see [`Backend::members`]). A backend owned by one
-    /// process needs no announcement.
-    async fn heartbeat(&self, _member: &MemberRecord) -> Result<()> {
-        Ok(())
-    }
+/// A backend shared by several frontends: the append right, the tail, leases timed by the
+/// backend's clock and expired by one keeper, and the member registry (DESIGN.md, invariants 3–6).
+#[async_trait]
+pub trait Shared: Send + Sync {
+    /// The newest head this process has learnt of, changing when another appends.
+    fn tail(&self) -> tokio::sync::watch::Receiver<i64>;
 
-    /// The frontends whose heartbeat is recent, by id; empty for a backend owned by one process,
-    /// whose only member is that process.
-    async fn members(&self) -> Result<Vec<MemberRecord>> {
-        Ok(Vec::new())
-    }
+    /// Takes the right to append, cluster-wide, and returns where the log stands as of taking it.
+    /// It is held until the next `append` or [`Shared::unlock`]; meanwhile others' appends wait.
+    async fn lock(&self) -> Result<Progress>;
+
+    /// Gives back the right [`Shared::lock`] took, appending nothing (lease removals made under it
+    /// commit).
+    async fn unlock(&self) -> Result<()>;
+
+    /// Those of `ids` that are live leases, as (id, TTL), as of now: under the append right, no
+    /// other process can revoke one before this process's next append.
+    async fn leases_among(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>>;
+
+    /// Keeps leases alive for another TTL from now; returns those renewed, as (id, TTL). A lease
+    /// that does not exist or whose time is up is not renewed.
+    async fn renew_leases(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>>;
+
+    /// A lease's granted TTL and whole seconds left.
+    async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>>;
+
+    /// Takes or keeps the lease-keeper role for `member` for a few seconds; true while it holds it.
+    /// A member that takes it over renews every lease, as etcd's new leader does, so that the
+    /// change never expires a lease that was kept alive.
+    async fn keep_leases(&self, member: u64) -> Result<bool>;
+
+    /// Up to `limit` leases whose time is up, soonest first.
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<i64>>;
+
+    /// Announces a frontend as live, for a while (see [`Shared::members`]).
+    async fn heartbeat(&self, member: &MemberRecord) -> Result<()>;
+
+    /// The frontends whose heartbeat is recent, by id.
+    async fn members(&self) -> Result<Vec<MemberRecord>>;
 }
 
 #[cfg(test)]
@@ -255,8 +272,12 @@ pub(crate) mod conformance {
 
     pub async fn leases_are_recorded_and_forgotten(b: &dyn Backend) {
         assert_eq!(b.leases().await.unwrap(), vec![]);
-        b.put_lease(7, 60).await.unwrap();
-        b.put_lease(3, 10).await.unwrap();
+        assert!(b.put_lease(7, 60).await.unwrap());
+        assert!(b.put_lease(3, 10).await.unwrap());
+        assert!(
+            !b.put_lease(3, 99).await.unwrap(),
+            "an existing id is refused"
+        );
         assert_eq!(b.leases().await.unwrap(), vec![(3, 10), (7, 60)]);
         b.remove_lease(3).await.unwrap();
         b.remove_lease(99).await.unwrap();

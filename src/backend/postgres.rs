@@ -10,7 +10,9 @@
 //!   is that revision). Commit order is therefore revision order, and no frontend evaluates a txn
 //!   on a stale state.
 //! - `strata_log`: one row per change, keyed by (revision, sub).
-//! - `strata_leases`: lease id → TTL; `strata_alarms`: (member, alarm).
+//! - `strata_leases`: lease id → TTL, and when it expires by the database's clock (every frontend
+//!   renews through it; `strata_keeper` names the one frontend that expires leases, for a term it
+//!   keeps renewing); `strata_alarms`: (member, alarm).
 //! - `strata_members`: each frontend's id, name and client URLs with the database time of its last
 //!   heartbeat; the member list shows those heard from within [`MEMBER_TIMEOUT_SECONDS`].
 //!
@@ -21,7 +23,9 @@
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
 
-use super::{Backend, BackendError, Identity, LogEntry, MemberRecord, Progress, Result, Usage};
+use super::{
+    Backend, BackendError, Identity, LogEntry, MemberRecord, Progress, Result, Shared, Usage,
+};
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
@@ -52,6 +56,8 @@ const DEFRAGMENT_DEADLINE: Duration = Duration::from_secs(3600);
 const REMOVE_BATCH: usize = 10_000;
 /// The notification channel an append announces its head on.
 const CHANNEL: &str = "strata_log";
+/// How long the lease keeper holds its role without renewing it.
+const KEEPER_TERM: Duration = Duration::from_secs(3);
 /// A frontend not heard from for this long is left out of the member list.
 const MEMBER_TIMEOUT_SECONDS: i64 = 10;
 /// A frontend not heard from for this long is forgotten.
@@ -80,7 +86,14 @@ CREATE TABLE IF NOT EXISTS strata_log (
 );
 CREATE TABLE IF NOT EXISTS strata_leases (
     id BIGINT PRIMARY KEY,
-    ttl BIGINT NOT NULL
+    ttl BIGINT NOT NULL,
+    expires_at TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX IF NOT EXISTS strata_leases_expiry ON strata_leases (expires_at);
+CREATE TABLE IF NOT EXISTS strata_keeper (
+    id INT PRIMARY KEY,
+    holder BIGINT NOT NULL,
+    until TIMESTAMPTZ NOT NULL
 );
 CREATE TABLE IF NOT EXISTS strata_alarms (
     member BIGINT NOT NULL,
@@ -224,6 +237,16 @@ impl Appender {
         self.failed(result)
     }
 
+    async fn query(
+        &mut self,
+        config: &Config,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>> {
+        let result = self.conn(config).await?.query(sql, params).await;
+        self.failed(result)
+    }
+
     /// Runs statements as one simple query (one round trip), returning the rows of the last.
     async fn simple(&mut self, config: &Config, sql: &str) -> Result<Vec<SimpleQueryRow>> {
         let result = deadline(self.conn(config).await?.client.simple_query(sql)).await;
@@ -348,6 +371,11 @@ async fn try_init_schema(client: &Client) -> Result<u64> {
     deadline(client.batch_execute(SCHEMA)).await?;
     let fresh = super::random_id() as i64;
     deadline(client.execute(
+        "INSERT INTO strata_keeper (id, holder, until) VALUES (1, 0, now()) ON CONFLICT (id) DO NOTHING",
+        &[],
+    ))
+    .await?;
+    deadline(client.execute(
         "INSERT INTO strata_meta (id, schema_version, cluster_id, head, compacted)
          VALUES (1, $1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
         &[
@@ -414,6 +442,23 @@ impl Inner {
             .await;
         if result.is_err() {
             // Its state is unknown (a statement may still be running): start afresh next time.
+            *slot = None;
+        }
+        result
+    }
+
+    /// Runs one write statement on the writer connection; returns the rows it returns.
+    async fn write_rows(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let mut slot = self.writer.lock().await;
+        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
+            *slot = Some(Conn::open(&self.config).await?);
+        }
+        let result = slot
+            .as_ref()
+            .expect("connected above")
+            .query(sql, params)
+            .await;
+        if result.is_err() {
             *slot = None;
         }
         result
@@ -675,35 +720,6 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn lock(&self) -> Result<Option<Progress>> {
-        let mut appender = self.inner.appender.lock().await;
-        let config = &self.inner.config;
-        if appender.locked {
-            appender.locked = false;
-            appender.simple(config, "ROLLBACK").await?;
-        }
-        let rows = appender.simple(config, &format!("BEGIN; {LOCK}")).await?;
-        appender.locked = true;
-        let row = rows
-            .first()
-            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
-        let progress = Progress {
-            head: number(row, 0)?,
-            compacted: number(row, 1)?,
-        };
-        self.inner.seen(progress.head);
-        Ok(Some(progress))
-    }
-
-    async fn unlock(&self) -> Result<()> {
-        let mut appender = self.inner.appender.lock().await;
-        if appender.locked {
-            appender.locked = false;
-            appender.simple(&self.inner.config, "ROLLBACK").await?;
-        }
-        Ok(())
-    }
-
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
         let limit = max_events.max(1) as i64;
         let mut rows = self.inner.read(READ_LOG, &[&from, &limit]).await?;
@@ -782,21 +798,28 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<()> {
-        self.inner
+    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool> {
+        let created = self
+            .inner
             .write(
-                "INSERT INTO strata_leases (id, ttl) VALUES ($1, $2)
-                 ON CONFLICT (id) DO UPDATE SET ttl = excluded.ttl",
+                "INSERT INTO strata_leases (id, ttl, expires_at)
+                 VALUES ($1, CAST($2 AS BIGINT), now() + CAST($2 AS BIGINT) * INTERVAL '1 second')
+                 ON CONFLICT (id) DO NOTHING",
                 &[&id, &ttl],
             )
             .await?;
-        Ok(())
+        Ok(created == 1)
     }
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
-        self.inner
-            .write("DELETE FROM strata_leases WHERE id = $1", &[&id])
-            .await?;
+        let sql = "DELETE FROM strata_leases WHERE id = $1";
+        let mut appender = self.inner.appender.lock().await;
+        if appender.locked {
+            appender.execute(&self.inner.config, sql, &[&id]).await?;
+        } else {
+            drop(appender);
+            self.inner.write(sql, &[&id]).await?;
+        }
         Ok(())
     }
 
@@ -863,8 +886,123 @@ impl Backend for Postgres {
         Usage { size, in_use: size }
     }
 
-    fn tail(&self) -> Option<watch::Receiver<i64>> {
-        Some(self.head.clone())
+    fn shared(&self) -> Option<&dyn Shared> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Shared for Postgres {
+    fn tail(&self) -> watch::Receiver<i64> {
+        self.head.clone()
+    }
+
+    async fn lock(&self) -> Result<Progress> {
+        let mut appender = self.inner.appender.lock().await;
+        let config = &self.inner.config;
+        if appender.locked {
+            appender.locked = false;
+            appender.simple(config, "ROLLBACK").await?;
+        }
+        let rows = appender.simple(config, &format!("BEGIN; {LOCK}")).await?;
+        appender.locked = true;
+        let row = rows
+            .first()
+            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+        let progress = Progress {
+            head: number(row, 0)?,
+            compacted: number(row, 1)?,
+        };
+        self.inner.seen(progress.head);
+        Ok(progress)
+    }
+
+    async fn unlock(&self) -> Result<()> {
+        let mut appender = self.inner.appender.lock().await;
+        if appender.locked {
+            appender.locked = false;
+            appender.simple(&self.inner.config, "COMMIT").await?;
+        }
+        Ok(())
+    }
+
+    async fn leases_among(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+        let ids = ids.to_vec();
+        let sql = "SELECT id, ttl FROM strata_leases WHERE id = ANY($1)";
+        let mut appender = self.inner.appender.lock().await;
+        let rows = if appender.locked {
+            appender.query(&self.inner.config, sql, &[&ids]).await?
+        } else {
+            drop(appender);
+            self.inner.read(sql, &[&ids]).await?
+        };
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn renew_leases(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>> {
+        let ids = ids.to_vec();
+        let rows = self
+            .inner
+            .write_rows(
+                "UPDATE strata_leases SET expires_at = now() + ttl * INTERVAL '1 second'
+                 WHERE id = ANY($1) AND expires_at > now() RETURNING id, ttl",
+                &[&ids],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>> {
+        let rows = self
+            .inner
+            .read(
+                "SELECT ttl, CAST(FLOOR(EXTRACT(EPOCH FROM expires_at - now())) AS BIGINT)
+                 FROM strata_leases WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        Ok(rows.first().map(|r| (r.get(0), r.get::<_, i64>(1).max(0))))
+    }
+
+    async fn keep_leases(&self, member: u64) -> Result<bool> {
+        let me = member as i64;
+        let seconds = KEEPER_TERM.as_secs_f64();
+        let rows = self
+            .inner
+            .write_rows(
+                "WITH before AS (SELECT holder FROM strata_keeper WHERE id = 1)
+                 UPDATE strata_keeper SET holder = $1, until = now() + $2 * INTERVAL '1 second'
+                 FROM before
+                 WHERE strata_keeper.id = 1 AND (strata_keeper.holder = $1 OR strata_keeper.until < now())
+                 RETURNING before.holder",
+                &[&me, &seconds],
+            )
+            .await?;
+        let Some(row) = rows.first() else {
+            return Ok(false);
+        };
+        if row.get::<_, i64>(0) != me {
+            tracing::info!("took over as lease keeper: renewing every lease");
+            self.inner
+                .write(
+                    "UPDATE strata_leases
+                     SET expires_at = GREATEST(expires_at, now() + ttl * INTERVAL '1 second')",
+                    &[],
+                )
+                .await?;
+        }
+        Ok(true)
+    }
+
+    async fn expired_leases(&self, limit: usize) -> Result<Vec<i64>> {
+        let rows = self
+            .inner
+            .read(
+                "SELECT id FROM strata_leases WHERE expires_at <= now() ORDER BY expires_at LIMIT $1",
+                &[&(limit as i64)],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn heartbeat(&self, member: &MemberRecord) -> Result<()> {
@@ -963,7 +1101,7 @@ pub(crate) mod tests {
         let b = Postgres::open(config, "b").await.unwrap();
         assert_eq!(a.identity().cluster_id, b.identity().cluster_id);
         assert_ne!(a.identity().member_id, b.identity().member_id);
-        let mut tail = b.tail().expect("a shared backend has a tail");
+        let mut tail = b.shared().expect("a shared backend").tail();
         let entry = LogEntry {
             revision: 2,
             events: vec![conformance::put("k", "v", 2, 1)],

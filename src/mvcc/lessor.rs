@@ -44,17 +44,18 @@ impl Lessor {
         self.leases.contains_key(&id)
     }
 
-    /// Starts a lease (already durable) whose deadline is one TTL from `now`.
+    /// Starts a lease (already durable) whose deadline is one TTL from `now`; a lease already
+    /// there starts afresh.
     pub fn grant(&mut self, id: i64, ttl: i64, now: Instant) {
         let deadline = now + ttl_duration(ttl);
-        self.leases.insert(
-            id,
-            Lease {
-                ttl,
-                deadline,
-                expired: false,
-            },
-        );
+        let lease = Lease {
+            ttl,
+            deadline,
+            expired: false,
+        };
+        if let Some(old) = self.leases.insert(id, lease) {
+            self.queue.remove(&(old.deadline, id));
+        }
         self.queue.insert((deadline, id));
     }
 

@@ -42,14 +42,22 @@ pub struct Store {
     lessor: Arc<Mutex<Lessor>>,
     /// Wakes the expiry task when a lease may have become the next to expire.
     lease_granted: Arc<Notify>,
-    /// Serialises grants, so that two grants of one id cannot both succeed.
-    granting: tokio::sync::Mutex<()>,
     alarms: Mutex<Alarms>,
     /// Held by a compaction until its rows are removed, and by a hash while it reads the log.
     compacting: Arc<tokio::sync::RwLock<()>>,
     /// Other processes append to the backend too: a linearizable read first catches up with it.
     shared: bool,
+    /// On a shared backend, keep-alives waiting to be renewed in the backend together.
+    renewals: Option<mpsc::Sender<Renewal>>,
 }
+
+/// A keep-alive for a lease, answered with its TTL or None.
+type Renewal = (i64, oneshot::Sender<Result<Option<i64>>>);
+
+/// How often the lease keeper of a shared backend looks for leases whose time is up.
+const KEEPER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// Expired leases revoked per look.
+const EXPIRED_PER_LOOK: usize = 1000;
 
 enum Write {
     Put(PutRequest),
@@ -102,7 +110,7 @@ impl Store {
         let lease_granted = Arc::new(Notify::new());
         let compacting = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(MAX_BATCH);
-        let tail = backend.tail();
+        let tail = backend.shared().map(|s| s.tail());
         let shared = tail.is_some();
         let writer = Writer {
             index: index.clone(),
@@ -114,14 +122,22 @@ impl Store {
             shared,
         };
         tokio::spawn(writer.run(rx));
+        let mut renewals = None;
         if let Some(tail) = tail {
             tokio::spawn(follow(tail, index.clone(), tx.clone()));
+            // The backend's clock times leases, and one keeper among the frontends expires them.
+            let member = backend.identity().member_id;
+            tokio::spawn(keep_leases(backend.clone(), tx.clone(), member));
+            let (renew, queue) = mpsc::channel(MAX_BATCH);
+            tokio::spawn(renew_leases(backend.clone(), lessor.clone(), queue));
+            renewals = Some(renew);
+        } else {
+            tokio::spawn(expire_leases(
+                lessor.clone(),
+                lease_granted.clone(),
+                tx.clone(),
+            ));
         }
-        tokio::spawn(expire_leases(
-            lessor.clone(),
-            lease_granted.clone(),
-            tx.clone(),
-        ));
         tokio::spawn(watch::sync_unsynced(
             hub.clone(),
             index.clone(),
@@ -134,10 +150,10 @@ impl Store {
             hub,
             lessor,
             lease_granted,
-            granting: tokio::sync::Mutex::new(()),
             alarms,
             compacting,
             shared,
+            renewals,
         }))
     }
 
@@ -147,12 +163,18 @@ impl Store {
 
     /// Announces this frontend to the others sharing the backend.
     pub async fn heartbeat(&self, member: &MemberRecord) -> Result<()> {
-        Ok(self.backend.heartbeat(member).await?)
+        match self.backend.shared() {
+            Some(shared) => Ok(shared.heartbeat(member).await?),
+            None => Ok(()),
+        }
     }
 
     /// The live frontends sharing the backend; empty when the backend is this process's alone.
     pub async fn members(&self) -> Result<Vec<MemberRecord>> {
-        Ok(self.backend.members().await?)
+        match self.backend.shared() {
+            Some(shared) => Ok(shared.members().await?),
+            None => Ok(Vec::new()),
+        }
     }
 
     pub fn usage(&self) -> Usage {
@@ -341,21 +363,22 @@ impl Store {
             return Err(Error::LeaseTtlTooLarge);
         }
         let ttl = lessor::granted_ttl(ttl);
-        let _granting = self.granting.lock().await;
-        let id = {
-            let leases = self.lessor.lock().expect("lessor lock");
-            match id {
-                0 => loop {
-                    let candidate = crate::backend::random_id() as i64 & i64::MAX;
-                    if candidate != 0 && !leases.contains(candidate) {
-                        break candidate;
-                    }
-                },
-                id if leases.contains(id) => return Err(Error::LeaseExists),
+        // The backend refuses an id it holds (another frontend's, on a shared backend).
+        let id = loop {
+            let candidate = match id {
+                0 => crate::backend::random_id() as i64 & i64::MAX,
                 id => id,
+            };
+            if candidate == 0 {
+                continue;
+            }
+            if self.backend.put_lease(candidate, ttl).await? {
+                break candidate;
+            }
+            if id != 0 {
+                return Err(Error::LeaseExists);
             }
         };
-        self.backend.put_lease(id, ttl).await?;
         self.lessor
             .lock()
             .expect("lessor lock")
@@ -372,29 +395,57 @@ impl Store {
         }
     }
 
-    /// Keeps a lease alive for another TTL; None if it does not exist or has expired.
-    pub fn lease_renew(&self, id: i64) -> Option<i64> {
-        self.lessor
-            .lock()
-            .expect("lessor lock")
-            .renew(id, Instant::now())
+    /// Keeps a lease alive for another TTL; None if it does not exist or has expired. On a shared
+    /// backend the renewal is durable there (with others waiting at the same moment) before it
+    /// is answered.
+    pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>> {
+        let Some(renewals) = &self.renewals else {
+            return Ok(self
+                .lessor
+                .lock()
+                .expect("lessor lock")
+                .renew(id, Instant::now()));
+        };
+        let (reply, answer) = oneshot::channel();
+        renewals
+            .send((id, reply))
+            .await
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
     }
 
     /// A lease's seconds left and granted TTL, and its keys if asked for.
-    pub fn lease_time_to_live(&self, id: i64, keys: bool) -> Option<(i64, i64, Vec<Bytes>)> {
-        let leases = self.lessor.lock().expect("lessor lock");
-        let (granted, left) = leases.time_to_live(id, Instant::now())?;
+    pub async fn lease_time_to_live(
+        &self,
+        id: i64,
+        keys: bool,
+    ) -> Result<Option<(i64, i64, Vec<Bytes>)>> {
+        let found = match self.backend.shared() {
+            Some(shared) => shared.lease_time_to_live(id).await?,
+            None => self
+                .lessor
+                .lock()
+                .expect("lessor lock")
+                .time_to_live(id, Instant::now()),
+        };
+        let Some((granted, left)) = found else {
+            return Ok(None);
+        };
         let keys = if keys {
             self.index.read().expect("index lock").lease_keys(id)
         } else {
             Vec::new()
         };
-        Some((left, granted, keys))
+        Ok(Some((left, granted, keys)))
     }
 
-    /// Every live lease id.
-    pub fn lease_ids(&self) -> Vec<i64> {
-        self.lessor.lock().expect("lessor lock").ids()
+    /// Every live lease id, in id order.
+    pub async fn lease_ids(&self) -> Result<Vec<i64>> {
+        if self.shared {
+            let leases = self.backend.leases().await?;
+            return Ok(leases.into_iter().map(|(id, _)| id).collect());
+        }
+        Ok(self.lessor.lock().expect("lessor lock").ids())
     }
 
     /// Starts a watcher whose notices go to `stream`, announced through `created`. A start revision
@@ -457,6 +508,88 @@ impl Store {
             .await
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)?
+    }
+}
+
+/// On a shared backend: while this frontend holds the lease-keeper role, revokes the leases whose
+/// time is up by the backend's clock, through the writer like a client's revoke.
+async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>, member: u64) {
+    loop {
+        tokio::time::sleep(KEEPER_INTERVAL).await;
+        let Some(shared) = backend.shared() else {
+            return;
+        };
+        let expired = match shared.keep_leases(member).await {
+            Ok(true) => shared.expired_leases(EXPIRED_PER_LOOK).await,
+            Ok(false) => continue,
+            Err(e) => Err(e),
+        };
+        let expired = match expired {
+            Ok(expired) => expired,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease keeper could not look for expired leases");
+                continue;
+            }
+        };
+        let mut answers = Vec::with_capacity(expired.len());
+        for id in expired {
+            let (reply, answer) = oneshot::channel();
+            let queued = Queued {
+                write: Write::Revoke(id),
+                reply,
+            };
+            if writes.send(queued).await.is_err() {
+                return;
+            }
+            answers.push(answer);
+        }
+        // Revoked (or gone already) before the next look, which would find them again.
+        for answer in answers {
+            let _ = answer.await;
+        }
+    }
+}
+
+/// On a shared backend: renews the keep-alives waiting at one moment in one backend call, and
+/// brings the lessor's view of those leases up to date with the answer.
+async fn renew_leases(
+    backend: Arc<dyn Backend>,
+    lessor: Arc<Mutex<Lessor>>,
+    mut queue: mpsc::Receiver<Renewal>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let Some(shared) = backend.shared() else {
+            return;
+        };
+        let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        match shared.renew_leases(&ids).await {
+            Ok(renewed) => {
+                let renewed: std::collections::HashMap<i64, i64> = renewed.into_iter().collect();
+                let now = Instant::now();
+                let mut leases = lessor.lock().expect("lessor lock");
+                for id in &ids {
+                    match renewed.get(id) {
+                        Some(&ttl) => leases.grant(*id, ttl, now),
+                        None => {
+                            leases.remove(*id);
+                        }
+                    }
+                }
+                drop(leases);
+                for (id, reply) in batch.drain(..) {
+                    let _ = reply.send(Ok(renewed.get(&id).copied()));
+                }
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -583,6 +716,34 @@ struct Unresolved {
     entries: Vec<LogEntry>,
 }
 
+impl Write {
+    /// Adds the leases this write attaches keys to or revokes to `ids`.
+    fn leases(&self, ids: &mut Vec<i64>) {
+        fn ops(requests: &[crate::proto::etcdserverpb::RequestOp], ids: &mut Vec<i64>) {
+            use crate::proto::etcdserverpb::request_op::Request;
+            for op in requests {
+                match &op.request {
+                    Some(Request::RequestPut(put)) => ids.push(put.lease),
+                    Some(Request::RequestTxn(txn)) => {
+                        ops(&txn.success, ids);
+                        ops(&txn.failure, ids);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match self {
+            Write::Put(put) => ids.push(put.lease),
+            Write::Txn(txn) => {
+                ops(&txn.success, ids);
+                ops(&txn.failure, ids);
+            }
+            Write::Revoke(id) => ids.push(*id),
+            Write::Delete(_) | Write::Compact(_) | Write::CatchUp => {}
+        }
+    }
+}
+
 /// A write applied to the index, waiting for its batch to become durable.
 enum Applied {
     Done(Result<Written>),
@@ -629,18 +790,29 @@ impl Writer {
     async fn commit(&mut self, group: Vec<Queued>) {
         let mut attempt = 0;
         let writes = group.iter().any(|q| !matches!(q.write, Write::CatchUp));
+        // On a shared backend a batch that may write holds the append right from here on.
+        let locked = writes && self.shared;
         let done = loop {
             attempt += 1;
-            if let Err(e) = self.prepare(writes).await {
+            if let Err(e) = self.prepare(&group, writes).await {
                 break Err(e);
             }
             let g = self.apply_group(&group);
+            if locked {
+                // A revoke forgets its lease in the same transaction as its deletes.
+                if let Err(e) = self.forget_revoked(&g.revoked).await {
+                    self.take_back(g).await;
+                    break Err(e);
+                }
+            }
             let Some(last) = g.entries.last() else {
-                if writes && self.shared {
-                    if let Err(e) = self.backend.unlock().await {
-                        tracing::warn!(error = %e, "could not give back the append right");
+                if locked {
+                    if let Err(e) = self.shared().unlock().await {
+                        self.take_back(g).await;
+                        break Err(Error::from(e));
                     }
                 }
+                self.settle_revokes(g.revoked, true).await;
                 break Ok(g.applied);
             };
             let head = last.revision;
@@ -653,13 +825,7 @@ impl Writer {
                 Err(BackendError::OutOfOrder { .. }) if self.shared && attempt < MAX_ATTEMPTS => {
                     // Another process appended first and nothing of this batch was written: take
                     // it back and apply it again on top of theirs.
-                    let mut undo = g.undo;
-                    {
-                        let mut index = self.index.write().expect("index lock");
-                        let committed = index.committed;
-                        index.rollback(&mut undo, 0, committed);
-                    }
-                    self.settle_revokes(g.revoked, false).await;
+                    self.take_back(g).await;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
@@ -698,28 +864,86 @@ impl Writer {
 
     /// Before a batch: settles an earlier failed append and, on a shared backend, catches up with
     /// everything committed before the batch's requests arrived. A batch that may write takes the
-    /// append right first, so that its compares see the head and nothing gets in before its append.
-    async fn prepare(&mut self, writes: bool) -> Result<()> {
+    /// append right first, so that its compares see the head and nothing gets in before its append,
+    /// and learns which of the leases it names are live (another frontend may have granted or
+    /// revoked them).
+    async fn prepare(&mut self, group: &[Queued], writes: bool) -> Result<()> {
         self.resolve().await?;
         if !self.shared {
             return Ok(());
         }
-        let locked = if writes {
-            self.backend.lock().await?
-        } else {
-            None
+        if !writes {
+            let progress = self.backend.progress().await?;
+            return self.catch_up(progress).await;
+        }
+        let progress = self.shared().lock().await?;
+        let ready = match self.catch_up(progress).await {
+            Ok(()) => self.sync_leases(group).await,
+            Err(e) => Err(e),
         };
-        let progress = match locked {
-            Some(progress) => progress,
-            None => self.backend.progress().await?,
-        };
-        let caught_up = self.catch_up(progress).await;
-        if caught_up.is_err() && locked.is_some() {
-            if let Err(e) = self.backend.unlock().await {
+        if ready.is_err() {
+            if let Err(e) = self.shared().unlock().await {
                 tracing::warn!(error = %e, "could not give back the append right");
             }
         }
-        caught_up
+        ready
+    }
+
+    fn shared(&self) -> &dyn crate::backend::Shared {
+        self.backend
+            .shared()
+            .expect("only called for a shared backend")
+    }
+
+    /// Brings the lessor's view of the leases `group` names up to date with the backend.
+    async fn sync_leases(&self, group: &[Queued]) -> Result<()> {
+        let mut ids = Vec::new();
+        for q in group {
+            q.write.leases(&mut ids);
+        }
+        ids.retain(|id| *id != 0);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let live: std::collections::HashMap<i64, i64> = self
+            .shared()
+            .leases_among(&ids)
+            .await?
+            .into_iter()
+            .collect();
+        let now = Instant::now();
+        let mut leases = self.lessor.lock().expect("lessor lock");
+        for id in ids {
+            match live.get(&id) {
+                Some(&ttl) if !leases.contains(id) => leases.grant(id, ttl, now),
+                Some(_) => {}
+                None => {
+                    leases.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Under the append right: forgets the revoked leases in the transaction the append commits.
+    async fn forget_revoked(&self, revoked: &[(i64, Lease)]) -> Result<()> {
+        for (id, _) in revoked {
+            self.backend.remove_lease(*id).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes back a group applied to the index whose append did not happen.
+    async fn take_back(&self, g: AppliedGroup) {
+        let mut undo = g.undo;
+        {
+            let mut index = self.index.write().expect("index lock");
+            let committed = index.committed;
+            index.rollback(&mut undo, 0, committed);
+        }
+        self.settle_revokes(g.revoked, false).await;
     }
 
     fn apply_group(&self, group: &[Queued]) -> AppliedGroup {
@@ -761,11 +985,14 @@ impl Writer {
         hub.notify(entries);
     }
 
-    /// Forgets the leases whose keys' deletion is durable; takes back the others, still recorded.
+    /// Forgets the leases whose keys' deletion is durable (a shared backend forgot them with it);
+    /// takes back the others, still recorded.
     async fn settle_revokes(&self, revoked: Vec<(i64, Lease)>, durable: bool) {
         for (id, lease) in revoked {
             if !durable {
                 self.lessor.lock().expect("lessor lock").restore(id, lease);
+            } else if self.shared {
+                continue;
             } else if let Err(e) = self.backend.remove_lease(id).await {
                 // Its keys are gone; the record brings back an empty lease at restart, which
                 // then expires.
@@ -852,7 +1079,7 @@ impl Writer {
     }
 
     async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
-        self.prepare(false).await?;
+        self.prepare(&[], false).await?;
         let current = {
             let index = self.index.read().expect("index lock");
             if req.revision <= index.compacted {
@@ -1150,7 +1377,7 @@ mod tests {
         async fn remove(&self, revisions: &[super::super::Revision]) -> crate::backend::Result<()> {
             self.inner.remove(revisions).await
         }
-        async fn put_lease(&self, id: i64, ttl: i64) -> crate::backend::Result<()> {
+        async fn put_lease(&self, id: i64, ttl: i64) -> crate::backend::Result<bool> {
             self.inner.put_lease(id, ttl).await
         }
         async fn remove_lease(&self, id: i64) -> crate::backend::Result<()> {
@@ -1256,7 +1483,7 @@ mod tests {
         assert_eq!(heard.recv().await.unwrap().kind, NoticeKind::Created);
         // Kept alive after one second: due at three.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(store.lease_renew(id), Some(2));
+        assert_eq!(store.lease_renew(id).await.unwrap(), Some(2));
         let deleted = heard.recv().await.unwrap();
         assert!(
             start.elapsed() >= Duration::from_secs(3),
@@ -1282,7 +1509,7 @@ mod tests {
             .collect();
         assert_eq!(deletes, vec![(key(0), 5), (key(1), 5)]);
         assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32));
-        assert_eq!(store.lease_time_to_live(id, false), None);
+        assert_eq!(store.lease_time_to_live(id, false).await.unwrap(), None);
         assert_eq!(
             store.lease_revoke(id).await.unwrap_err(),
             Error::LeaseNotFound

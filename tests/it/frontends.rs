@@ -2,13 +2,19 @@
 //! is read and watched through the others, concurrent writes through all get one revision sequence,
 //! and a frontend killed with SIGKILL loses nothing and comes back up to date.
 
+use crate::lease::leased;
 use crate::requests::*;
 use crate::support::Strata;
 use crate::watch::{create, Stream};
 use strata::proto::etcdserverpb::cluster_client::ClusterClient;
+use strata::proto::etcdserverpb::lease_client::LeaseClient;
 use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use strata::proto::etcdserverpb::watch_request::RequestUnion;
-use strata::proto::etcdserverpb::{MemberListRequest, StatusRequest};
+use strata::proto::etcdserverpb::{
+    LeaseGrantRequest, LeaseKeepAliveRequest, LeaseLeasesRequest, LeaseRevokeRequest,
+    LeaseTimeToLiveRequest, MemberListRequest, StatusRequest,
+};
+use strata::proto::mvccpb::event::EventType;
 
 async fn status(s: &Strata) -> strata::proto::etcdserverpb::StatusResponse {
     let mut m = MaintenanceClient::new(s.channel().await);
@@ -105,4 +111,108 @@ async fn frontends_share_writes_reads_and_watches() {
     assert_eq!(all.kvs.len(), 102);
     assert_eq!(all.header.unwrap().revision, 103);
     assert_eq!(status(&a).await.header.unwrap().member_id, ha.member_id);
+}
+
+/// Leases are the cluster's, not a frontend's: granted through one, they are used, kept alive,
+/// queried and revoked through another; one keeper expires them, and when it dies another takes
+/// over without expiring a lease that was kept alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_shared_and_outlive_their_keeper() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let (mut lease_a, mut lease_b) = (
+        LeaseClient::new(a.channel().await),
+        LeaseClient::new(b.channel().await),
+    );
+    let (mut kv_a, mut kv_b) = (a.kv().await, b.kv().await);
+    let grant = |id, ttl| LeaseGrantRequest { id, ttl };
+
+    let id = lease_a
+        .lease_grant(grant(0, 60))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    kv_b.put(leased("held", id)).await.unwrap();
+    let ttl = lease_b
+        .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (ttl.granted_ttl, ttl.keys),
+        (60, vec![crate::requests::b("held")])
+    );
+    assert!(ttl.ttl > 0 && ttl.ttl <= 60, "{}", ttl.ttl);
+    let taken = lease_b.lease_grant(grant(id, 10)).await.unwrap_err();
+    assert_eq!(
+        (taken.code(), taken.message()),
+        (
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists"
+        )
+    );
+    for lease in [&mut lease_a, &mut lease_b] {
+        let listed = lease.lease_leases(LeaseLeasesRequest {}).await.unwrap();
+        let ids: Vec<i64> = listed.into_inner().leases.iter().map(|l| l.id).collect();
+        assert_eq!(ids, vec![id]);
+    }
+    lease_b
+        .lease_revoke(LeaseRevokeRequest { id })
+        .await
+        .unwrap();
+    let gone = kv_a.range(get("held")).await.unwrap().into_inner();
+    assert!(gone.kvs.is_empty());
+    let refused = kv_a.put(leased("again", id)).await.unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (
+            tonic::Code::NotFound,
+            "etcdserver: requested lease not found"
+        )
+    );
+
+    // Kept alive through b while a, which may be the keeper, dies: the lease outlives its TTL.
+    let kept = lease_a
+        .lease_grant(grant(0, 3))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    kv_a.put(leased("kept", kept)).await.unwrap();
+    let abandoned = lease_a
+        .lease_grant(grant(0, 2))
+        .await
+        .unwrap()
+        .into_inner()
+        .id;
+    kv_a.put(leased("abandoned", abandoned)).await.unwrap();
+    let mut watch = Stream::open(&b).await;
+    watch
+        .send(RequestUnion::CreateRequest(create("abandoned", "", 0)))
+        .await;
+    assert!(watch.next(1).await[0].created);
+    a.kill();
+    let (keep_alive, requests) = tokio::sync::mpsc::channel(4);
+    let mut answers = lease_b
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    // A client keeps a lease alive every third of its TTL, as etcd's clients do.
+    let mut every_second = tokio::time::interval(std::time::Duration::from_secs(1));
+    for _ in 0..7 {
+        every_second.tick().await;
+        keep_alive
+            .send(LeaseKeepAliveRequest { id: kept })
+            .await
+            .unwrap();
+        let answer = answers.message().await.unwrap().unwrap();
+        assert_eq!((answer.id, answer.ttl), (kept, 3), "kept alive");
+    }
+    let deleted = watch.next(1).await;
+    assert_eq!(deleted[0].events[0].r#type, EventType::Delete as i32);
+    let still = kv_b.range(get("kept")).await.unwrap().into_inner();
+    assert_eq!(still.kvs.len(), 1, "a lease kept alive is not expired");
 }

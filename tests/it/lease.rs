@@ -21,7 +21,7 @@ enum Call {
     Kv(Op),
 }
 
-fn leased(key: &str, lease: i64) -> PutRequest {
+pub fn leased(key: &str, lease: i64) -> PutRequest {
     PutRequest {
         lease,
         ..put(key, "v")
