@@ -429,19 +429,21 @@ impl Inner {
         result
     }
 
-    /// Runs one write statement on the writer connection; returns the rows it changed.
-    async fn write(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+    /// The writer connection, connected. A statement that fails on it leaves its state unknown (it
+    /// may still be running), so the caller drops it: the next use starts afresh.
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Conn>>> {
         let mut slot = self.writer.lock().await;
         if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
             *slot = Some(Conn::open(&self.config).await?);
         }
-        let result = slot
-            .as_ref()
-            .expect("connected above")
-            .execute(sql, params)
-            .await;
+        Ok(slot)
+    }
+
+    /// Runs one write statement on the writer connection; returns the rows it changed.
+    async fn write(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
+        let mut slot = self.writer().await?;
+        let result = slot.as_ref().expect("connected").execute(sql, params).await;
         if result.is_err() {
-            // Its state is unknown (a statement may still be running): start afresh next time.
             *slot = None;
         }
         result
@@ -449,15 +451,8 @@ impl Inner {
 
     /// Runs one write statement on the writer connection; returns the rows it returns.
     async fn write_rows(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let mut slot = self.writer.lock().await;
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *slot = Some(Conn::open(&self.config).await?);
-        }
-        let result = slot
-            .as_ref()
-            .expect("connected above")
-            .query(sql, params)
-            .await;
+        let mut slot = self.writer().await?;
+        let result = slot.as_ref().expect("connected").query(sql, params).await;
         if result.is_err() {
             *slot = None;
         }
@@ -466,11 +461,8 @@ impl Inner {
 
     /// Runs a maintenance statement on the writer connection, with a longer deadline.
     async fn maintain(&self, sql: &str) -> Result<()> {
-        let mut slot = self.writer.lock().await;
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *slot = Some(Conn::open(&self.config).await?);
-        }
-        let conn = slot.as_ref().expect("connected above");
+        let mut slot = self.writer().await?;
+        let conn = slot.as_ref().expect("connected");
         let result = deadline_of(DEFRAGMENT_DEADLINE, conn.client.batch_execute(sql)).await;
         if result.is_err() {
             *slot = None;

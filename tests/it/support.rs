@@ -159,18 +159,23 @@ impl std::ops::DerefMut for Strata {
 }
 
 impl Strata {
-    /// A frontend named `name` on the PostgreSQL database kept for `dir`, whatever
-    /// `STRATA_TEST_BACKEND` says: frontends started on one `dir` serve one cluster.
-    pub fn frontend(dir: &Path, name: &str) -> Strata {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    /// Runs `command` (the strata binary with its arguments), on a free loopback port.
+    pub fn start_command(mut command: Command) -> Strata {
         command
-            .args(["--name", name, "--backend", &postgres_database(dir)])
             .args(["--listen-client-urls", "http://127.0.0.1:0"])
             .env("STRATA_LOG", "info");
         Strata {
             process: Process::start(command, "ready to serve client requests", None),
             _dir: None,
         }
+    }
+
+    /// A frontend named `name` on the PostgreSQL database kept for `dir`, whatever
+    /// `STRATA_TEST_BACKEND` says: frontends started on one `dir` serve one cluster.
+    pub fn frontend(dir: &Path, name: &str) -> Strata {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command.args(["--name", name, "--backend", &postgres_database(dir)]);
+        Strata::start_command(command)
     }
 }
 
@@ -256,6 +261,55 @@ impl std::ops::Deref for Etcd {
     type Target = Process;
     fn deref(&self) -> &Process {
         &self.process
+    }
+}
+
+/// A PostgreSQL of a test's own (scripts/postgres), for tests that stop and start the database;
+/// stopped when dropped.
+pub struct OwnPostgres {
+    dir: TempDir,
+    pub url: String,
+}
+
+impl OwnPostgres {
+    pub fn start() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let url = OwnPostgres::script("start", dir.path());
+        OwnPostgres { dir, url }
+    }
+
+    /// Stops the server the hard way: no shutdown checkpoint, crash recovery at the next start.
+    pub fn kill(&self) {
+        OwnPostgres::script("kill", self.dir.path());
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        let url = OwnPostgres::script("start", self.dir.path());
+        assert_eq!(url, self.url, "restarted on another port");
+    }
+
+    fn script(action: &str, dir: &Path) -> String {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres");
+        let out = Command::new(script)
+            .args([action, &dir.display().to_string()])
+            .output()
+            .expect("scripts/postgres runs");
+        assert!(
+            out.status.success(),
+            "scripts/postgres {action} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres");
+        let _ = Command::new(script)
+            .args(["stop", &self.dir.path().display().to_string()])
+            .output();
     }
 }
 
