@@ -533,6 +533,7 @@ async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>, me
         };
         let mut answers = Vec::with_capacity(expired.len());
         for id in expired {
+            tracing::debug!(lease = id, "lease expired: revoking it");
             let (reply, answer) = oneshot::channel();
             let queued = Queued {
                 write: Write::Revoke(id),
