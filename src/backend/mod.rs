@@ -151,9 +151,11 @@ pub trait Shared: Send + Sync {
     /// The newest head this process has learnt of, changing when another appends.
     fn tail(&self) -> tokio::sync::watch::Receiver<i64>;
 
-    /// Takes the right to append, cluster-wide, and returns where the log stands as of taking it.
-    /// It is held until the next `append` or [`Shared::unlock`]; meanwhile others' appends wait.
-    async fn lock(&self) -> Result<Progress>;
+    /// Takes the right to append, cluster-wide, and returns where the log stands as of taking it,
+    /// with the log's first whole revisions after `after` (perhaps not all of them up to the head:
+    /// the caller reads the rest). The right is held until the next `append` or
+    /// [`Shared::unlock`]; meanwhile others' appends wait.
+    async fn lock(&self, after: i64) -> Result<(Progress, Vec<LogEntry>)>;
 
     /// Gives back the right [`Shared::lock`] took, appending nothing (lease removals made under it
     /// commit).

@@ -56,6 +56,8 @@ const DEFRAGMENT_DEADLINE: Duration = Duration::from_secs(3600);
 const REMOVE_BATCH: usize = 10_000;
 /// The notification channel an append announces its head on.
 const CHANNEL: &str = "strata_log";
+/// Log events read together with taking the append right; more are read after it.
+const LOCK_READ_EVENTS: usize = 4096;
 /// How long the lease keeper holds its role without renewing it.
 const KEEPER_TERM: Duration = Duration::from_secs(3);
 /// A frontend not heard from for this long is left out of the member list.
@@ -620,6 +622,22 @@ fn event(row: &Row) -> Event {
     }
 }
 
+/// Log rows, in order, as whole revisions.
+fn entries(rows: &[Row]) -> Vec<LogEntry> {
+    let mut entries: Vec<LogEntry> = Vec::new();
+    for row in rows {
+        let revision: i64 = row.get(0);
+        match entries.last_mut() {
+            Some(e) if e.revision == revision => e.events.push(event(row)),
+            _ => entries.push(LogEntry {
+                revision,
+                events: vec![event(row)],
+            }),
+        }
+    }
+    entries
+}
+
 /// Splits revisions into the two arrays the statements unnest.
 fn columns(revisions: &[Revision]) -> (Vec<i64>, Vec<i64>) {
     revisions.iter().map(|r| (r.main, r.sub)).unzip()
@@ -686,22 +704,34 @@ impl Backend for Postgres {
         let inserted = {
             let mut appender = self.inner.appender.lock().await;
             let config = &self.inner.config;
-            let inserted = appender.execute(config, APPEND, &params).await?;
             // A wake-up for other frontends' tailers, sent on commit; they poll if it is lost.
-            let notify = if inserted > 0 && self.inner.notify.load(Ordering::Relaxed) {
+            let notify = if self.inner.notify.load(Ordering::Relaxed) {
                 format!("NOTIFY {CHANNEL}, '{last}'; ")
             } else {
                 String::new()
             };
             if appender.locked {
+                // One round trip: the rows, then the commit pipelined behind them (if the insert
+                // fails, PostgreSQL turns the commit into a rollback; if it inserts nothing, the
+                // commit only gives the lock back).
                 appender.locked = false;
-                appender.simple(config, &format!("{notify}COMMIT")).await?;
-            } else if !notify.is_empty() {
-                if let Err(e) = appender.simple(config, &notify).await {
-                    tracing::debug!(error = %e, "could not notify other frontends");
+                let conn = appender.conn(config).await?;
+                let insert = conn.statement(APPEND).await?;
+                let finish = format!("{notify}COMMIT");
+                let (inserted, committed) = tokio::join!(
+                    deadline(conn.client.execute(&insert, &params)),
+                    deadline(conn.client.batch_execute(&finish)),
+                );
+                appender.failed(inserted.and_then(|n| committed.map(|()| n)))?
+            } else {
+                let inserted = appender.execute(config, APPEND, &params).await?;
+                if inserted > 0 && !notify.is_empty() {
+                    if let Err(e) = appender.simple(config, &notify).await {
+                        tracing::debug!(error = %e, "could not notify other frontends");
+                    }
                 }
+                inserted
             }
-            inserted
         };
         if inserted == 0 {
             let head = self.inner.progress().await?.head;
@@ -725,18 +755,7 @@ impl Backend for Postgres {
                     .await?,
             );
         }
-        let mut entries: Vec<LogEntry> = Vec::new();
-        for row in &rows {
-            let revision: i64 = row.get(0);
-            match entries.last_mut() {
-                Some(e) if e.revision == revision => e.events.push(event(row)),
-                _ => entries.push(LogEntry {
-                    revision,
-                    events: vec![event(row)],
-                }),
-            }
-        }
-        Ok(entries)
+        Ok(entries(&rows))
     }
 
     async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>> {
@@ -889,24 +908,44 @@ impl Shared for Postgres {
         self.head.clone()
     }
 
-    async fn lock(&self) -> Result<Progress> {
+    async fn lock(&self, after: i64) -> Result<(Progress, Vec<LogEntry>)> {
         let mut appender = self.inner.appender.lock().await;
         let config = &self.inner.config;
         if appender.locked {
             appender.locked = false;
             appender.simple(config, "ROLLBACK").await?;
         }
-        let rows = appender.simple(config, &format!("BEGIN; {LOCK}")).await?;
+        // One round trip: the lock, then (pipelined behind it, so under it) the log after `after`.
+        let conn = appender.conn(config).await?;
+        let read = conn.statement(READ_LOG).await?;
+        let limit = LOCK_READ_EVENTS as i64;
+        let locking = format!("BEGIN; {LOCK}");
+        let from = after + 1;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &limit];
+        let (locked, log) = tokio::join!(
+            deadline(conn.client.simple_query(&locking)),
+            deadline(conn.client.query(&read, &params)),
+        );
+        let (messages, mut rows) = appender.failed(locked.and_then(|l| Ok((l, log?))))?;
         appender.locked = true;
-        let row = rows
-            .first()
+        let row = messages
+            .into_iter()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
             .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
         let progress = Progress {
-            head: number(row, 0)?,
-            compacted: number(row, 1)?,
+            head: number(&row, 0)?,
+            compacted: number(&row, 1)?,
         };
         self.inner.seen(progress.head);
-        Ok(progress)
+        if rows.len() == LOCK_READ_EVENTS {
+            // Whole revisions only: leave the last one, which may be cut, to the caller's read.
+            let last: i64 = rows.last().expect("not empty").get(0);
+            rows.retain(|r| r.get::<_, i64>(0) != last);
+        }
+        Ok((progress, entries(&rows)))
     }
 
     async fn unlock(&self) -> Result<()> {

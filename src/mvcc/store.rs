@@ -875,10 +875,11 @@ impl Writer {
         }
         if !writes {
             let progress = self.backend.progress().await?;
-            return self.catch_up(progress).await;
+            return self.catch_up(progress, Vec::new()).await;
         }
-        let progress = self.shared().lock().await?;
-        let ready = match self.catch_up(progress).await {
+        let committed = self.index.read().expect("index lock").committed;
+        let (progress, read) = self.shared().lock(committed).await?;
+        let ready = match self.catch_up(progress, read).await {
             Ok(()) => self.sync_leases(group).await,
             Err(e) => Err(e),
         };
@@ -1027,7 +1028,7 @@ impl Writer {
         }
         if head > self.index.read().expect("index lock").committed {
             // Only another process can have appended: catch up with it.
-            self.catch_up(progress).await?;
+            self.catch_up(progress, Vec::new()).await?;
         }
         Ok(())
     }
@@ -1036,7 +1037,12 @@ impl Writer {
     /// their compactions. If a compaction removed history this process had not read yet, the index
     /// is rebuilt and every watcher replays from the log (those that needed the removed history are
     /// told it was compacted, as etcd tells a watcher that fell behind a compaction).
-    async fn catch_up(&mut self, progress: crate::backend::Progress) -> Result<()> {
+    /// `read` is the start of what is to be applied, if the caller read it already.
+    async fn catch_up(
+        &mut self,
+        progress: crate::backend::Progress,
+        mut read: Vec<LogEntry>,
+    ) -> Result<()> {
         let mut from = self.index.read().expect("index lock").committed + 1;
         if progress.compacted > from {
             tracing::warn!(
@@ -1051,7 +1057,10 @@ impl Writer {
             return Ok(());
         }
         while from <= progress.head {
-            let entries = self.backend.read_log(from, RECOVERY_CHUNK).await?;
+            let entries = match std::mem::take(&mut read) {
+                read if !read.is_empty() => read,
+                _ => self.backend.read_log(from, RECOVERY_CHUNK).await?,
+            };
             let contiguous = entries
                 .iter()
                 .zip(from..)
