@@ -222,6 +222,119 @@ async fn leases_are_shared_and_outlive_their_keeper() {
     assert_eq!(still.kvs.len(), 1, "a lease kept alive is not expired");
 }
 
+/// What a writer had acknowledged, as (key, revision), and how many of its puts failed.
+type Written = (Vec<(String, i64)>, usize);
+
+/// Eight writers putting keys of their own until stopped, each counting its failures (which must
+/// be Unavailable).
+struct Writers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Written>>,
+    probe: KvClient<Channel>,
+}
+
+impl Writers {
+    fn start(kv: &KvClient<Channel>) -> Writers {
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let tasks = (0..8)
+            .map(|w| {
+                let mut kv = kv.clone();
+                let stop = stop.subscribe();
+                tokio::spawn(async move {
+                    let mut acknowledged = Vec::new();
+                    let mut failed = 0;
+                    for i in 0.. {
+                        if *stop.borrow() {
+                            break;
+                        }
+                        let key = format!("w{w}/{i:05}");
+                        match kv.put(put(&key, "v")).await {
+                            Ok(r) => {
+                                acknowledged.push((key, r.into_inner().header.unwrap().revision))
+                            }
+                            Err(s) => {
+                                assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
+                                failed += 1;
+                            }
+                        }
+                    }
+                    (acknowledged, failed)
+                })
+            })
+            .collect();
+        Writers {
+            stop,
+            tasks,
+            probe: kv.clone(),
+        }
+    }
+
+    /// How many keys the writers have written, read linearizably.
+    async fn count(&mut self) -> Result<i64, tonic::Status> {
+        let mut all = range("w", "x");
+        all.count_only = true;
+        self.probe.range(all).await.map(|r| r.into_inner().count)
+    }
+
+    /// Waits until `more` keys have been written since `since`, through failures while the
+    /// frontend reconnects (each failure drops a dead connection, so there are few).
+    async fn wait_for(&mut self, since: i64, more: i64) {
+        let mut failures = 0;
+        loop {
+            match self.count().await {
+                Ok(n) if n >= since + more => return,
+                Ok(_) => {}
+                Err(s) => {
+                    failures += 1;
+                    assert!(failures < 20, "still failing: {s:?}");
+                }
+            }
+        }
+    }
+
+    /// Stops the writers and checks what the store holds: every acknowledged write at its
+    /// revision, one revision per put, no gap. Returns how many puts failed.
+    async fn stop_and_check(mut self) -> usize {
+        self.stop.send_replace(true);
+        let mut acknowledged = Vec::new();
+        let mut failed = 0;
+        for task in self.tasks {
+            let (acked, failures) = task.await.unwrap();
+            acknowledged.extend(acked);
+            failed += failures;
+        }
+        let all = self
+            .probe
+            .range(range("w", "x"))
+            .await
+            .unwrap()
+            .into_inner();
+        let stored: std::collections::HashMap<Vec<u8>, i64> = all
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.to_vec(), kv.mod_revision))
+            .collect();
+        for (key, revision) in &acknowledged {
+            assert_eq!(stored.get(key.as_bytes()), Some(revision), "{key} lost");
+        }
+        let mut revisions: Vec<i64> = stored.values().copied().collect();
+        revisions.sort_unstable();
+        let head = all.header.unwrap().revision;
+        assert_eq!(
+            revisions,
+            (2..=head).collect::<Vec<i64>>(),
+            "one revision per put, no gap"
+        );
+        failed
+    }
+}
+
+fn frontend_on(backend: &str) -> Strata {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    command.args(["--backend", backend]);
+    Strata::start_command(command)
+}
+
 /// While the database is down, requests fail with Unavailable, promptly, and nothing is
 /// acknowledged; when it is back (after crash recovery), the frontend reconnects by itself and
 /// carries on: every write acknowledged before, during or after is there at its revision, and the
@@ -230,51 +343,12 @@ async fn leases_are_shared_and_outlive_their_keeper() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_requests_and_the_frontend_recovers() {
     let postgres = OwnPostgres::start();
-    let frontend = {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
-        command.args(["--backend", &postgres.url]);
-        Strata::start_command(command)
-    };
-    let kv = frontend.kv().await;
-    let (stop, _) = tokio::sync::watch::channel(false);
-    // Each writer puts its own keys until told to stop, counting its failures.
-    let writers: Vec<_> = (0..8)
-        .map(|w| {
-            let mut kv = kv.clone();
-            let stop = stop.subscribe();
-            tokio::spawn(async move {
-                let mut acknowledged = Vec::new();
-                let mut failed = 0;
-                for i in 0.. {
-                    if *stop.borrow() {
-                        break;
-                    }
-                    let key = format!("w{w}/{i:05}");
-                    match kv.put(put(&key, "v")).await {
-                        Ok(r) => acknowledged.push((key, r.into_inner().header.unwrap().revision)),
-                        Err(s) => {
-                            assert_eq!(s.code(), tonic::Code::Unavailable, "{s:?}");
-                            failed += 1;
-                        }
-                    }
-                }
-                (acknowledged, failed)
-            })
-        })
-        .collect();
-    let mut probe = kv.clone();
-    let count = |probe: &mut KvClient<Channel>| {
-        let mut probe = probe.clone();
-        async move {
-            let mut all = range("w", "x");
-            all.count_only = true;
-            probe.range(all).await.map(|r| r.into_inner().count)
-        }
-    };
-    while count(&mut probe).await.unwrap() < 200 {}
+    let frontend = frontend_on(&postgres.url);
+    let mut writers = Writers::start(&frontend.kv().await);
+    writers.wait_for(0, 200).await;
     postgres.kill();
     let started = std::time::Instant::now();
-    let unread = count(&mut probe).await.unwrap_err();
+    let unread = writers.count().await.unwrap_err();
     assert_eq!(unread.code(), tonic::Code::Unavailable, "{unread:?}");
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
@@ -282,43 +356,37 @@ async fn a_database_outage_fails_requests_and_the_frontend_recovers() {
         started.elapsed()
     );
     postgres.restart();
-    let back = count(&mut probe).await.unwrap_or_default();
-    // Writes go on after the restart: wait for 200 more (each failure drops a dead connection).
-    let mut tries = 0;
-    loop {
-        match count(&mut probe).await {
-            Ok(n) if n >= back + 200 => break,
-            Ok(_) => {}
-            Err(s) => {
-                tries += 1;
-                assert!(tries < 10, "still failing after the restart: {s:?}");
-            }
-        }
-    }
-    stop.send_replace(true);
-    let mut acknowledged = Vec::new();
-    let mut failed = 0;
-    for w in writers {
-        let (acked, failures) = w.await.unwrap();
-        acknowledged.extend(acked);
-        failed += failures;
-    }
-    assert!(failed > 0, "the writers met the outage");
-    let all = probe.range(range("w", "x")).await.unwrap().into_inner();
-    let stored: std::collections::HashMap<Vec<u8>, i64> = all
-        .kvs
-        .iter()
-        .map(|kv| (kv.key.to_vec(), kv.mod_revision))
-        .collect();
-    for (key, revision) in &acknowledged {
-        assert_eq!(stored.get(key.as_bytes()), Some(revision), "{key} lost");
-    }
-    let mut revisions: Vec<i64> = stored.values().copied().collect();
-    revisions.sort_unstable();
-    let head = all.header.unwrap().revision;
-    assert_eq!(
-        revisions,
-        (2..=head).collect::<Vec<i64>>(),
-        "one revision per put, no gap"
+    let back = writers.count().await.unwrap_or_default();
+    writers.wait_for(back, 200).await;
+    assert!(
+        writers.stop_and_check().await > 0,
+        "the writers met the outage"
+    );
+}
+
+/// The database fails over: its primary dies under eight writers and its synchronous standby is
+/// promoted. The frontend, given both hosts with `target_session_attrs=read-write`, finds the new
+/// primary by itself, and no acknowledged write is lost (a commit returns only once the standby
+/// has it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_failover_loses_no_acknowledged_write() {
+    let primary = OwnPostgres::start();
+    let standby = primary.standby();
+    let hosts = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=strata dbname=postgres \
+         target_session_attrs=read-write connect_timeout=5",
+        primary.port(),
+        standby.port()
+    );
+    let frontend = frontend_on(&hosts);
+    let mut writers = Writers::start(&frontend.kv().await);
+    writers.wait_for(0, 200).await;
+    primary.kill();
+    standby.promote();
+    let promoted = writers.count().await.unwrap_or_default();
+    writers.wait_for(promoted, 200).await;
+    assert!(
+        writers.stop_and_check().await > 0,
+        "the writers met the failover"
     );
 }

@@ -289,10 +289,35 @@ impl OwnPostgres {
         assert_eq!(url, self.url, "restarted on another port");
     }
 
+    /// A streaming replica of this server, made its synchronous standby.
+    pub fn standby(&self) -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let primary = self.dir.path().display().to_string();
+        let url = OwnPostgres::script_with(&["standby", &primary], dir.path());
+        OwnPostgres { dir, url }
+    }
+
+    /// Turns a standby into a primary.
+    pub fn promote(&self) {
+        OwnPostgres::script("promote", self.dir.path());
+    }
+
+    pub fn port(&self) -> u16 {
+        let address = self.url.rsplit('@').next().unwrap();
+        let port = address.split(['/', ':']).nth(1).unwrap();
+        port.parse().unwrap()
+    }
+
     fn script(action: &str, dir: &Path) -> String {
+        OwnPostgres::script_with(&[action], dir)
+    }
+
+    fn script_with(args: &[&str], dir: &Path) -> String {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres");
+        let action = args.join(" ");
         let out = Command::new(script)
-            .args([action, &dir.display().to_string()])
+            .args(args)
+            .arg(dir)
             .output()
             .expect("scripts/postgres runs");
         assert!(
