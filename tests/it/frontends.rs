@@ -115,6 +115,16 @@ async fn frontends_share_writes_reads_and_watches() {
     assert_eq!(status(&a).await.header.unwrap().member_id, ha.member_id);
 }
 
+/// Clients and watchers spread over two frontends see one linearizable store, and each watcher
+/// exactly its key's writes in revision order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frontends_are_linearizable() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    crate::linearizability::check_history(&[&a, &b]).await;
+}
+
 /// Leases are the cluster's, not a frontend's: granted through one, they are used, kept alive,
 /// queried and revoked through another; one keeper expires them, and when it dies another takes
 /// over without expiring a lease that was kept alive.

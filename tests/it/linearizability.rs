@@ -5,7 +5,7 @@
 //! alongside must see exactly the committed writes of their key, in revision order.
 
 use crate::requests::*;
-use crate::support::Strata;
+use crate::support::{Process, Strata};
 use crate::watch::{create, Stream};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -143,6 +143,12 @@ const CALLS_PER_CLIENT: usize = 60;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_see_a_linearizable_store() {
     let strata = Strata::start();
+    check_history(&[&strata]).await;
+}
+
+/// Runs concurrent clients and watchers spread over `servers` (frontends of one cluster), and
+/// checks their history: linearizable per key, and every watcher seeing exactly its key's writes.
+pub async fn check_history(servers: &[&Process]) {
     let start = Instant::now();
     let history: Shared<Recorded> = Arc::default();
     // Every committed write of each key, as (revision, value), as the writers learned them.
@@ -150,7 +156,7 @@ async fn concurrent_clients_see_a_linearizable_store() {
 
     let mut watchers = Vec::new();
     for k in 0..KEYS {
-        let mut s = Stream::open(&strata).await;
+        let mut s = Stream::open(servers[k as usize % servers.len()]).await;
         s.send(RequestUnion::CreateRequest(create(
             &format!("lin/{k}"),
             "",
@@ -163,7 +169,7 @@ async fn concurrent_clients_see_a_linearizable_store() {
 
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
-        let mut kv = strata.kv().await;
+        let mut kv = servers[c % servers.len()].kv().await;
         let (history, writes) = (history.clone(), writes.clone());
         clients.push(tokio::spawn(async move {
             for i in 0..CALLS_PER_CLIENT {
