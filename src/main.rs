@@ -33,14 +33,15 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(Embedded::open(&dir)?)
         }
         connection => {
-            let postgres: tokio_postgres::Config = connection.parse().map_err(|e| {
+            let postgres = strata::backend::postgres::tls::parse(connection).map_err(|e| {
                 anyhow::anyhow!(
                     "--backend is neither `embedded` nor a PostgreSQL connection string: {e}"
                 )
             })?;
             tracing::info!(
-                hosts = ?postgres.get_hosts(),
-                dbname = ?postgres.get_dbname(),
+                hosts = ?postgres.config.get_hosts(),
+                dbname = ?postgres.config.get_dbname(),
+                sslmode = ?postgres.config.get_ssl_mode(),
                 "connecting to PostgreSQL"
             );
             let member = format!(

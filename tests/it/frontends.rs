@@ -400,3 +400,40 @@ async fn a_database_failover_loses_no_acknowledged_write() {
         "the writers met the failover"
     );
 }
+
+/// TLS to the database as libpq's `sslmode` says, against a server that takes TLS connections only
+/// with a certificate for the name localhost: `verify-full` to localhost and `verify-ca` to
+/// 127.0.0.1 connect and serve; `verify-full` to 127.0.0.1 (not the certificate's name) and
+/// `disable` are refused, and the frontend does not start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_database_as_sslmode_says() {
+    let postgres = OwnPostgres::start_tls();
+    let ca = postgres.ca().display().to_string();
+    let port = postgres.port();
+    let url = |host: &str, mode: &str| {
+        format!("postgres://strata@{host}:{port}/postgres?sslmode={mode}&sslrootcert={ca}")
+    };
+    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
+        let frontend = frontend_on(&url(host, mode));
+        let mut kv = frontend.kv().await;
+        kv.put(put(mode, "over TLS")).await.unwrap();
+        let read = kv.range(get(mode)).await.unwrap().into_inner();
+        assert_eq!(read.kvs[0].value, &b"over TLS"[..]);
+    }
+    for (host, mode, why) in [
+        ("127.0.0.1", "verify-full", "certificate not valid for name"),
+        ("127.0.0.1", "disable", "no encryption"),
+    ] {
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+            .args(["--backend", &url(host, mode)])
+            .args(["--listen-client-urls", "http://127.0.0.1:0"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{mode} started: {log}");
+        assert!(
+            log.contains(why),
+            "{mode} refused, but not for {why}: {log}"
+        );
+    }
+}

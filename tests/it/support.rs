@@ -278,6 +278,18 @@ impl OwnPostgres {
         OwnPostgres { dir, url }
     }
 
+    /// A server that takes TLS connections only, with a certificate for the name `localhost` signed
+    /// by the CA at [`OwnPostgres::ca`].
+    pub fn start_tls() -> OwnPostgres {
+        let dir = tempfile::tempdir().unwrap();
+        let url = OwnPostgres::script("start-tls", dir.path());
+        OwnPostgres { dir, url }
+    }
+
+    pub fn ca(&self) -> std::path::PathBuf {
+        self.dir.path().join("ca.crt")
+    }
+
     /// Stops the server the hard way: no shutdown checkpoint, crash recovery at the next start.
     pub fn kill(&self) {
         OwnPostgres::script("kill", self.dir.path());

@@ -23,6 +23,10 @@
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
 
+pub mod tls;
+
+pub use tls::Connection;
+
 use super::{
     Backend, BackendError, Identity, LogEntry, MemberRecord, Progress, Result, Shared, Usage,
 };
@@ -35,9 +39,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{watch, Mutex};
-use tokio_postgres::{
-    AsyncMessage, Client, Config, NoTls, Row, SimpleQueryMessage, SimpleQueryRow, Statement,
-};
+use tokio_postgres::{AsyncMessage, Client, Row, SimpleQueryMessage, SimpleQueryRow, Statement};
 
 /// The schema this binary creates and understands.
 const SCHEMA_VERSION: i32 = 1;
@@ -147,7 +149,7 @@ pub struct Postgres {
 }
 
 struct Inner {
-    config: Config,
+    config: Connection,
     /// The connection of the append transaction (see [`Backend::lock`]).
     appender: Mutex<Appender>,
     /// The connection other writes go through, one at a time.
@@ -168,8 +170,8 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(config: &Config) -> Result<Conn> {
-        let (client, connection) = deadline(config.connect(NoTls)).await?;
+    async fn open(config: &Connection) -> Result<Conn> {
+        let (client, connection) = deadline(config.config.connect(config.tls.clone())).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
@@ -213,7 +215,7 @@ struct Appender {
 }
 
 impl Appender {
-    async fn conn(&mut self, config: &Config) -> Result<&Conn> {
+    async fn conn(&mut self, config: &Connection) -> Result<&Conn> {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
             self.locked = false;
             self.conn = Some(Conn::open(config).await?);
@@ -231,7 +233,7 @@ impl Appender {
 
     async fn execute(
         &mut self,
-        config: &Config,
+        config: &Connection,
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<u64> {
@@ -241,7 +243,7 @@ impl Appender {
 
     async fn query(
         &mut self,
-        config: &Config,
+        config: &Connection,
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Vec<Row>> {
@@ -250,7 +252,7 @@ impl Appender {
     }
 
     /// Runs statements as one simple query (one round trip), returning the rows of the last.
-    async fn simple(&mut self, config: &Config, sql: &str) -> Result<Vec<SimpleQueryRow>> {
+    async fn simple(&mut self, config: &Connection, sql: &str) -> Result<Vec<SimpleQueryRow>> {
         let result = deadline(self.conn(config).await?.client.simple_query(sql)).await;
         let messages = self.failed(result)?;
         Ok(messages
@@ -317,7 +319,7 @@ fn number(row: &SimpleQueryRow, column: usize) -> Result<i64> {
 impl Postgres {
     /// Connects, creates or checks the schema, and starts the tailer. `member` names this frontend
     /// (its name and client URLs): the same name gives the same member id after a restart.
-    pub async fn open(config: Config, member: &str) -> Result<Postgres> {
+    pub async fn open(config: Connection, member: &str) -> Result<Postgres> {
         let conn = Conn::open(&config).await?;
         let cluster_id = init_schema(&conn.client).await?;
         let head = conn.query(PROGRESS, &[]).await?;
@@ -515,7 +517,7 @@ async fn tail(inner: Weak<Inner>) {
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
-        let listener = match deadline(config.connect(NoTls)).await {
+        let listener = match deadline(config.config.connect(config.tls.clone())).await {
             Ok((client, connection)) => Some((client, connection)),
             Err(e) => {
                 tracing::warn!(error = %e, "tailer cannot connect; polling");
@@ -1091,12 +1093,12 @@ pub(crate) mod tests {
 
     /// A fresh, empty database on the PostgreSQL that `STRATA_TEST_POSTGRES` (a connection string
     /// with rights to create databases) names; `scripts/test` starts one and sets it.
-    pub async fn fresh_database() -> Config {
+    pub async fn fresh_database() -> Connection {
         let url = std::env::var("STRATA_TEST_POSTGRES").expect(
             "STRATA_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a \
              throwaway PostgreSQL",
         );
-        let admin: Config = url.parse().expect("STRATA_TEST_POSTGRES parses");
+        let admin = tls::parse(&url).expect("STRATA_TEST_POSTGRES parses");
         let conn = Conn::open(&admin)
             .await
             .expect("connect to the test PostgreSQL");
@@ -1105,9 +1107,9 @@ pub(crate) mod tests {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .await
             .expect("create a test database");
-        let mut config = admin;
-        config.dbname(&name);
-        config
+        let mut connection = admin;
+        connection.config.dbname(&name);
+        connection
     }
 
     async fn fresh() -> Postgres {
