@@ -403,7 +403,7 @@ async fn a_database_failover_loses_no_acknowledged_write() {
 
 /// TLS to the database as libpq's `sslmode` says, against a server that takes TLS connections only
 /// with a certificate for the name localhost: `verify-full` to localhost and `verify-ca` to
-/// 127.0.0.1 connect and serve; `verify-full` to 127.0.0.1 (not the certificate's name) and
+/// 127.0.0.1 and `require` connect and serve; `verify-full` to 127.0.0.1 (not the certificate's name) and
 /// `disable` are refused, and the frontend does not start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_the_database_as_sslmode_says() {
@@ -413,8 +413,14 @@ async fn tls_to_the_database_as_sslmode_says() {
     let url = |host: &str, mode: &str| {
         format!("postgres://strata@{host}:{port}/postgres?sslmode={mode}&sslrootcert={ca}")
     };
-    for (host, mode) in [("localhost", "verify-full"), ("127.0.0.1", "verify-ca")] {
-        let frontend = frontend_on(&url(host, mode));
+    // `require` without a root certificate encrypts without checking the certificate.
+    let require = format!("postgres://strata@127.0.0.1:{port}/postgres?sslmode=require");
+    for (mode, backend) in [
+        ("verify-full", url("localhost", "verify-full")),
+        ("verify-ca", url("127.0.0.1", "verify-ca")),
+        ("require", require),
+    ] {
+        let frontend = frontend_on(&backend);
         let mut kv = frontend.kv().await;
         kv.put(put(mode, "over TLS")).await.unwrap();
         let read = kv.range(get(mode)).await.unwrap().into_inner();
