@@ -49,6 +49,19 @@ pub struct Store {
     shared: bool,
     /// On a shared backend, keep-alives waiting to be renewed in the backend together.
     renewals: Option<mpsc::Sender<Renewal>>,
+    /// The committed revision, as it moves.
+    committed: tokio::sync::watch::Receiver<i64>,
+    read_index: ReadIndex,
+}
+
+/// Linearizable reads on a shared backend learn the head from it, one query for every read that
+/// arrived before the query was sent.
+#[derive(Default)]
+struct ReadIndex {
+    /// Held while a query runs: the last ticket its answer covers, and the head it found.
+    last: tokio::sync::Mutex<(u64, i64)>,
+    /// Tickets handed to arriving reads, in order.
+    tickets: std::sync::atomic::AtomicU64,
 }
 
 /// A keep-alive for a lease, answered with its TTL or None.
@@ -112,6 +125,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(MAX_BATCH);
         let tail = backend.shared().map(|s| s.tail());
         let shared = tail.is_some();
+        let (committed_tx, committed) = tokio::sync::watch::channel(progress.head);
         let writer = Writer {
             index: index.clone(),
             backend: backend.clone(),
@@ -120,6 +134,7 @@ impl Store {
             compacting: compacting.clone(),
             unresolved: None,
             shared,
+            committed: committed_tx,
         };
         tokio::spawn(writer.run(rx));
         let mut renewals = None;
@@ -154,6 +169,8 @@ impl Store {
             compacting,
             shared,
             renewals,
+            committed,
+            read_index: ReadIndex::default(),
         }))
     }
 
@@ -316,7 +333,7 @@ impl Store {
     /// backend a linearizable Range first catches up with every write committed before it began.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         if self.shared && !req.serializable {
-            self.write(Write::CatchUp).await?;
+            self.catch_up_for_read().await?;
         }
         let mut pending = {
             let index = self.index.read().expect("index lock");
@@ -324,6 +341,28 @@ impl Store {
         };
         pending.load(self.backend.as_ref()).await?;
         Ok(pending.finish())
+    }
+
+    /// Waits until the index holds every revision committed in the backend before the call: the
+    /// head it reads (shared with the reads that arrived before the query went out) moves this
+    /// process's tailer, which catches the writer up.
+    async fn catch_up_for_read(&self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        let mine = self.read_index.tickets.fetch_add(1, Ordering::SeqCst) + 1;
+        let head = {
+            let mut last = self.read_index.last.lock().await;
+            if last.0 < mine {
+                let covers = self.read_index.tickets.load(Ordering::SeqCst);
+                *last = (covers, self.backend.progress().await?.head);
+            }
+            last.1
+        };
+        let mut committed = self.committed.clone();
+        committed
+            .wait_for(|c| *c >= head)
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(())
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
@@ -710,6 +749,8 @@ struct Writer {
     unresolved: Option<Unresolved>,
     /// Other processes append to the backend too: every batch first catches up with them.
     shared: bool,
+    /// Tells readers waiting for a revision that it is committed.
+    committed: tokio::sync::watch::Sender<i64>,
 }
 
 struct Unresolved {
@@ -985,6 +1026,7 @@ impl Writer {
             index.current = index.current.max(last.revision);
         }
         hub.notify(entries);
+        self.committed.send_replace(last.revision);
     }
 
     /// Forgets the leases whose keys' deletion is durable (a shared backend forgot them with it);
@@ -1050,10 +1092,11 @@ impl Writer {
                 compacted = progress.compacted,
                 "another frontend compacted history this one had not read: reloading the index"
             );
-            let (loaded, _) = load_index(self.backend.as_ref()).await?;
+            let (loaded, progress) = load_index(self.backend.as_ref()).await?;
             let mut hub = self.hub.lock().expect("hub lock");
             *self.index.write().expect("index lock") = loaded.index;
             hub.unsync_all();
+            self.committed.send_replace(progress.head);
             return Ok(());
         }
         while from <= progress.head {

@@ -157,7 +157,7 @@ struct Inner {
     /// Connections shared by reads, each carrying many pipelined queries at once.
     readers: Vec<Mutex<Option<Arc<Conn>>>>,
     next_reader: std::sync::atomic::AtomicUsize,
-    /// The newest head this process has seen: its own appends, notifications and polls.
+    /// The newest head this process has heard of from others: notifications and reads of the head.
     head: watch::Sender<i64>,
     size: AtomicI64,
     notify: std::sync::atomic::AtomicBool,
@@ -739,7 +739,6 @@ impl Backend for Postgres {
             let head = self.inner.progress().await?.head;
             return Err(BackendError::OutOfOrder { head, got: first });
         }
-        self.inner.seen(last);
         self.inner.size.fetch_add(bytes, Ordering::Relaxed);
         Ok(())
     }
@@ -941,7 +940,6 @@ impl Shared for Postgres {
             head: number(&row, 0)?,
             compacted: number(&row, 1)?,
         };
-        self.inner.seen(progress.head);
         if rows.len() == LOCK_READ_EVENTS {
             // Whole revisions only: leave the last one, which may be cut, to the caller's read.
             let last: i64 = rows.last().expect("not empty").get(0);
