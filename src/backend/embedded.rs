@@ -267,14 +267,19 @@ impl Backend for Embedded {
         Ok(())
     }
 
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool> {
+    async fn put_leases(&self, granted: &[(i64, i64)]) -> Result<Vec<bool>> {
+        let granted = granted.to_vec();
         self.commit(move |tx| {
             let mut leases = tx.open_table(LEASES).map_err(storage)?;
-            if leases.get(id).map_err(storage)?.is_some() {
-                return Ok(false);
+            let mut recorded = Vec::with_capacity(granted.len());
+            for (id, ttl) in granted {
+                let exists = leases.get(id).map_err(storage)?.is_some();
+                if !exists {
+                    leases.insert(id, ttl).map_err(storage)?;
+                }
+                recorded.push(!exists);
             }
-            leases.insert(id, ttl).map_err(storage)?;
-            Ok(true)
+            Ok(recorded)
         })
         .await
     }

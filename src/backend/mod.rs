@@ -112,9 +112,9 @@ pub trait Backend: Send + Sync + 'static {
     /// Physically removes the changes at `revisions`, which compaction made unreachable.
     async fn remove(&self, revisions: &[Revision]) -> Result<()>;
 
-    /// Durably records a granted lease and its TTL in seconds; false, recording nothing, if a lease
-    /// with this id exists.
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool>;
+    /// Durably records granted leases, as (id, TTL in seconds), in one commit; answers for each
+    /// whether it was recorded: not if a lease with its id exists (or came earlier in `leases`).
+    async fn put_leases(&self, leases: &[(i64, i64)]) -> Result<Vec<bool>>;
 
     /// Durably forgets a lease. On a shared backend whose append right this process holds, the
     /// removal commits with the next append (or [`Shared::unlock`]), and not without it.
@@ -274,12 +274,11 @@ pub(crate) mod conformance {
 
     pub async fn leases_are_recorded_and_forgotten(b: &dyn Backend) {
         assert_eq!(b.leases().await.unwrap(), vec![]);
-        assert!(b.put_lease(7, 60).await.unwrap());
-        assert!(b.put_lease(3, 10).await.unwrap());
-        assert!(
-            !b.put_lease(3, 99).await.unwrap(),
-            "an existing id is refused"
-        );
+        let recorded = b.put_leases(&[(7, 60), (3, 10), (7, 5)]).await.unwrap();
+        assert_eq!(recorded, vec![true, true, false], "the first of an id wins");
+        let again = b.put_leases(&[(3, 99), (8, 1)]).await.unwrap();
+        assert_eq!(again, vec![false, true], "an existing id is refused");
+        b.remove_lease(8).await.unwrap();
         assert_eq!(b.leases().await.unwrap(), vec![(3, 10), (7, 60)]);
         b.remove_lease(3).await.unwrap();
         b.remove_lease(99).await.unwrap();

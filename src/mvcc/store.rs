@@ -40,8 +40,6 @@ pub struct Store {
     hub: Arc<Mutex<WatchHub>>,
     /// Locked before the index whenever both are; never together with the hub.
     lessor: Arc<Mutex<Lessor>>,
-    /// Wakes the expiry task when a lease may have become the next to expire.
-    lease_granted: Arc<Notify>,
     alarms: Mutex<Alarms>,
     /// Held by a compaction until its rows are removed, and by a hash while it reads the log.
     compacting: Arc<tokio::sync::RwLock<()>>,
@@ -49,6 +47,8 @@ pub struct Store {
     shared: bool,
     /// On a shared backend, keep-alives waiting to be renewed in the backend together.
     renewals: Option<mpsc::Sender<Renewal>>,
+    /// Grants waiting to be recorded in the backend together.
+    grants: mpsc::Sender<Grant>,
     /// The committed revision, as it moves.
     committed: tokio::sync::watch::Receiver<i64>,
     read_index: ReadIndex,
@@ -66,6 +66,9 @@ struct ReadIndex {
 
 /// A keep-alive for a lease, answered with its TTL or None.
 type Renewal = (i64, oneshot::Sender<Result<Option<i64>>>);
+
+/// A lease to grant, as (id, TTL), answered with whether it was (false: the id is taken).
+type Grant = ((i64, i64), oneshot::Sender<Result<bool>>);
 
 /// How often the lease keeper of a shared backend looks for leases whose time is up.
 const KEEPER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
@@ -137,6 +140,13 @@ impl Store {
             committed: committed_tx,
         };
         tokio::spawn(writer.run(rx));
+        let (grants, queue) = mpsc::channel(MAX_BATCH);
+        tokio::spawn(record_grants(
+            backend.clone(),
+            lessor.clone(),
+            lease_granted.clone(),
+            queue,
+        ));
         let mut renewals = None;
         if let Some(tail) = tail {
             tokio::spawn(follow(tail, index.clone(), tx.clone()));
@@ -147,11 +157,7 @@ impl Store {
             tokio::spawn(renew_leases(backend.clone(), lessor.clone(), queue));
             renewals = Some(renew);
         } else {
-            tokio::spawn(expire_leases(
-                lessor.clone(),
-                lease_granted.clone(),
-                tx.clone(),
-            ));
+            tokio::spawn(expire_leases(lessor.clone(), lease_granted, tx.clone()));
         }
         tokio::spawn(watch::sync_unsynced(
             hub.clone(),
@@ -164,11 +170,11 @@ impl Store {
             writes: tx,
             hub,
             lessor,
-            lease_granted,
             alarms,
             compacting,
             shared,
             renewals,
+            grants,
             committed,
             read_index: ReadIndex::default(),
         }))
@@ -403,7 +409,7 @@ impl Store {
         }
         let ttl = lessor::granted_ttl(ttl);
         // The backend refuses an id it holds (another frontend's, on a shared backend).
-        let id = loop {
+        loop {
             let candidate = match id {
                 0 => crate::backend::random_id() as i64 & i64::MAX,
                 id => id,
@@ -411,19 +417,18 @@ impl Store {
             if candidate == 0 {
                 continue;
             }
-            if self.backend.put_lease(candidate, ttl).await? {
-                break candidate;
+            let (reply, answer) = oneshot::channel();
+            self.grants
+                .send(((candidate, ttl), reply))
+                .await
+                .map_err(|_| Error::Stopped)?;
+            if answer.await.map_err(|_| Error::Stopped)?? {
+                return Ok((candidate, ttl));
             }
             if id != 0 {
                 return Err(Error::LeaseExists);
             }
-        };
-        self.lessor
-            .lock()
-            .expect("lessor lock")
-            .grant(id, ttl, Instant::now());
-        self.lease_granted.notify_one();
-        Ok((id, ttl))
+        }
     }
 
     /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten.
@@ -586,6 +591,41 @@ async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>, me
         // Revoked (or gone already) before the next look, which would find them again.
         for answer in answers {
             let _ = answer.await;
+        }
+    }
+}
+
+/// Records the grants waiting at one moment in one backend commit; the lessor has those recorded
+/// before they are answered.
+async fn record_grants(
+    backend: Arc<dyn Backend>,
+    lessor: Arc<Mutex<Lessor>>,
+    granted: Arc<Notify>,
+    mut queue: mpsc::Receiver<Grant>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let leases: Vec<(i64, i64)> = batch.iter().map(|(lease, _)| *lease).collect();
+        match backend.put_leases(&leases).await {
+            Ok(recorded) => {
+                let now = Instant::now();
+                {
+                    let mut lessor = lessor.lock().expect("lessor lock");
+                    for (&(id, ttl), _) in leases.iter().zip(&recorded).filter(|(_, r)| **r) {
+                        lessor.grant(id, ttl, now);
+                    }
+                }
+                granted.notify_one();
+                for ((_, reply), recorded) in batch.drain(..).zip(recorded) {
+                    let _ = reply.send(Ok(recorded));
+                }
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }
@@ -1430,8 +1470,8 @@ mod tests {
         async fn remove(&self, revisions: &[super::super::Revision]) -> crate::backend::Result<()> {
             self.inner.remove(revisions).await
         }
-        async fn put_lease(&self, id: i64, ttl: i64) -> crate::backend::Result<bool> {
-            self.inner.put_lease(id, ttl).await
+        async fn put_leases(&self, leases: &[(i64, i64)]) -> crate::backend::Result<Vec<bool>> {
+            self.inner.put_leases(leases).await
         }
         async fn remove_lease(&self, id: i64) -> crate::backend::Result<()> {
             self.inner.remove_lease(id).await

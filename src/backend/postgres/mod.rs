@@ -810,17 +810,21 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn put_lease(&self, id: i64, ttl: i64) -> Result<bool> {
-        let created = self
+    async fn put_leases(&self, leases: &[(i64, i64)]) -> Result<Vec<bool>> {
+        let (ids, ttls): (Vec<i64>, Vec<i64>) = leases.iter().copied().unzip();
+        let rows = self
             .inner
-            .write(
+            .write_rows(
                 "INSERT INTO strata_leases (id, ttl, expires_at)
-                 VALUES ($1, CAST($2 AS BIGINT), now() + CAST($2 AS BIGINT) * INTERVAL '1 second')
-                 ON CONFLICT (id) DO NOTHING",
-                &[&id, &ttl],
+                 SELECT id, ttl, now() + ttl * INTERVAL '1 second'
+                 FROM UNNEST($1::BIGINT[], $2::BIGINT[]) AS granted (id, ttl)
+                 ON CONFLICT (id) DO NOTHING RETURNING id",
+                &[&ids, &ttls],
             )
             .await?;
-        Ok(created == 1)
+        let mut created: std::collections::HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
+        // The first of an id in `leases` is the one recorded.
+        Ok(ids.iter().map(|id| created.remove(id)).collect())
     }
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
