@@ -59,3 +59,23 @@ fn lease_workload_keeps_leases_alive() {
     );
     assert!(told.contains("20 leases granted"), "{told}");
 }
+
+#[test]
+fn lease_expiry_workload_sees_every_lease_expire() {
+    let strata = Strata::start();
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .arg("lease-expiry")
+        .args(["--endpoints", &strata.address.to_string()])
+        .args(["--leases", "20", "--ttl", "2", "--clients", "4"])
+        .args(["--rate", "50", "--json"])
+        .output()
+        .expect("strata-bench runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{printed} {told}");
+    assert!(
+        printed.contains("\"requests\":20,\"errors\":0"),
+        "{printed}"
+    );
+    assert!(told.contains("20 leases of 2s expired"), "{told}");
+}

@@ -1,6 +1,7 @@
 //! `strata-bench`: drives any etcd v3 endpoint over gRPC with one workload and reports throughput
 //! and latency, for side-by-side runs against etcd and Strata (see `scripts/bench`).
 
+mod expiry;
 mod lease;
 mod watch;
 
@@ -29,6 +30,9 @@ enum Workload {
     Watch,
     /// Grants `--leases` leases, then `--total` keep-alives over `--streams` streams.
     Lease,
+    /// Grants `--leases` leases of `--ttl` seconds with a key each and lets them expire while
+    /// `--rate` puts per second go on; reports how late each expiry was seen (not throughput).
+    LeaseExpiry,
 }
 
 #[derive(Debug, Parser)]
@@ -70,9 +74,12 @@ struct Args {
     /// Watch or keep-alive streams.
     #[arg(long, default_value_t = 100)]
     streams: usize,
-    /// Puts per second, for the watch workload.
+    /// Puts per second, for the watch and lease-expiry workloads.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Lease TTL in seconds, for the lease-expiry workload.
+    #[arg(long, default_value_t = 5)]
+    ttl: u64,
     /// The server's process id, to report its memory per watcher (Linux, same machine).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -165,7 +172,9 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
             })
             .await?;
         }
-        Workload::Watch | Workload::Lease => unreachable!("stream workloads run apart"),
+        Workload::Watch | Workload::Lease | Workload::LeaseExpiry => {
+            unreachable!("stream workloads run apart")
+        }
         Workload::TxnPut => {
             let k = key(args, spread(i, args.key_space));
             let current = kv
@@ -285,6 +294,7 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
     match args.workload {
         Workload::Watch => return watch::run(&args, &channels).await,
         Workload::Lease => return lease::run(&args, &channels).await,
+        Workload::LeaseExpiry => return expiry::run(&args, &channels).await,
         _ => {}
     }
     let mut clients: Vec<KvClient<Channel>> = channels
