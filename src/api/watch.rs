@@ -94,6 +94,16 @@ async fn receive(
     watchers: Shared,
 ) {
     while let Some(Ok(request)) = requests.next().await {
+        if let Some(RequestUnion::CreateRequest(c)) = &request.request_union {
+            // A watch from "now" starts at the cluster's head, not at a frontend's lagging view
+            // of it. If the backend cannot say, it starts at this frontend's revision, as on an
+            // etcd follower.
+            if c.start_revision == 0 {
+                if let Err(e) = context.store.sync_with_head().await {
+                    tracing::debug!(error = %e, "watch starts without the backend's head");
+                }
+            }
+        }
         // Reserving first keeps the stream's order: nothing about a watcher can be queued between
         // the check of a request and its answer.
         let Ok(permit) = notices.reserve().await else {

@@ -338,8 +338,8 @@ impl Store {
     /// Answers a Range at the newest durable revision, or at the one it asks for. On a shared
     /// backend a linearizable Range first catches up with every write committed before it began.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        if self.shared && !req.serializable {
-            self.catch_up_for_read().await?;
+        if !req.serializable {
+            self.sync_with_head().await?;
         }
         let mut pending = {
             let index = self.index.read().expect("index lock");
@@ -349,11 +349,15 @@ impl Store {
         Ok(pending.finish())
     }
 
-    /// Waits until the index holds every revision committed in the backend before the call: the
-    /// head it reads (shared with the reads that arrived before the query went out) moves this
-    /// process's tailer, which catches the writer up.
-    async fn catch_up_for_read(&self) -> Result<()> {
+    /// Waits until the index holds every revision committed in the backend before the call: on a
+    /// shared backend the head it reads (shared with the calls that arrived before the query went
+    /// out) moves this process's tailer, which catches the writer up. At once on a backend of this
+    /// process's own.
+    pub async fn sync_with_head(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
+        if !self.shared {
+            return Ok(());
+        }
         let mine = self.read_index.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let head = {
             let mut last = self.read_index.last.lock().await;
