@@ -49,8 +49,7 @@ impl Embedded {
             BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("strata.redb");
-        let db = Database::create(&path).map_err(storage)?;
-        Self::init(db, Some(path))
+        Self::init(create(&path)?, Some(path))
     }
 
     /// A store in memory only, for tests.
@@ -105,7 +104,7 @@ impl Embedded {
                         "in-memory store lost after a failed commit".into(),
                     ));
                 };
-                *guard = Some(Database::create(path).map_err(storage)?);
+                *guard = Some(create(path)?);
             }
             let result = f(guard.as_mut().expect("database is open"));
             if matches!(result, Err(BackendError::Storage(_))) {
@@ -133,6 +132,18 @@ impl Embedded {
         })
         .await
     }
+}
+
+/// redb's page cache. The index holds every key's newest value in memory, so the file is read only
+/// for history (old revisions, watch replay, HashKV, recovery); the operating system's page cache
+/// serves those too. redb's default (1 GiB) kept a copy of the whole file in the process.
+const CACHE_BYTES: usize = 64 << 20;
+
+fn create(path: &Path) -> Result<Database> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(storage)
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {

@@ -65,6 +65,9 @@ struct Args {
     /// Serializable reads instead of linearizable ones.
     #[arg(long)]
     serializable: bool,
+    /// Put the keys of the key space in turn (each once per pass) instead of at random.
+    #[arg(long)]
+    sequential: bool,
     /// Watchers, for the watch workload.
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
@@ -147,8 +150,13 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
     let value = bytes::Bytes::from(vec![b'v'; args.val_size]);
     match args.workload {
         Workload::Put => {
+            let k = if args.sequential {
+                i % args.key_space.max(1)
+            } else {
+                spread(i, args.key_space)
+            };
             kv.put(PutRequest {
-                key: key(args, spread(i, args.key_space)),
+                key: key(args, k),
                 value,
                 ..Default::default()
             })
