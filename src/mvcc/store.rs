@@ -70,6 +70,11 @@ type Renewal = (i64, oneshot::Sender<Result<Option<i64>>>);
 /// A lease to grant, as (id, TTL), answered with whether it was (false: the id is taken).
 type Grant = ((i64, i64), oneshot::Sender<Result<bool>>);
 
+/// The longest a linearizable read waits for this process to catch up with a shared backend.
+const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long the follower waits before asking again for a catch-up that failed.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How often the lease keeper of a shared backend looks for leases whose time is up.
 const KEEPER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 /// Expired leases revoked per look.
@@ -143,7 +148,7 @@ impl Store {
         let (grants, queue) = mpsc::channel(MAX_BATCH);
         tokio::spawn(record_grants(
             backend.clone(),
-            lessor.clone(),
+            (!shared).then(|| lessor.clone()),
             lease_granted.clone(),
             queue,
         ));
@@ -154,7 +159,7 @@ impl Store {
             let member = backend.identity().member_id;
             tokio::spawn(keep_leases(backend.clone(), tx.clone(), member));
             let (renew, queue) = mpsc::channel(MAX_BATCH);
-            tokio::spawn(renew_leases(backend.clone(), lessor.clone(), queue));
+            tokio::spawn(renew_leases(backend.clone(), queue));
             renewals = Some(renew);
         } else {
             tokio::spawn(expire_leases(lessor.clone(), lease_granted, tx.clone()));
@@ -368,11 +373,17 @@ impl Store {
             last.1
         };
         let mut committed = self.committed.clone();
-        committed
-            .wait_for(|c| *c >= head)
+        let caught_up = tokio::time::timeout(READ_INDEX_WAIT, committed.wait_for(|c| *c >= head))
             .await
-            .map_err(|_| Error::Stopped)?;
-        Ok(())
+            .map(|waited| waited.map(|_| ()));
+        match caught_up {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Storage(format!(
+                "could not catch up with revision {head} of the backend within {}s",
+                READ_INDEX_WAIT.as_secs()
+            ))),
+        }
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
@@ -479,6 +490,10 @@ impl Store {
         let Some((granted, left)) = found else {
             return Ok(None);
         };
+        if keys {
+            // Keys attached through other frontends too.
+            self.sync_with_head().await?;
+        }
         let keys = if keys {
             self.index.read().expect("index lock").lease_keys(id)
         } else {
@@ -538,9 +553,11 @@ impl Store {
             if created {
                 continue;
             }
+            // The revision is committed here already: no need to ask a shared backend's head.
             let before = RangeRequest {
                 key: kv.key.clone(),
                 revision: kv.mod_revision - 1,
+                serializable: true,
                 ..Default::default()
             };
             if let Ok(r) = self.range(&before).await {
@@ -599,11 +616,12 @@ async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>, me
     }
 }
 
-/// Records the grants waiting at one moment in one backend commit; the lessor has those recorded
-/// before they are answered.
+/// Records the grants waiting at one moment in one backend commit. On a backend of this process's
+/// own the lessor has those recorded before they are answered; on a shared one the writer learns
+/// of them from the backend (see `Writer::sync_leases`).
 async fn record_grants(
     backend: Arc<dyn Backend>,
-    lessor: Arc<Mutex<Lessor>>,
+    lessor: Option<Arc<Mutex<Lessor>>>,
     granted: Arc<Notify>,
     mut queue: mpsc::Receiver<Grant>,
 ) {
@@ -612,14 +630,15 @@ async fn record_grants(
         let leases: Vec<(i64, i64)> = batch.iter().map(|(lease, _)| *lease).collect();
         match backend.put_leases(&leases).await {
             Ok(recorded) => {
-                let now = Instant::now();
-                {
+                if let Some(lessor) = &lessor {
+                    let now = Instant::now();
                     let mut lessor = lessor.lock().expect("lessor lock");
                     for (&(id, ttl), _) in leases.iter().zip(&recorded).filter(|(_, r)| **r) {
                         lessor.grant(id, ttl, now);
                     }
+                    drop(lessor);
+                    granted.notify_one();
                 }
-                granted.notify_one();
                 for ((_, reply), recorded) in batch.drain(..).zip(recorded) {
                     let _ = reply.send(Ok(recorded));
                 }
@@ -634,13 +653,10 @@ async fn record_grants(
     }
 }
 
-/// On a shared backend: renews the keep-alives waiting at one moment in one backend call, and
-/// brings the lessor's view of those leases up to date with the answer.
-async fn renew_leases(
-    backend: Arc<dyn Backend>,
-    lessor: Arc<Mutex<Lessor>>,
-    mut queue: mpsc::Receiver<Renewal>,
-) {
+/// On a shared backend: renews the keep-alives waiting at one moment in one backend call. The
+/// lessor is left alone: there it only mirrors, for the writer, what the backend said under the
+/// append right (see `Writer::sync_leases`), and an answer read without it may be stale.
+async fn renew_leases(backend: Arc<dyn Backend>, mut queue: mpsc::Receiver<Renewal>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let Some(shared) = backend.shared() else {
@@ -652,17 +668,6 @@ async fn renew_leases(
         match shared.renew_leases(&ids).await {
             Ok(renewed) => {
                 let renewed: std::collections::HashMap<i64, i64> = renewed.into_iter().collect();
-                let now = Instant::now();
-                let mut leases = lessor.lock().expect("lessor lock");
-                for id in &ids {
-                    match renewed.get(id) {
-                        Some(&ttl) => leases.grant(*id, ttl, now),
-                        None => {
-                            leases.remove(*id);
-                        }
-                    }
-                }
-                drop(leases);
                 for (id, reply) in batch.drain(..) {
                     let _ = reply.send(Ok(renewed.get(&id).copied()));
                 }
@@ -720,7 +725,7 @@ async fn follow(
     index: Arc<RwLock<Index>>,
     writes: mpsc::Sender<Queued>,
 ) {
-    while tail.changed().await.is_ok() {
+    loop {
         let head = *tail.borrow_and_update();
         if head > index.read().expect("index lock").committed {
             let (reply, answer) = oneshot::channel();
@@ -731,8 +736,16 @@ async fn follow(
             if writes.send(queued).await.is_err() {
                 return;
             }
-            // One at a time: a burst of notifications needs one catch-up, not one each.
-            let _ = answer.await;
+            // One at a time: a burst of notifications needs one catch-up, not one each. One that
+            // failed (the backend unreachable for a moment) is asked for again, as nothing else
+            // may come to wake this task while readers wait for that head.
+            if !matches!(answer.await, Ok(Ok(_))) {
+                tokio::time::sleep(CATCH_UP_RETRY).await;
+                continue;
+            }
+        }
+        if tail.changed().await.is_err() {
+            return;
         }
     }
 }

@@ -215,12 +215,29 @@ struct Appender {
 }
 
 impl Appender {
+    /// The connection, opened if needed; but while the transaction is open a lost connection is an
+    /// error, never replaced: the transaction, and the lock, went with it.
     async fn conn(&mut self, config: &Connection) -> Result<&Conn> {
         if self.conn.as_ref().is_none_or(|c| c.client.is_closed()) {
-            self.locked = false;
+            if self.locked {
+                self.conn = None;
+                self.locked = false;
+                return Err(BackendError::Storage(
+                    "postgres: the append transaction's connection was lost".into(),
+                ));
+            }
             self.conn = Some(Conn::open(config).await?);
         }
         Ok(self.conn.as_ref().expect("connected above"))
+    }
+
+    /// `sql` prepared on the connection (once per connection).
+    async fn prepared(&mut self, config: &Connection, sql: &'static str) -> Result<Statement> {
+        let result = match self.conn(config).await {
+            Ok(conn) => conn.statement(sql).await,
+            Err(e) => Err(e),
+        };
+        self.failed(result)
     }
 
     fn failed<T>(&mut self, result: Result<T>) -> Result<T> {
@@ -716,14 +733,14 @@ impl Backend for Postgres {
                 // One round trip: the rows, then the commit pipelined behind them (if the insert
                 // fails, PostgreSQL turns the commit into a rollback; if it inserts nothing, the
                 // commit only gives the lock back).
-                appender.locked = false;
+                let insert = appender.prepared(config, APPEND).await?;
                 let conn = appender.conn(config).await?;
-                let insert = conn.statement(APPEND).await?;
                 let finish = format!("{notify}COMMIT");
                 let (inserted, committed) = tokio::join!(
                     deadline(conn.client.execute(&insert, &params)),
                     deadline(conn.client.batch_execute(&finish)),
                 );
+                appender.locked = false;
                 appender.failed(inserted.and_then(|n| committed.map(|()| n)))?
             } else {
                 let inserted = appender.execute(config, APPEND, &params).await?;
@@ -920,9 +937,11 @@ impl Shared for Postgres {
             appender.locked = false;
             appender.simple(config, "ROLLBACK").await?;
         }
+        // Both statements prepared before the transaction, so that nothing but them runs in it.
+        let read = appender.prepared(config, READ_LOG).await?;
+        appender.prepared(config, APPEND).await?;
         // One round trip: the lock, then (pipelined behind it, so under it) the log after `after`.
         let conn = appender.conn(config).await?;
-        let read = conn.statement(READ_LOG).await?;
         let limit = LOCK_READ_EVENTS as i64;
         let locking = format!("BEGIN; {LOCK}");
         let from = after + 1;
@@ -931,19 +950,23 @@ impl Shared for Postgres {
             deadline(conn.client.simple_query(&locking)),
             deadline(conn.client.query(&read, &params)),
         );
-        let (messages, mut rows) = appender.failed(locked.and_then(|l| Ok((l, log?))))?;
+        let read = locked.and_then(|messages| {
+            let row = messages
+                .into_iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                })
+                .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+            let progress = Progress {
+                head: number(&row, 0)?,
+                compacted: number(&row, 1)?,
+            };
+            Ok((progress, log?))
+        });
+        // A failure drops the connection, and with it the transaction if it began.
+        let (progress, mut rows) = appender.failed(read)?;
         appender.locked = true;
-        let row = messages
-            .into_iter()
-            .find_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(row),
-                _ => None,
-            })
-            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
-        let progress = Progress {
-            head: number(&row, 0)?,
-            compacted: number(&row, 1)?,
-        };
         if rows.len() == LOCK_READ_EVENTS {
             // Whole revisions only: leave the last one, which may be cut, to the caller's read.
             let last: i64 = rows.last().expect("not empty").get(0);
@@ -1002,14 +1025,25 @@ impl Shared for Postgres {
     async fn keep_leases(&self, member: u64) -> Result<bool> {
         let me = member as i64;
         let seconds = KEEPER_TERM.as_secs_f64();
+        // One statement, so that taking the role over and renewing every lease happen together.
         let rows = self
             .inner
             .write_rows(
-                "WITH before AS (SELECT holder FROM strata_keeper WHERE id = 1)
-                 UPDATE strata_keeper SET holder = $1, until = now() + $2 * INTERVAL '1 second'
-                 FROM before
-                 WHERE strata_keeper.id = 1 AND (strata_keeper.holder = $1 OR strata_keeper.until < now())
-                 RETURNING before.holder",
+                "WITH before AS (SELECT holder FROM strata_keeper WHERE id = 1),
+                 took AS (
+                     UPDATE strata_keeper SET holder = $1, until = now() + $2 * INTERVAL '1 second'
+                     FROM before
+                     WHERE strata_keeper.id = 1
+                       AND (strata_keeper.holder = $1 OR strata_keeper.until < now())
+                     RETURNING before.holder AS previous
+                 ),
+                 renewed AS (
+                     UPDATE strata_leases
+                     SET expires_at = GREATEST(expires_at, now() + ttl * INTERVAL '1 second')
+                     WHERE EXISTS (SELECT 1 FROM took WHERE previous <> $1)
+                     RETURNING id
+                 )
+                 SELECT previous, (SELECT count(*) FROM renewed) FROM took",
                 &[&me, &seconds],
             )
             .await?;
@@ -1017,14 +1051,8 @@ impl Shared for Postgres {
             return Ok(false);
         };
         if row.get::<_, i64>(0) != me {
-            tracing::info!("took over as lease keeper: renewing every lease");
-            self.inner
-                .write(
-                    "UPDATE strata_leases
-                     SET expires_at = GREATEST(expires_at, now() + ttl * INTERVAL '1 second')",
-                    &[],
-                )
-                .await?;
+            let renewed: i64 = row.get(1);
+            tracing::info!(renewed, "took over as lease keeper, renewing every lease");
         }
         Ok(true)
     }
