@@ -3,19 +3,40 @@
 use crate::support::Strata;
 use std::process::Command;
 
+/// Runs `strata-bench` with `args` against `strata` and `--json`; returns what it printed on its
+/// standard output and its standard error, having checked that it succeeded.
+fn bench(strata: &Strata, args: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
+        .args(args)
+        .args(["--endpoints", &strata.address.to_string(), "--json"])
+        .output()
+        .expect("strata-bench runs");
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let told = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {printed} {told}");
+    (printed, told)
+}
+
 #[test]
 fn every_workload_runs_without_errors() {
     let strata = Strata::start();
     for workload in ["put", "range", "range-prefix", "txn-put"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-            .arg(workload)
-            .args(["--endpoints", &strata.address.to_string()])
-            .args(["--clients", "4", "--conns", "2", "--total", "40"])
-            .args(["--key-space", "20", "--limit", "5", "--json"])
-            .output()
-            .expect("strata-bench runs");
-        let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{workload}: {printed} {out:?}");
+        let (printed, _) = bench(
+            &strata,
+            &[
+                workload,
+                "--clients",
+                "4",
+                "--conns",
+                "2",
+                "--total",
+                "40",
+                "--key-space",
+                "20",
+                "--limit",
+                "5",
+            ],
+        );
         assert!(
             printed.contains("\"requests\":40,\"errors\":0"),
             "{workload}: {printed}"
@@ -26,16 +47,22 @@ fn every_workload_runs_without_errors() {
 #[test]
 fn watch_workload_delivers_every_event() {
     let strata = Strata::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-        .arg("watch")
-        .args(["--endpoints", &strata.address.to_string()])
-        .args(["--watchers", "40", "--streams", "4", "--rate", "500"])
-        .args(["--total", "50", "--key-space", "10", "--json"])
-        .output()
-        .expect("strata-bench runs");
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let told = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{printed} {told}");
+    let (printed, told) = bench(
+        &strata,
+        &[
+            "watch",
+            "--watchers",
+            "40",
+            "--streams",
+            "4",
+            "--rate",
+            "500",
+            "--total",
+            "50",
+            "--key-space",
+            "10",
+        ],
+    );
     assert!(printed.contains("\"errors\":0"), "{printed}");
     assert!(told.contains("50 puts at"), "{told}");
 }
@@ -43,16 +70,20 @@ fn watch_workload_delivers_every_event() {
 #[test]
 fn lease_workload_keeps_leases_alive() {
     let strata = Strata::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-        .arg("lease")
-        .args(["--endpoints", &strata.address.to_string()])
-        .args(["--leases", "20", "--clients", "4", "--streams", "3"])
-        .args(["--total", "30", "--json"])
-        .output()
-        .expect("strata-bench runs");
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let told = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{printed} {told}");
+    let (printed, told) = bench(
+        &strata,
+        &[
+            "lease",
+            "--leases",
+            "20",
+            "--clients",
+            "4",
+            "--streams",
+            "3",
+            "--total",
+            "30",
+        ],
+    );
     assert!(
         printed.contains("\"requests\":30,\"errors\":0"),
         "{printed}"
@@ -63,16 +94,20 @@ fn lease_workload_keeps_leases_alive() {
 #[test]
 fn lease_expiry_workload_sees_every_lease_expire() {
     let strata = Strata::start();
-    let out = Command::new(env!("CARGO_BIN_EXE_strata-bench"))
-        .arg("lease-expiry")
-        .args(["--endpoints", &strata.address.to_string()])
-        .args(["--leases", "20", "--ttl", "2", "--clients", "4"])
-        .args(["--rate", "50", "--json"])
-        .output()
-        .expect("strata-bench runs");
-    let printed = String::from_utf8_lossy(&out.stdout);
-    let told = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{printed} {told}");
+    let (printed, told) = bench(
+        &strata,
+        &[
+            "lease-expiry",
+            "--leases",
+            "20",
+            "--ttl",
+            "2",
+            "--clients",
+            "4",
+            "--rate",
+            "50",
+        ],
+    );
     assert!(
         printed.contains("\"requests\":20,\"errors\":0"),
         "{printed}"
