@@ -43,8 +43,6 @@ pub struct Store {
     alarms: Mutex<Alarms>,
     /// Held by a compaction until its rows are removed, and by a hash while it reads the log.
     compacting: Arc<tokio::sync::RwLock<()>>,
-    /// Other processes append to the backend too: a linearizable read first catches up with it.
-    shared: bool,
     /// On a shared backend, keep-alives waiting to be renewed in the backend together.
     renewals: Option<mpsc::Sender<Renewal>>,
     /// Grants waiting to be recorded in the backend together.
@@ -141,7 +139,6 @@ impl Store {
             lessor: lessor.clone(),
             compacting: compacting.clone(),
             unresolved: None,
-            shared,
             committed: committed_tx,
         };
         tokio::spawn(writer.run(rx));
@@ -177,7 +174,6 @@ impl Store {
             lessor,
             alarms,
             compacting,
-            shared,
             renewals,
             grants,
             committed,
@@ -360,7 +356,7 @@ impl Store {
     /// process's own.
     pub async fn sync_with_head(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if !self.shared {
+        if self.backend.shared().is_none() {
             return Ok(());
         }
         let mine = self.read_index.tickets.fetch_add(1, Ordering::SeqCst) + 1;
@@ -504,7 +500,7 @@ impl Store {
 
     /// Every live lease id, in id order.
     pub async fn lease_ids(&self) -> Result<Vec<i64>> {
-        if self.shared {
+        if self.backend.shared().is_some() {
             let leases = self.backend.leases().await?;
             return Ok(leases.into_iter().map(|(id, _)| id).collect());
         }
@@ -804,8 +800,6 @@ struct Writer {
     compacting: Arc<tokio::sync::RwLock<()>>,
     /// A batch whose append failed and whose fate the backend has not told yet.
     unresolved: Option<Unresolved>,
-    /// Other processes append to the backend too: every batch first catches up with them.
-    shared: bool,
     /// Tells readers waiting for a revision that it is committed.
     committed: tokio::sync::watch::Sender<i64>,
 }
@@ -890,7 +884,7 @@ impl Writer {
         let mut attempt = 0;
         let writes = group.iter().any(|q| !matches!(q.write, Write::CatchUp));
         // On a shared backend a batch that may write holds the append right from here on.
-        let locked = writes && self.shared;
+        let locked = writes && self.backend.shared().is_some();
         let done = loop {
             attempt += 1;
             if let Err(e) = self.prepare(&group, writes).await {
@@ -906,9 +900,9 @@ impl Writer {
             }
             let Some(last) = g.entries.last() else {
                 if locked {
-                    if let Err(e) = self.shared().unlock().await {
+                    if let Err(e) = self.unlock().await {
                         self.take_back(g).await;
-                        break Err(Error::from(e));
+                        break Err(e);
                     }
                 }
                 self.settle_revokes(g.revoked, true).await;
@@ -921,7 +915,9 @@ impl Writer {
                     self.settle_revokes(g.revoked, true).await;
                     break Ok(g.applied);
                 }
-                Err(BackendError::OutOfOrder { .. }) if self.shared && attempt < MAX_ATTEMPTS => {
+                Err(BackendError::OutOfOrder { .. })
+                    if self.backend.shared().is_some() && attempt < MAX_ATTEMPTS =>
+                {
                     // Another process appended first and nothing of this batch was written: take
                     // it back and apply it again on top of theirs.
                     self.take_back(g).await;
@@ -968,35 +964,42 @@ impl Writer {
     /// revoked them).
     async fn prepare(&mut self, group: &[Queued], writes: bool) -> Result<()> {
         self.resolve().await?;
-        if !self.shared {
+        let backend = self.backend.clone();
+        let Some(shared) = backend.shared() else {
             return Ok(());
-        }
+        };
         if !writes {
             let progress = self.backend.progress().await?;
             return self.catch_up(progress, Vec::new()).await;
         }
         let committed = self.index.read().expect("index lock").committed;
-        let (progress, read) = self.shared().lock(committed).await?;
+        let (progress, read) = shared.lock(committed).await?;
         let ready = match self.catch_up(progress, read).await {
-            Ok(()) => self.sync_leases(group).await,
+            Ok(()) => self.sync_leases(shared, group).await,
             Err(e) => Err(e),
         };
         if ready.is_err() {
-            if let Err(e) = self.shared().unlock().await {
+            if let Err(e) = self.unlock().await {
                 tracing::warn!(error = %e, "could not give back the append right");
             }
         }
         ready
     }
 
-    fn shared(&self) -> &dyn crate::backend::Shared {
-        self.backend
-            .shared()
-            .expect("only called for a shared backend")
+    /// Gives back the append right of a shared backend (nothing to give back otherwise).
+    async fn unlock(&self) -> Result<()> {
+        match self.backend.shared() {
+            Some(shared) => Ok(shared.unlock().await?),
+            None => Ok(()),
+        }
     }
 
     /// Brings the lessor's view of the leases `group` names up to date with the backend.
-    async fn sync_leases(&self, group: &[Queued]) -> Result<()> {
+    async fn sync_leases(
+        &self,
+        shared: &dyn crate::backend::Shared,
+        group: &[Queued],
+    ) -> Result<()> {
         let mut ids = Vec::new();
         for q in group {
             q.write.leases(&mut ids);
@@ -1007,12 +1010,8 @@ impl Writer {
         if ids.is_empty() {
             return Ok(());
         }
-        let live: std::collections::HashMap<i64, i64> = self
-            .shared()
-            .leases_among(&ids)
-            .await?
-            .into_iter()
-            .collect();
+        let live: std::collections::HashMap<i64, i64> =
+            shared.leases_among(&ids).await?.into_iter().collect();
         let now = Instant::now();
         let mut leases = self.lessor.lock().expect("lessor lock");
         for id in ids {
@@ -1092,7 +1091,7 @@ impl Writer {
         for (id, lease) in revoked {
             if !durable {
                 self.lessor.lock().expect("lessor lock").restore(id, lease);
-            } else if self.shared {
+            } else if self.backend.shared().is_some() {
                 continue;
             } else if let Err(e) = self.backend.remove_lease(id).await {
                 // Its keys are gone; the record brings back an empty lease at restart, which
