@@ -134,10 +134,17 @@ impl Strata {
         if on_postgres() {
             command.arg("--backend").arg(postgres_database(dir));
         }
-        if !args.contains(&"--listen-client-urls") {
+        command.args(args);
+        Strata::start_command(command)
+    }
+
+    /// Runs `command` (the strata binary with its arguments), on a free loopback port unless its
+    /// arguments name the client URLs.
+    pub fn start_command(mut command: Command) -> Strata {
+        if !command.get_args().any(|a| a == "--listen-client-urls") {
             command.args(["--listen-client-urls", "http://127.0.0.1:0"]);
         }
-        command.args(args).env("STRATA_LOG", "info");
+        command.env("STRATA_LOG", "info");
         Strata {
             process: Process::start(command, "ready to serve client requests", None),
             _dir: None,
@@ -159,17 +166,6 @@ impl std::ops::DerefMut for Strata {
 }
 
 impl Strata {
-    /// Runs `command` (the strata binary with its arguments), on a free loopback port.
-    pub fn start_command(mut command: Command) -> Strata {
-        command
-            .args(["--listen-client-urls", "http://127.0.0.1:0"])
-            .env("STRATA_LOG", "info");
-        Strata {
-            process: Process::start(command, "ready to serve client requests", None),
-            _dir: None,
-        }
-    }
-
     /// A frontend named `name` on the PostgreSQL database kept for `dir`, whatever
     /// `STRATA_TEST_BACKEND` says: frontends started on one `dir` serve one cluster.
     pub fn frontend(dir: &Path, name: &str) -> Strata {
