@@ -110,6 +110,13 @@ fn queue_prefix(name: &[u8]) -> Bytes {
     Bytes::from(prefix)
 }
 
+/// The keys a lock or election named `name` queues under, as a range: `[name/, name0)`.
+pub fn queue_range(name: &[u8]) -> (Bytes, Bytes) {
+    let prefix = queue_prefix(name);
+    let end = prefix_end(&prefix);
+    (prefix, end)
+}
+
 /// `lease`, or a new lease of etcd's default session TTL for 0.
 async fn session_lease(store: &Store, lease: i64) -> Result<i64> {
     match lease {

@@ -52,6 +52,43 @@ pub enum Error {
     /// Membership is not changed through the Cluster service: a frontend joins by starting.
     #[error("strata: members are Strata frontends; one joins by starting against the cluster's backend and leaves by stopping, so {0} is refused")]
     MembershipByFrontends(&'static str),
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd has no gRPC error for this one: its auth store's own message reaches the client.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// A part of etcd's API that Strata does not serve yet.
     #[error("strata: {0} is not implemented yet")]
     Unimplemented(&'static str),
@@ -67,12 +104,29 @@ impl Error {
             | Error::TooManyOps
             | Error::DuplicateKey
             | Error::InvalidSortOption
-            | Error::RequestTooLarge => Code::InvalidArgument,
+            | Error::RequestTooLarge
+            | Error::UserEmpty
+            | Error::RoleEmpty
+            | Error::AuthFailed
+            | Error::PermissionNotGiven
+            | Error::InvalidAuthMgmt
+            | Error::AuthOldRevision => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists | Error::BadLeaderTransferee | Error::MembershipByFrontends(_) => {
-                Code::FailedPrecondition
-            }
+            Error::LeaseExists
+            | Error::BadLeaderTransferee
+            | Error::MembershipByFrontends(_)
+            | Error::RootUserNotExist
+            | Error::RootRoleNotExist
+            | Error::UserAlreadyExist
+            | Error::UserNotFound
+            | Error::RoleAlreadyExist
+            | Error::RoleNotFound
+            | Error::RoleNotGranted
+            | Error::PermissionNotGranted
+            | Error::AuthNotEnabled => Code::FailedPrecondition,
+            Error::PermissionDenied => Code::PermissionDenied,
+            Error::InvalidAuthToken => Code::Unauthenticated,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
             Error::Unimplemented(_) => Code::Unimplemented,
@@ -80,7 +134,8 @@ impl Error {
             Error::SessionExpired
             | Error::ElectionNotLeader
             | Error::ElectionNoLeader
-            | Error::MissingLeaderKey => Code::Unknown,
+            | Error::MissingLeaderKey
+            | Error::NoPasswordUser => Code::Unknown,
         }
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! Three layers (see DESIGN.md): [`api`] maps gRPC to calls on [`mvcc`], which holds etcd's semantics
 //! over the narrow log interface of [`backend`]. [`concurrency`] runs etcd's lock and election
-//! recipes over the store for the v3lock and v3election services.
+//! recipes over the store for the v3lock and v3election services; [`auth`] is etcd's users, roles
+//! and permissions, which the api layer consults before each request.
 
 pub mod api;
+pub mod auth;
 pub mod backend;
 pub mod concurrency;
 pub mod config;

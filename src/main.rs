@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use strata::api::Server;
+use strata::auth::AuthStore;
 use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
 use strata::backend::Backend;
@@ -53,12 +54,18 @@ async fn main() -> anyhow::Result<()> {
             Arc::new(Postgres::open(postgres, &member).await?)
         }
     };
+    let auth = AuthStore::open(
+        backend.clone(),
+        config.bcrypt_cost,
+        std::time::Duration::from_secs(config.auth_token_ttl),
+    )
+    .await?;
     let store = Store::open(backend).await?;
     if let Some(policy) = auto_compaction {
         tracing::info!(?policy, "automatic compaction");
         tokio::spawn(strata::mvcc::compactor::run(store.clone(), policy));
     }
-    let server = Server::start(&config, store, shutdown_signal()).await?;
+    let server = Server::start(&config, store, auth, shutdown_signal()).await?;
     server.wait().await?;
     tracing::info!("stopped");
     Ok(())

@@ -28,7 +28,9 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
+        self.0.allow_queue(info.as_ref(), &req.name, true)?;
         let (header, leader) =
             concurrency::campaign(&self.0.store, &req.name, req.lease, req.value).await?;
         let mut resp = CampaignResponse {
@@ -43,8 +45,10 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         let leader = req.leader.ok_or(Error::MissingLeaderKey)?;
+        self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
         let header = concurrency::proclaim(&self.0.store, &leader, req.value).await?;
         let mut resp = ProclaimResponse {
             header: Some(header),
@@ -57,7 +61,10 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let (header, kv) = concurrency::leader(&self.0.store, &req.into_inner().name).await?;
+        let info = self.0.auth_info(req.metadata())?;
+        let name = req.into_inner().name;
+        self.0.allow_queue(info.as_ref(), &name, false)?;
+        let (header, kv) = concurrency::leader(&self.0.store, &name).await?;
         let mut resp = LeaderResponse {
             header: Some(header),
             kv: Some(kv),
@@ -73,7 +80,9 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let name = req.into_inner().name;
+        self.0.allow_queue(info.as_ref(), &name, false)?;
         let (leaders, mut heard) = mpsc::channel(OBSERVE_BUFFER);
         let (responses, rx) = mpsc::channel(OBSERVE_BUFFER);
         let context = self.0.clone();
@@ -110,7 +119,9 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let leader = req.into_inner().leader.ok_or(Error::MissingLeaderKey)?;
+        self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
         let header = concurrency::resign(&self.0.store, &leader).await?;
         let mut resp = ResignResponse {
             header: Some(header),

@@ -9,7 +9,7 @@
 //! that serve gRPC, so both faces give the same answers.
 
 use axum::body::Body;
-use axum::http::{header, Request, StatusCode};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -167,12 +167,16 @@ pub fn routes(grpc: Routes) -> Router {
         router = if method.is_client_streaming() || method.is_server_streaming() {
             router.route(
                 path,
-                post(move |body: Body| stream(grpc.clone(), method.clone(), body)),
+                post(move |headers: HeaderMap, body: Body| {
+                    stream(grpc.clone(), method.clone(), headers, body)
+                }),
             )
         } else {
             router.route(
                 path,
-                post(move |body: Bytes| call(grpc.clone(), method.clone(), body)),
+                post(move |headers: HeaderMap, body: Bytes| {
+                    call(grpc.clone(), method.clone(), headers, body)
+                }),
             )
         };
     }
@@ -209,13 +213,18 @@ fn json(status: StatusCode, body: Vec<u8>) -> Response {
 }
 
 /// One gateway call: JSON to protobuf, a gRPC call in the process, protobuf to JSON.
-async fn call(mut grpc: Routes, method: MethodDescriptor, body: Bytes) -> Response {
+async fn call(
+    mut grpc: Routes,
+    method: MethodDescriptor,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut json_in = serde_json::Deserializer::from_slice(&body);
     let request = match DynamicMessage::deserialize(method.input(), &mut json_in) {
         Ok(request) => request,
         Err(e) => return error(Code::InvalidArgument, &e.to_string()),
     };
-    let grpc_request = grpc_request(&method, Body::from(frame(&request)));
+    let grpc_request = grpc_request(&method, &headers, Body::from(frame(&request)));
     let Ok(answer) = grpc.call(grpc_request).await;
     let (parts, answer_body) = answer.into_parts();
     if let Some(status) = failure(&parts.headers) {
@@ -249,9 +258,14 @@ fn failure(headers: &axum::http::HeaderMap) -> Option<tonic::Status> {
     tonic::Status::from_header_map(headers).filter(|s| s.code() != Code::Ok)
 }
 
-/// The gRPC request for `method` carrying `body`, to be served in the process.
-fn grpc_request(method: &MethodDescriptor, body: Body) -> Request<Body> {
-    Request::builder()
+/// The gRPC request for `method` carrying `body`, to be served in the process; an auth token in
+/// the `Authorization` header goes along as grpc-gateway passes it, as `authorization` metadata.
+fn grpc_request(method: &MethodDescriptor, headers: &HeaderMap, body: Body) -> Request<Body> {
+    let mut request = Request::builder();
+    if let Some(token) = headers.get(header::AUTHORIZATION) {
+        request = request.header(header::AUTHORIZATION, token);
+    }
+    request
         .method("POST")
         .uri(format!(
             "/{}/{}",
@@ -289,7 +303,12 @@ fn unframe(buffer: &mut Vec<u8>) -> Vec<Vec<u8>> {
 }
 
 /// A streaming call: JSON requests from the body as they come, one JSON line per response.
-async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Response {
+async fn stream(
+    mut grpc: Routes,
+    method: MethodDescriptor,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let (requests, request_frames) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(16);
     let input = method.input();
     tokio::spawn(async move {
@@ -314,6 +333,7 @@ async fn stream(mut grpc: Routes, method: MethodDescriptor, body: Body) -> Respo
     });
     let grpc_request = grpc_request(
         &method,
+        &headers,
         Body::from_stream(ReceiverStream::new(request_frames)),
     );
     let Ok(answer) = grpc.call(grpc_request).await;

@@ -14,19 +14,25 @@ pub struct KvService(pub(super) Context);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         validation::range(&req)?;
+        self.0.allow_range(info.as_ref(), &req)?;
         let mut resp = self.0.store.range(&req).await?;
+        // An answer read while auth changed is refused, as etcd refuses it.
+        self.0.auth.check_unchanged(info.as_ref())?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         // etcd checks the quota before anything else.
         self.0.check_quota(quota::put_cost(&req)).await?;
         validation::put(&req)?;
         validation::size(&req, &self.0.limits)?;
+        self.0.allow_put(info.as_ref(), &req)?;
         let mut resp = self.0.store.put(req).await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
@@ -36,22 +42,30 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         validation::delete_range(&req)?;
         validation::size(&req, &self.0.limits)?;
+        self.0.allow_delete_range(info.as_ref(), &req)?;
         let mut resp = self.0.store.delete_range(req).await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         validation::txn(&req, &self.0.limits)?;
-        if !validation::is_read_only(&req) {
+        let read_only = validation::is_read_only(&req);
+        if !read_only {
             validation::size(&req, &self.0.limits)?;
             self.0.check_quota(quota::txn_cost(&req)).await?;
         }
+        self.0.allow_txn(info.as_ref(), &req)?;
         let mut resp = self.0.store.txn(req).await?;
+        if read_only {
+            self.0.auth.check_unchanged(info.as_ref())?;
+        }
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -60,6 +74,8 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        // Any user may compact, as in etcd; only the token must be valid.
+        self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         let mut resp = self.0.store.compact(req).await?;
         self.0.fill(&mut resp.header);

@@ -1,6 +1,6 @@
 //! etcdserverpb.Lease: grant, revoke, keep-alive, time-to-live and the lease list.
 
-use super::Context;
+use super::{access, Context};
 use crate::mvcc::quota;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::{
@@ -28,6 +28,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
+        self.0.auth.require(info.as_ref())?;
         let req = req.into_inner();
         self.0.check_quota(quota::LEASE_GRANT_COST).await?;
         let (id, ttl) = self.0.store.lease_grant(req.id, req.ttl).await?;
@@ -44,7 +46,11 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let mut resp = self.0.store.lease_revoke(req.into_inner().id).await?;
+        let info = self.0.auth_info(req.metadata())?;
+        self.0.auth.require(info.as_ref())?;
+        let id = req.into_inner().id;
+        self.0.allow_lease_keys(info.as_ref(), id)?;
+        let mut resp = self.0.store.lease_revoke(id).await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -57,12 +63,20 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let token = access::token(req.metadata());
         let mut requests = req.into_inner();
         let (responses, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
         let context = self.0.clone();
         tokio::spawn(async move {
             while let Some(Ok(request)) = requests.next().await {
-                let answer = match context.store.lease_renew(request.id).await {
+                // Each renewal is checked as it comes: auth may have changed meanwhile.
+                let renewal = async {
+                    let info = context.auth.auth_info(token.as_deref())?;
+                    context.auth.require(info.as_ref())?;
+                    context.allow_lease_keys(info.as_ref(), request.id)?;
+                    context.store.lease_renew(request.id).await
+                };
+                let answer = match renewal.await {
                     Ok(ttl) => {
                         let mut resp = LeaseKeepAliveResponse {
                             id: request.id,
@@ -88,7 +102,12 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
+        self.0.auth.require(info.as_ref())?;
         let req = req.into_inner();
+        if req.keys {
+            self.0.allow_lease_reads(info.as_ref(), &[req.id])?;
+        }
         let mut resp = match self.0.store.lease_time_to_live(req.id, req.keys).await? {
             Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
                 id: req.id,
@@ -109,17 +128,13 @@ impl Lease for LeaseService {
 
     async fn lease_leases(
         &self,
-        _: Request<LeaseLeasesRequest>,
+        req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
+        let info = self.0.auth_info(req.metadata())?;
+        let ids = self.0.store.lease_ids().await?;
+        self.0.allow_lease_reads(info.as_ref(), &ids)?;
         let mut resp = LeaseLeasesResponse {
-            leases: self
-                .0
-                .store
-                .lease_ids()
-                .await?
-                .into_iter()
-                .map(|id| LeaseStatus { id })
-                .collect(),
+            leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
             ..Default::default()
         };
         self.0.fill(&mut resp.header);

@@ -2,6 +2,8 @@
 //!
 //! One file per etcd service. An RPC that is not built yet answers `Unimplemented`, naming itself.
 
+mod access;
+mod auth;
 mod cluster;
 mod election;
 mod gateway;
@@ -14,10 +16,12 @@ mod tls;
 pub mod validation;
 mod watch;
 
+use crate::auth::AuthStore;
 use crate::backend::MemberRecord;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
 use crate::error::{Error, Result};
 use crate::mvcc::Store;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
@@ -43,10 +47,12 @@ const RAFT_TERM: u64 = 1;
 /// timeout (5 s plus twice its 1 s election timeout), which bounds its graceful stop the same way.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
 
-/// What every service needs: the store, the limits, and how to fill a response header.
+/// What every service needs: the store, who may do what, the limits, and how to fill a response
+/// header.
 #[derive(Clone)]
 struct Context {
     store: Arc<Store>,
+    auth: Arc<AuthStore>,
     limits: validation::Limits,
     quota_bytes: u64,
     name: String,
@@ -102,6 +108,7 @@ impl Server {
     pub async fn start(
         config: &Config,
         store: Arc<Store>,
+        auth: Arc<AuthStore>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
@@ -139,6 +146,7 @@ impl Server {
         tokio::spawn(heartbeat(Arc::downgrade(&store), member));
         let context = Context {
             store,
+            auth,
             limits: validation::Limits {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
@@ -172,6 +180,7 @@ impl Server {
             ))
             .add_service(limited!(LockServer, lock::LockService(context.clone())))
             .add_service(limited!(WatchServer, watch::WatchService(context.clone())))
+            .add_service(limited!(AuthServer, auth::AuthService(context.clone())))
             .add_service(limited!(
                 ClusterServer,
                 cluster::ClusterService(context.clone())

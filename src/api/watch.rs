@@ -6,7 +6,7 @@
 //! responses, filling prev_kv and fragmenting as each watcher asked. When the client goes away the
 //! sending side stops every watcher of the stream.
 
-use super::Context;
+use super::{access, Context};
 use crate::config::GRPC_OVERHEAD_BYTES;
 use crate::mvcc::watch::{Notice, NoticeKind, WatchSpec, WatcherKey};
 use crate::proto::etcdserverpb::watch_create_request::FilterType;
@@ -64,12 +64,14 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let token = access::token(req.metadata());
         let requests = req.into_inner();
         let (notices, notices_rx) = mpsc::channel(NOTICE_BUFFER);
         let (responses, responses_rx) = mpsc::channel(RESPONSE_BUFFER);
         let watchers = Shared::default();
         tokio::spawn(receive(
             self.0.clone(),
+            token,
             requests,
             notices.clone(),
             watchers.clone(),
@@ -89,6 +91,7 @@ impl Watch for WatchService {
 /// streaming to a client that closed its sending side) until the client goes away.
 async fn receive(
     context: Context,
+    token: Option<String>,
     mut requests: Streaming<WatchRequest>,
     notices: mpsc::Sender<Notice>,
     watchers: Shared,
@@ -111,7 +114,14 @@ async fn receive(
         };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => {
-                self::create(&context, create, &notices, permit, &watchers)
+                match permitted(&context, token.as_deref(), &create) {
+                    Ok(()) => self::create(&context, create, &notices, permit, &watchers),
+                    Err(reason) => permit.send(Notice {
+                        watch_id: NO_WATCH_ID,
+                        revision: context.store.revision(),
+                        kind: NoticeKind::Refused(reason),
+                    }),
+                }
             }
             Some(RequestUnion::CancelRequest(cancel)) => {
                 let removed = watchers
@@ -140,6 +150,41 @@ async fn receive(
             None => {}
         }
     }
+}
+
+/// Whether the sender may read what a watch asks for; if not, the reason its refusal gives.
+fn permitted(
+    context: &Context,
+    token: Option<&str>,
+    create: &WatchCreateRequest,
+) -> std::result::Result<(), String> {
+    use crate::error::Error;
+    // As etcd checks it: an empty key is "\0", and a range end of "\0" (every key from the key
+    // on) becomes empty, so that only the key itself is checked.
+    let key: &[u8] = if create.key.is_empty() {
+        b"\0"
+    } else {
+        &create.key
+    };
+    let range_end: &[u8] = if create.range_end[..] == [0] {
+        b""
+    } else {
+        &create.range_end
+    };
+    let check = context
+        .auth
+        .auth_info(token)
+        .and_then(|info| context.auth.check_read(info.as_ref(), key, range_end));
+    let refusal = match check {
+        Ok(()) => return Ok(()),
+        Err(e @ (Error::InvalidAuthToken | Error::AuthOldRevision | Error::UserEmpty)) => e,
+        Err(_) => Error::PermissionDenied,
+    };
+    // etcd gives the reason as Go prints a gRPC status error.
+    Err(format!(
+        "rpc error: code = {:?} desc = {refusal}",
+        refusal.code()
+    ))
 }
 
 fn create(

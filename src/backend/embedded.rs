@@ -5,6 +5,7 @@
 //! - `meta`: "head", "compacted", "cluster_id", "member_id" → u64.
 //! - `leases`: lease id → TTL in seconds.
 //! - `alarms`: (member id, alarm type) → nothing.
+//! - `auth`: generation → the auth state, one row.
 //!
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
@@ -22,6 +23,7 @@ const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
+const AUTH: TableDefinition<u64, &[u8]> = TableDefinition::new("auth");
 
 /// Rows removed per commit during physical compaction, so that appends are never held up for long.
 const REMOVE_BATCH: usize = 10_000;
@@ -66,6 +68,7 @@ impl Embedded {
             tx.open_table(LOG).map_err(storage)?;
             tx.open_table(LEASES).map_err(storage)?;
             tx.open_table(ALARMS).map_err(storage)?;
+            tx.open_table(AUTH).map_err(storage)?;
             let mut meta = tx.open_table(META).map_err(storage)?;
             let mut id = |name: &str| -> Result<u64> {
                 if let Some(v) = meta.get(name).map_err(storage)? {
@@ -344,6 +347,32 @@ impl Backend for Embedded {
         .await
     }
 
+    async fn auth(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(storage)?;
+            let auth = tx.open_table(AUTH).map_err(storage)?;
+            let last = auth.last().map_err(storage)?;
+            Ok(last.map(|(generation, state)| (generation.value(), state.value().to_vec())))
+        })
+        .await
+    }
+
+    async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool> {
+        let state = state.to_vec();
+        self.commit(move |tx| {
+            let mut auth = tx.open_table(AUTH).map_err(storage)?;
+            let stored = auth.last().map_err(storage)?.map(|(g, _)| g.value());
+            if stored.unwrap_or(0) != generation {
+                return Ok(false);
+            }
+            auth.retain(|_, _| false).map_err(storage)?;
+            auth.insert(generation + 1, state.as_slice())
+                .map_err(storage)?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn alarms(&self) -> Result<Vec<(u64, i32)>> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(storage)?;
@@ -392,6 +421,8 @@ mod tests {
         conformance::compaction_removes_and_is_remembered(&Embedded::in_memory().unwrap()).await;
         conformance::leases_are_recorded_and_forgotten(&Embedded::in_memory().unwrap()).await;
         conformance::alarms_are_recorded_and_cleared(&Embedded::in_memory().unwrap()).await;
+        conformance::auth_changes_only_from_the_stored_generation(&Embedded::in_memory().unwrap())
+            .await;
     }
 
     #[tokio::test]

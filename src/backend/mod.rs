@@ -132,6 +132,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Every alarm recorded, as (member, alarm), in that order.
     async fn alarms(&self) -> Result<Vec<(u64, i32)>>;
 
+    /// The auth state (users, roles, whether auth is on) as the auth store encodes it, with the
+    /// generation that each change moves on by one; None before the first change.
+    async fn auth(&self) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Durably replaces the auth state, if its generation is still `generation` (0: none stored);
+    /// false if another process changed it first.
+    async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool>;
+
     /// Gives the space of removed history back to the file system.
     async fn defragment(&self) -> Result<()>;
 
@@ -294,6 +302,15 @@ pub(crate) mod conformance {
         b.remove_alarm(9, 1).await.unwrap();
         b.remove_alarm(9, 2).await.unwrap();
         assert_eq!(b.alarms().await.unwrap(), vec![(4, 2)]);
+    }
+
+    pub async fn auth_changes_only_from_the_stored_generation(b: &dyn Backend) {
+        assert_eq!(b.auth().await.unwrap(), None);
+        assert!(!b.put_auth(1, b"stale").await.unwrap());
+        assert!(b.put_auth(0, b"first").await.unwrap());
+        assert!(!b.put_auth(0, b"lost race").await.unwrap());
+        assert!(b.put_auth(1, b"second").await.unwrap());
+        assert_eq!(b.auth().await.unwrap(), Some((2, b"second".to_vec())));
     }
 
     pub async fn compaction_removes_and_is_remembered(b: &dyn Backend) {

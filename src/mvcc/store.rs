@@ -491,11 +491,16 @@ impl Store {
             self.sync_with_head().await?;
         }
         let keys = if keys {
-            self.index.read().expect("index lock").lease_keys(id)
+            self.lease_keys(id)
         } else {
             Vec::new()
         };
         Ok(Some((left, granted, keys)))
+    }
+
+    /// The keys attached to a lease, as this frontend's index has them.
+    pub fn lease_keys(&self, id: i64) -> Vec<Bytes> {
+        self.index.read().expect("index lock").lease_keys(id)
     }
 
     /// Every live lease id, in id order.
@@ -1503,6 +1508,12 @@ mod tests {
         }
         async fn alarms(&self) -> crate::backend::Result<Vec<(u64, i32)>> {
             self.inner.alarms().await
+        }
+        async fn auth(&self) -> crate::backend::Result<Option<(u64, Vec<u8>)>> {
+            self.inner.auth().await
+        }
+        async fn put_auth(&self, generation: u64, state: &[u8]) -> crate::backend::Result<bool> {
+            self.inner.put_auth(generation, state).await
         }
         async fn defragment(&self) -> crate::backend::Result<()> {
             self.inner.defragment().await

@@ -183,6 +183,84 @@ fn compaction_and_reads_around_it() {
 }
 
 #[test]
+fn auth_users_roles_and_permissions() {
+    let root = "--user root:rootpw";
+    let alice = "--user alice:alicepw";
+    let calls = [
+        "auth enable",
+        "user add root:rootpw",
+        "user add root:again",
+        "auth enable",
+        "user grant-role root root",
+        "role add reader",
+        "role add reader",
+        "role grant-permission reader read a b",
+        "role grant-permission reader --prefix readwrite p/",
+        "role grant-permission reader write k",
+        "role grant-permission missing read a",
+        "role get reader",
+        "role list",
+        "user add alice:alicepw",
+        "user grant-role alice reader",
+        "user grant-role alice missing",
+        "user get alice",
+        "user get nobody",
+        "user list",
+        "put a 1",
+        "put p/1 1",
+        "auth enable",
+        "get a",
+        "put a 2",
+        &format!("{alice} get a"),
+        &format!("{alice} get a b"),
+        &format!("{alice} get a c"),
+        &format!("{alice} get --prefix p/"),
+        &format!("{alice} put p/2 2"),
+        &format!("{alice} put a 3"),
+        &format!("{alice} put k v"),
+        &format!("{alice} get k"),
+        &format!("{alice} del a"),
+        &format!("{alice} del p/1 --prev-kv"),
+        &format!("{alice} get --prefix ''"),
+        "--user alice:wrong get a",
+        "--user nobody:pw get a",
+        &format!("{root} put a 3"),
+        &format!("{root} get --prefix ''"),
+        &format!("{alice} user get alice"),
+        &format!("{alice} user list"),
+        &format!("{alice} role get reader"),
+        &format!("{alice} role list"),
+        &format!("{alice} user add eve:pw"),
+        &format!("{root} role revoke-permission reader a b"),
+        &format!("{root} role revoke-permission reader a b"),
+        &format!("{alice} get a"),
+        &format!("{root} user revoke-role alice reader"),
+        &format!("{root} user revoke-role alice reader"),
+        &format!("{alice} get --prefix p/"),
+        &format!("{root} user delete root"),
+        &format!("{root} user revoke-role root root"),
+        &format!("{root} role delete root"),
+        &format!("{root} user passwd alice --interactive=false"),
+        &format!("{root} role delete reader"),
+        &format!("{root} user get alice"),
+        &format!("{root} user delete alice"),
+        &format!("{alice} get a"),
+        &format!("{root} auth disable"),
+        "get a",
+        "user list",
+        "role list",
+    ];
+    let mut calls: Vec<Call> = calls.iter().map(|c| call(c)).collect();
+    // The new password for `user passwd`, read from standard input.
+    let passwd = calls
+        .iter_mut()
+        .find(|c| c.args.contains(&"passwd".to_owned()))
+        .unwrap();
+    passwd.stdin = "newpw\n".to_owned();
+    same_output(calls);
+}
+
+#[test]
 fn endpoint_status_and_health() {
     let strata = Strata::start();
     let health = etcdctl(&strata, &call("endpoint health"));

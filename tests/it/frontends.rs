@@ -470,3 +470,70 @@ async fn tls_to_the_database_as_sslmode_says() {
         );
     }
 }
+
+/// Users, roles and auth itself are the cluster's: set up through one frontend, they hold on the
+/// other, and two frontends changing auth at once lose neither change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_is_shared_by_frontends() {
+    use strata::proto::etcdserverpb::auth_client::AuthClient;
+    use strata::proto::etcdserverpb::{
+        AuthEnableRequest, AuthRoleAddRequest, AuthRoleListRequest, AuthUserAddRequest,
+        AuthUserGrantRoleRequest, AuthenticateRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let (mut auth_a, mut auth_b) = (
+        AuthClient::new(a.channel().await),
+        AuthClient::new(b.channel().await),
+    );
+    let roles: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = if i % 2 == 0 {
+                auth_a.clone()
+            } else {
+                auth_b.clone()
+            };
+            tokio::spawn(async move {
+                let name = format!("role{i}");
+                client.role_add(AuthRoleAddRequest { name }).await.unwrap();
+            })
+        })
+        .collect();
+    for r in roles {
+        r.await.unwrap();
+    }
+    auth_a
+        .user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "pw".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    auth_a
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .unwrap();
+    auth_a.auth_enable(AuthEnableRequest {}).await.unwrap();
+
+    // Authenticating through b reads the state a wrote; from then on b refuses the anonymous.
+    let token = auth_b
+        .authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "pw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let refused = b.kv().await.range(get("k")).await.unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: user name is empty");
+    let mut list = tonic::Request::new(AuthRoleListRequest {});
+    list.metadata_mut().insert("token", token.parse().unwrap());
+    let roles = auth_b.role_list(list).await.unwrap().into_inner().roles;
+    assert_eq!(roles.len(), 20, "{roles:?}");
+}

@@ -7,11 +7,19 @@ use std::net::TcpStream;
 
 /// The status and body of a POST of `body` to `path`.
 fn post(server: &Process, path: &str, body: &str) -> (u16, String) {
+    post_as(server, None, path, body)
+}
+
+/// A POST carrying an auth token in its Authorization header, if given.
+fn post_as(server: &Process, token: Option<&str>, path: &str, body: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(server.address).unwrap();
+    let authorization = token
+        .map(|t| format!("Authorization: {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
         "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+         {authorization}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         server.address,
         body.len()
     )
@@ -116,6 +124,61 @@ fn unary_calls_answer_as_etcds_gateway() {
         assert_eq!(
             post(&strata, path, body),
             post(&etcd, path, body),
+            "POST {path} {body}"
+        );
+    }
+}
+
+/// Auth through the gateway: a token from /v3/auth/authenticate, passed in the Authorization
+/// header, as etcd's grpc-gateway takes it.
+#[test]
+fn auth_tokens_in_the_authorization_header() {
+    let (etcd, strata) = start_both();
+    // "root" is cm9vdA==, "a" YQ==, "1" MQ==.
+    let setup = [
+        ("/v3/auth/user/add", r#"{"name":"root","password":"pw"}"#),
+        ("/v3/auth/user/grant", r#"{"user":"root","role":"root"}"#),
+        ("/v3/auth/role/add", r#"{"name":"r"}"#),
+        (
+            "/v3/auth/role/grant",
+            r#"{"name":"r","perm":{"permType":"READ","key":"YQ=="}}"#,
+        ),
+        ("/v3/kv/put", r#"{"key":"YQ==","value":"MQ=="}"#),
+        ("/v3/auth/enable", "{}"),
+        ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+        (
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"no"}"#,
+        ),
+    ];
+    for (path, body) in setup {
+        assert_eq!(
+            post(&strata, path, body),
+            post(&etcd, path, body),
+            "POST {path} {body}"
+        );
+    }
+    let token = |server: &Process| {
+        let (status, body) = post(
+            server,
+            "/v3/auth/authenticate",
+            r#"{"name":"root","password":"pw"}"#,
+        );
+        assert_eq!(status, 200, "{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        answer["token"].as_str().unwrap().to_owned()
+    };
+    let (etcd_token, strata_token) = (token(&etcd), token(&strata));
+    let calls = [
+        ("/v3/kv/range", r#"{"key":"YQ=="}"#),
+        ("/v3/auth/role/get", r#"{"role":"r"}"#),
+        ("/v3/auth/user/list", "{}"),
+        ("/v3/auth/disable", "{}"),
+    ];
+    for (path, body) in calls {
+        assert_eq!(
+            post_as(&strata, Some(&strata_token), path, body),
+            post_as(&etcd, Some(&etcd_token), path, body),
             "POST {path} {body}"
         );
     }

@@ -1,5 +1,6 @@
 //! The integration tests: one binary, real servers on loopback ports.
 
+mod auth;
 mod bench;
 mod client;
 mod differential;

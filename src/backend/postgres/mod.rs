@@ -104,6 +104,11 @@ CREATE TABLE IF NOT EXISTS strata_alarms (
     alarm INT NOT NULL,
     PRIMARY KEY (member, alarm)
 );
+CREATE TABLE IF NOT EXISTS strata_auth (
+    id INT PRIMARY KEY,
+    generation BIGINT NOT NULL,
+    state BYTEA NOT NULL
+);
 CREATE TABLE IF NOT EXISTS strata_members (
     id BIGINT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -901,6 +906,42 @@ impl Backend for Postgres {
         Ok(alarms)
     }
 
+    async fn auth(&self) -> Result<Option<(u64, Vec<u8>)>> {
+        let rows = self
+            .inner
+            .read(
+                "SELECT generation, state FROM strata_auth WHERE id = 1",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .first()
+            .map(|r| (r.get::<_, i64>(0) as u64, r.get::<_, Vec<u8>>(1))))
+    }
+
+    async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool> {
+        // The first state inserts the row; every later one replaces it only from the generation
+        // it was made from, so two frontends changing auth at once cannot lose a change.
+        let changed = if generation == 0 {
+            self.inner
+                .write(
+                    "INSERT INTO strata_auth (id, generation, state) VALUES (1, 1, $1)
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&state],
+                )
+                .await?
+        } else {
+            self.inner
+                .write(
+                    "UPDATE strata_auth SET generation = generation + 1, state = $2
+                     WHERE id = 1 AND generation = $1",
+                    &[&(generation as i64), &state],
+                )
+                .await?
+        };
+        Ok(changed == 1)
+    }
+
     async fn defragment(&self) -> Result<()> {
         // VACUUM FULL rewrites the tables and gives the space of removed rows back to the file
         // system, as etcd's defragmentation does; like it, it blocks reads and writes meanwhile
@@ -1155,6 +1196,7 @@ pub(crate) mod tests {
         conformance::compaction_removes_and_is_remembered(&fresh().await).await;
         conformance::leases_are_recorded_and_forgotten(&fresh().await).await;
         conformance::alarms_are_recorded_and_cleared(&fresh().await).await;
+        conformance::auth_changes_only_from_the_stored_generation(&fresh().await).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,120 @@
+//! What each request needs to be allowed when auth is on, as etcd 3.5 checks it: a read needs READ
+//! on its range, a write WRITE (and READ too if it asks for the previous key-values), a txn
+//! everything its compares and operations touch, and a put or revoke naming a lease WRITE on every
+//! key attached to that lease, unless the user has the root role. Locks and elections need what
+//! their recipes do, over the whole queue of their name: READ to wait and observe, READ and WRITE
+//! to join it.
+
+use super::Context;
+use crate::auth::AuthInfo;
+use crate::error::Result;
+use crate::proto::etcdserverpb::request_op::Request as Op;
+use crate::proto::etcdserverpb::{
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
+use tonic::metadata::MetadataMap;
+
+/// The token a request carries: gRPC metadata `token`, or `authorization` as the JSON gateway
+/// passes it on.
+pub fn token(metadata: &MetadataMap) -> Option<String> {
+    ["token", "authorization"]
+        .iter()
+        .find_map(|name| metadata.get(*name))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl Context {
+    /// Who sent a request, from its token; an unknown or expired token is refused.
+    pub(super) fn auth_info(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>> {
+        self.auth.auth_info(token(metadata).as_deref())
+    }
+
+    pub(super) fn allow_range(&self, info: Option<&AuthInfo>, r: &RangeRequest) -> Result<()> {
+        self.auth.check_read(info, &r.key, &r.range_end)
+    }
+
+    pub(super) fn allow_put(&self, info: Option<&AuthInfo>, r: &PutRequest) -> Result<()> {
+        self.auth.check_write(info, &r.key, b"")?;
+        self.allow_lease_keys(info, r.lease)?;
+        if r.prev_kv {
+            self.auth.check_read(info, &r.key, b"")?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn allow_delete_range(
+        &self,
+        info: Option<&AuthInfo>,
+        r: &DeleteRangeRequest,
+    ) -> Result<()> {
+        self.auth.check_write(info, &r.key, &r.range_end)?;
+        if r.prev_kv {
+            self.auth.check_read(info, &r.key, &r.range_end)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn allow_txn(&self, info: Option<&AuthInfo>, r: &TxnRequest) -> Result<()> {
+        for compare in &r.compare {
+            self.auth
+                .check_read(info, &compare.key, &compare.range_end)?;
+        }
+        self.allow_ops(info, &r.success)?;
+        self.allow_ops(info, &r.failure)
+    }
+
+    fn allow_ops(&self, info: Option<&AuthInfo>, ops: &[RequestOp]) -> Result<()> {
+        for op in ops {
+            match &op.request {
+                Some(Op::RequestRange(r)) => self.allow_range(info, r)?,
+                Some(Op::RequestPut(r)) => self.allow_put(info, r)?,
+                Some(Op::RequestDeleteRange(r)) => self.allow_delete_range(info, r)?,
+                Some(Op::RequestTxn(r)) => self.allow_txn(info, r)?,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// May the sender read (and, if `write`, also join) the queue of the lock or election `name`?
+    pub(super) fn allow_queue(
+        &self,
+        info: Option<&AuthInfo>,
+        name: &[u8],
+        write: bool,
+    ) -> Result<()> {
+        let (key, range_end) = crate::concurrency::queue_range(name);
+        self.auth.check_read(info, &key, &range_end)?;
+        if write {
+            self.auth.check_write(info, &key, &range_end)?;
+        }
+        Ok(())
+    }
+
+    /// Writing through a lease (attaching a key, revoking, renewing) needs WRITE on every key
+    /// already attached to it; root may do it anyway.
+    pub(super) fn allow_lease_keys(&self, info: Option<&AuthInfo>, lease: i64) -> Result<()> {
+        if lease == 0 || !self.auth.enabled() || self.auth.check_admin(info).is_ok() {
+            return Ok(());
+        }
+        for key in self.store.lease_keys(lease) {
+            self.auth.check_write(info, &key, b"")?;
+        }
+        Ok(())
+    }
+
+    /// Reading about a lease's keys (time-to-live with keys, the lease list) needs READ on each.
+    pub(super) fn allow_lease_reads(&self, info: Option<&AuthInfo>, leases: &[i64]) -> Result<()> {
+        if !self.auth.enabled() || self.auth.check_admin(info).is_ok() {
+            return Ok(());
+        }
+        self.auth.require(info)?;
+        for lease in leases {
+            for key in self.store.lease_keys(*lease) {
+                self.auth.check_read(info, &key, b"")?;
+            }
+        }
+        Ok(())
+    }
+}

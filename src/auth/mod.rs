@@ -1,0 +1,797 @@
+//! etcd's authentication and role-based access control: users with bcrypt-hashed passwords, roles
+//! holding key permissions, simple tokens, and the answer to "may this user do that?".
+//!
+//! The state is small and changes rarely, so it is kept whole in memory and stored whole in the
+//! backend, each change replacing it only from the generation it was made from: frontends sharing
+//! a backend never lose each other's changes, and each picks up the others' within
+//! [`REFRESH_INTERVAL`]. Changes that etcd counts move the auth revision on, as etcd's do.
+
+pub mod permissions;
+mod tokens;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::proto::authpb::{Permission, Role, User, UserAddOptions};
+use bytes::Bytes;
+use permissions::Permissions;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokens::Tokens;
+
+const ROOT_USER: &str = "root";
+const ROOT_ROLE: &str = "root";
+
+/// How often a frontend on a shared backend looks for auth changes made through the others.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// etcd's default bcrypt cost, used when `--bcrypt-cost` is out of bcrypt's range.
+pub const DEFAULT_BCRYPT_COST: u32 = 10;
+
+/// Who a request comes from, and the auth revision its permissions were looked up at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthInfo {
+    pub user: String,
+    pub revision: u64,
+}
+
+/// The state as the backend keeps it, users and roles as etcd's own messages.
+#[derive(Clone, PartialEq, Message)]
+struct Stored {
+    #[prost(bool, tag = "1")]
+    enabled: bool,
+    #[prost(uint64, tag = "2")]
+    revision: u64,
+    #[prost(message, repeated, tag = "3")]
+    users: Vec<User>,
+    #[prost(message, repeated, tag = "4")]
+    roles: Vec<Role>,
+}
+
+#[derive(Clone, Debug)]
+struct State {
+    /// The backend's generation of this state (0: never stored).
+    generation: u64,
+    enabled: bool,
+    revision: u64,
+    users: BTreeMap<String, User>,
+    roles: BTreeMap<String, Role>,
+    /// Each user's permissions merged over its roles (etcd's range permission cache).
+    permissions: HashMap<String, Permissions>,
+}
+
+impl State {
+    /// A store that never changed auth: disabled, at revision 1 as etcd starts.
+    fn initial() -> State {
+        State {
+            generation: 0,
+            enabled: false,
+            revision: 1,
+            users: BTreeMap::new(),
+            roles: BTreeMap::new(),
+            permissions: HashMap::new(),
+        }
+    }
+
+    fn decode(generation: u64, bytes: &[u8]) -> Result<State> {
+        let stored = Stored::decode(bytes)
+            .map_err(|e| Error::Storage(format!("unreadable auth state: {e}")))?;
+        let name = |n: &Bytes| String::from_utf8_lossy(n).into_owned();
+        let mut state = State {
+            generation,
+            enabled: stored.enabled,
+            revision: stored.revision,
+            users: stored
+                .users
+                .into_iter()
+                .map(|u| (name(&u.name), u))
+                .collect(),
+            roles: stored
+                .roles
+                .into_iter()
+                .map(|r| (name(&r.name), r))
+                .collect(),
+            permissions: HashMap::new(),
+        };
+        state.merge_permissions();
+        Ok(state)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        Stored {
+            enabled: self.enabled,
+            revision: self.revision,
+            users: self.users.values().cloned().collect(),
+            roles: self.roles.values().cloned().collect(),
+        }
+        .encode_to_vec()
+    }
+
+    fn merge_permissions(&mut self) {
+        self.permissions = self
+            .users
+            .iter()
+            .map(|(name, user)| {
+                let roles = user.roles.iter().filter_map(|r| self.roles.get(r));
+                (name.clone(), Permissions::merge(roles))
+            })
+            .collect();
+    }
+
+    fn user(&self, name: &str) -> Result<&User> {
+        self.users.get(name).ok_or(Error::UserNotFound)
+    }
+
+    fn user_mut(&mut self, name: &str) -> Result<&mut User> {
+        self.users.get_mut(name).ok_or(Error::UserNotFound)
+    }
+
+    fn role_mut(&mut self, name: &str) -> Result<&mut Role> {
+        self.roles.get_mut(name).ok_or(Error::RoleNotFound)
+    }
+}
+
+fn has_root_role(user: &User) -> bool {
+    user.roles.iter().any(|r| r == ROOT_ROLE)
+}
+
+/// What a change did to the state.
+enum Change {
+    /// Nothing: the state stays as it was.
+    None,
+    /// A change etcd does not count in the auth revision (enabling auth).
+    Uncounted,
+    /// A change that moves the auth revision on.
+    Counted,
+}
+
+pub struct AuthStore {
+    backend: Arc<dyn Backend>,
+    state: RwLock<Arc<State>>,
+    tokens: Mutex<Tokens>,
+    bcrypt_cost: u32,
+    /// This frontend's changes, one at a time.
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl AuthStore {
+    /// Loads the auth state; on a shared backend, keeps it fresh for as long as the store lives.
+    pub async fn open(
+        backend: Arc<dyn Backend>,
+        bcrypt_cost: u32,
+        token_ttl: Duration,
+    ) -> Result<Arc<AuthStore>> {
+        let state = match backend.auth().await? {
+            Some((generation, bytes)) => State::decode(generation, &bytes)?,
+            None => State::initial(),
+        };
+        let shared = backend.shared().is_some();
+        let store = Arc::new(AuthStore {
+            backend,
+            state: RwLock::new(Arc::new(state)),
+            tokens: Mutex::new(Tokens::new(token_ttl)),
+            bcrypt_cost: if (4..=31).contains(&bcrypt_cost) {
+                bcrypt_cost
+            } else {
+                DEFAULT_BCRYPT_COST
+            },
+            changes: tokio::sync::Mutex::new(()),
+        });
+        if shared {
+            tokio::spawn(refresh(Arc::downgrade(&store)));
+        }
+        Ok(store)
+    }
+
+    fn current(&self) -> Arc<State> {
+        self.state.read().expect("auth state lock").clone()
+    }
+
+    fn install(&self, state: State) {
+        let mut current = self.state.write().expect("auth state lock");
+        if state.generation >= current.generation {
+            *current = Arc::new(state);
+        }
+    }
+
+    /// The newest state: the backend's on a shared backend, where other frontends change it too.
+    async fn fresh(&self) -> Result<Arc<State>> {
+        if self.backend.shared().is_some() {
+            if let Some((generation, bytes)) = self.backend.auth().await? {
+                if generation != self.current().generation {
+                    self.install(State::decode(generation, &bytes)?);
+                }
+            }
+        }
+        Ok(self.current())
+    }
+
+    /// Applies `apply` to the newest state and stores the result, again from the newer state if
+    /// another frontend changed it meanwhile.
+    async fn change(&self, apply: impl Fn(&mut State) -> Result<Change>) -> Result<()> {
+        let _one_at_a_time = self.changes.lock().await;
+        loop {
+            let mut next = (*self.fresh().await?).clone();
+            match apply(&mut next)? {
+                Change::None => return Ok(()),
+                Change::Uncounted => {}
+                Change::Counted => next.revision += 1,
+            }
+            next.merge_permissions();
+            if self
+                .backend
+                .put_auth(next.generation, &next.encode())
+                .await?
+            {
+                next.generation += 1;
+                self.install(next);
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.current().enabled
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.current().revision
+    }
+
+    /// Who a request's token names (etcd's AuthInfoFromCtx): None when auth is off or the request
+    /// carries no token; an error for a token that is unknown or expired.
+    pub fn auth_info(&self, token: Option<&str>) -> Result<Option<AuthInfo>> {
+        let state = self.current();
+        let (true, Some(token)) = (state.enabled, token) else {
+            return Ok(None);
+        };
+        let token = token.strip_prefix("Bearer ").unwrap_or(token);
+        let user = self
+            .tokens
+            .lock()
+            .expect("tokens lock")
+            .user(token, Instant::now())
+            .ok_or(Error::InvalidAuthToken)?;
+        Ok(Some(AuthInfo {
+            user,
+            revision: state.revision,
+        }))
+    }
+
+    /// That a request names its user when auth is on (etcd's requireAuthInfo).
+    pub fn require(&self, info: Option<&AuthInfo>) -> Result<()> {
+        match (self.enabled(), info) {
+            (true, None) => Err(Error::UserEmpty),
+            _ => Ok(()),
+        }
+    }
+
+    pub fn check_read(&self, info: Option<&AuthInfo>, key: &[u8], range_end: &[u8]) -> Result<()> {
+        self.check(info, |p| p.may_read(key, range_end))
+    }
+
+    pub fn check_write(&self, info: Option<&AuthInfo>, key: &[u8], range_end: &[u8]) -> Result<()> {
+        self.check(info, |p| p.may_write(key, range_end))
+    }
+
+    fn check(&self, info: Option<&AuthInfo>, allows: impl Fn(&Permissions) -> bool) -> Result<()> {
+        let state = self.current();
+        if !state.enabled {
+            return Ok(());
+        }
+        let Some(info) = info.filter(|i| i.revision != 0) else {
+            return Err(Error::UserEmpty);
+        };
+        if info.revision < state.revision {
+            return Err(Error::AuthOldRevision);
+        }
+        let Some(user) = state.users.get(&info.user) else {
+            return Err(Error::PermissionDenied);
+        };
+        if has_root_role(user) || state.permissions.get(&info.user).is_some_and(allows) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied)
+    }
+
+    /// That the request's user has the root role, when auth is on (etcd's IsAdminPermitted).
+    pub fn check_admin(&self, info: Option<&AuthInfo>) -> Result<()> {
+        let state = self.current();
+        if !state.enabled {
+            return Ok(());
+        }
+        let Some(info) = info.filter(|i| !i.user.is_empty()) else {
+            return Err(Error::UserEmpty);
+        };
+        if has_root_role(state.user(&info.user)?) {
+            return Ok(());
+        }
+        Err(Error::PermissionDenied)
+    }
+
+    pub fn has_role(&self, user: &str, role: &str) -> bool {
+        let state = self.current();
+        state
+            .users
+            .get(user)
+            .is_some_and(|u| u.roles.iter().any(|r| r == role))
+    }
+
+    /// That `info` was looked up at the current auth revision (a request that ran while auth
+    /// changed is refused, as etcd refuses it).
+    pub fn check_unchanged(&self, info: Option<&AuthInfo>) -> Result<()> {
+        match info {
+            Some(info) if info.revision != 0 && info.revision != self.revision() => {
+                Err(Error::AuthOldRevision)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub async fn enable(&self) -> Result<()> {
+        self.change(|state| {
+            if state.enabled {
+                return Ok(Change::None);
+            }
+            let root = state.users.get(ROOT_USER).ok_or(Error::RootUserNotExist)?;
+            if !has_root_role(root) {
+                return Err(Error::RootRoleNotExist);
+            }
+            state.enabled = true;
+            Ok(Change::Uncounted)
+        })
+        .await
+    }
+
+    pub async fn disable(&self) -> Result<()> {
+        self.change(|state| {
+            if !state.enabled {
+                return Ok(Change::None);
+            }
+            state.enabled = false;
+            Ok(Change::Counted)
+        })
+        .await?;
+        self.tokens.lock().expect("tokens lock").forget_all();
+        Ok(())
+    }
+
+    /// Whether auth is on, and the auth revision.
+    pub fn status(&self) -> (bool, u64) {
+        let state = self.current();
+        (state.enabled, state.revision)
+    }
+
+    /// Checks a user's password and hands out a token for it.
+    pub async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
+        let state = self.fresh().await?;
+        if !state.enabled {
+            return Err(Error::AuthNotEnabled);
+        }
+        let user = state.users.get(name).ok_or(Error::AuthFailed)?;
+        if user.options.as_ref().is_some_and(|o| o.no_password) {
+            return Err(Error::NoPasswordUser);
+        }
+        let hash = user.password.clone();
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || {
+            std::str::from_utf8(&hash)
+                .ok()
+                .and_then(|hash| bcrypt::verify(password, hash).ok())
+                .unwrap_or(false)
+        })
+        .await
+        .map_err(|_| Error::Stopped)?;
+        if !matches {
+            return Err(Error::AuthFailed);
+        }
+        self.tokens
+            .lock()
+            .expect("tokens lock")
+            .assign(name, Instant::now())
+            .map_err(|e| Error::Storage(format!("no randomness for a token: {e}")))
+    }
+
+    /// A bcrypt hash of `password` in the form etcd stores ("$2a$…").
+    async fn hash(&self, password: &str) -> Result<Bytes> {
+        let (password, cost) = (password.to_owned(), self.bcrypt_cost);
+        tokio::task::spawn_blocking(move || bcrypt::hash_with_result(password, cost))
+            .await
+            .map_err(|_| Error::Stopped)?
+            .map(|h| Bytes::from(h.format_for_version(bcrypt::Version::TwoA)))
+            .map_err(|e| Error::Storage(format!("cannot hash the password: {e}")))
+    }
+
+    pub async fn user_add(
+        &self,
+        name: &str,
+        password: &str,
+        options: Option<UserAddOptions>,
+    ) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::UserEmpty);
+        }
+        let options = options.unwrap_or_default();
+        let password = if options.no_password {
+            Bytes::new()
+        } else {
+            self.hash(password).await?
+        };
+        self.change(|state| {
+            if state.users.contains_key(name) {
+                return Err(Error::UserAlreadyExist);
+            }
+            let user = User {
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                password: password.clone(),
+                roles: Vec::new(),
+                options: Some(options),
+            };
+            state.users.insert(name.to_owned(), user);
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    pub async fn user_delete(&self, name: &str) -> Result<()> {
+        if self.enabled() && name == ROOT_USER {
+            return Err(Error::InvalidAuthMgmt);
+        }
+        self.change(|state| {
+            state.users.remove(name).ok_or(Error::UserNotFound)?;
+            Ok(Change::Counted)
+        })
+        .await?;
+        self.tokens.lock().expect("tokens lock").forget_user(name);
+        Ok(())
+    }
+
+    /// Sets a user's password: `password` hashed, or else `hashed_password` (base64 of a bcrypt
+    /// hash), as etcd takes either.
+    pub async fn user_change_password(
+        &self,
+        name: &str,
+        password: &str,
+        hashed_password: &str,
+    ) -> Result<()> {
+        let hashed = if password.is_empty() {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(hashed_password)
+                .map(Bytes::from)
+                .map_err(|_| Error::NoPasswordUser)
+        } else {
+            Ok(self.hash(password).await?)
+        };
+        self.change(|state| {
+            let user = state.user_mut(name)?;
+            if !user.options.as_ref().is_some_and(|o| o.no_password) {
+                user.password = hashed.clone()?;
+            }
+            Ok(Change::Counted)
+        })
+        .await?;
+        self.tokens.lock().expect("tokens lock").forget_user(name);
+        Ok(())
+    }
+
+    pub async fn user_grant_role(&self, name: &str, role: &str) -> Result<()> {
+        self.change(|state| {
+            state.user(name)?;
+            if role != ROOT_ROLE && !state.roles.contains_key(role) {
+                return Err(Error::RoleNotFound);
+            }
+            let user = state.user_mut(name)?;
+            let Err(at) = user.roles.binary_search_by(|r| r.as_str().cmp(role)) else {
+                return Ok(Change::None);
+            };
+            user.roles.insert(at, role.to_owned());
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    pub fn user_get(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self.current().user(name)?.roles.clone())
+    }
+
+    pub fn user_list(&self) -> Vec<String> {
+        self.current().users.keys().cloned().collect()
+    }
+
+    pub async fn user_revoke_role(&self, name: &str, role: &str) -> Result<()> {
+        if self.enabled() && name == ROOT_USER && role == ROOT_ROLE {
+            return Err(Error::InvalidAuthMgmt);
+        }
+        self.change(|state| {
+            let user = state.user_mut(name)?;
+            let before = user.roles.len();
+            user.roles.retain(|r| r != role);
+            if user.roles.len() == before {
+                return Err(Error::RoleNotGranted);
+            }
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    pub async fn role_add(&self, name: &str) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::RoleEmpty);
+        }
+        self.change(|state| {
+            if state.roles.contains_key(name) {
+                return Err(Error::RoleAlreadyExist);
+            }
+            let role = Role {
+                name: Bytes::copy_from_slice(name.as_bytes()),
+                key_permission: Vec::new(),
+            };
+            state.roles.insert(name.to_owned(), role);
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    pub fn role_get(&self, name: &str) -> Result<Vec<Permission>> {
+        let state = self.current();
+        let role = state.roles.get(name).ok_or(Error::RoleNotFound)?;
+        Ok(role.key_permission.clone())
+    }
+
+    pub fn role_list(&self) -> Vec<String> {
+        self.current().roles.keys().cloned().collect()
+    }
+
+    pub async fn role_delete(&self, name: &str) -> Result<()> {
+        if self.enabled() && name == ROOT_ROLE {
+            return Err(Error::InvalidAuthMgmt);
+        }
+        self.change(|state| {
+            state.roles.remove(name).ok_or(Error::RoleNotFound)?;
+            for user in state.users.values_mut() {
+                user.roles.retain(|r| r != name);
+            }
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    /// Grants a permission to a role, or changes the type of one it has on the same range.
+    pub async fn role_grant_permission(&self, name: &str, perm: Option<Permission>) -> Result<()> {
+        let perm = perm.ok_or(Error::PermissionNotGiven)?;
+        if !permissions::is_valid_range(&perm.key, &perm.range_end) {
+            return Err(Error::InvalidAuthMgmt);
+        }
+        self.change(|state| {
+            let role = state.role_mut(name)?;
+            let same = role
+                .key_permission
+                .iter_mut()
+                .find(|p| p.key == perm.key && p.range_end == perm.range_end);
+            match same {
+                Some(existing) => existing.perm_type = perm.perm_type,
+                None => {
+                    role.key_permission.push(perm.clone());
+                    role.key_permission.sort_by(|a, b| a.key.cmp(&b.key));
+                }
+            }
+            Ok(Change::Counted)
+        })
+        .await
+    }
+
+    pub async fn role_revoke_permission(
+        &self,
+        name: &str,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<()> {
+        self.change(|state| {
+            let role = state.role_mut(name)?;
+            let before = role.key_permission.len();
+            role.key_permission
+                .retain(|p| p.key != key || p.range_end != range_end);
+            if role.key_permission.len() == before {
+                return Err(Error::PermissionNotGranted);
+            }
+            Ok(Change::Counted)
+        })
+        .await
+    }
+}
+
+/// Picks up the auth changes other frontends make, for as long as the store lives.
+async fn refresh(store: std::sync::Weak<AuthStore>) {
+    loop {
+        tokio::time::sleep(REFRESH_INTERVAL).await;
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if let Err(e) = store.fresh().await {
+            tracing::warn!(error = %e, "could not read the auth state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::proto::authpb::permission::Type;
+
+    async fn store(backend: Arc<dyn Backend>) -> Arc<AuthStore> {
+        AuthStore::open(backend, 4, Duration::from_secs(300))
+            .await
+            .unwrap()
+    }
+
+    fn perm(t: Type, key: &str, end: &str) -> Option<Permission> {
+        Some(Permission {
+            perm_type: t as i32,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            range_end: Bytes::copy_from_slice(end.as_bytes()),
+        })
+    }
+
+    #[tokio::test]
+    async fn enabling_needs_a_root_user_with_the_root_role() {
+        let auth = store(Arc::new(Embedded::in_memory().unwrap())).await;
+        assert_eq!(auth.status(), (false, 1));
+        assert_eq!(auth.enable().await, Err(Error::RootUserNotExist));
+        auth.user_add("root", "pw", None).await.unwrap();
+        assert_eq!(auth.enable().await, Err(Error::RootRoleNotExist));
+        auth.user_grant_role("root", "root").await.unwrap();
+        auth.enable().await.unwrap();
+        // Adding the user and granting the role count; enabling does not.
+        assert_eq!(auth.status(), (true, 3));
+        assert_eq!(auth.user_delete("root").await, Err(Error::InvalidAuthMgmt));
+        assert_eq!(
+            auth.user_revoke_role("root", "root").await,
+            Err(Error::InvalidAuthMgmt)
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_carry_a_users_permissions() {
+        let auth = store(Arc::new(Embedded::in_memory().unwrap())).await;
+        auth.user_add("root", "rootpw", None).await.unwrap();
+        auth.user_grant_role("root", "root").await.unwrap();
+        auth.user_add("alice", "secret", None).await.unwrap();
+        auth.role_add("reader").await.unwrap();
+        auth.role_grant_permission("reader", perm(Type::Read, "a", "b"))
+            .await
+            .unwrap();
+        auth.user_grant_role("alice", "reader").await.unwrap();
+        assert_eq!(
+            auth.authenticate("alice", "secret").await,
+            Err(Error::AuthNotEnabled)
+        );
+        auth.enable().await.unwrap();
+        assert_eq!(
+            auth.authenticate("alice", "wrong").await,
+            Err(Error::AuthFailed)
+        );
+        assert_eq!(
+            auth.authenticate("nobody", "secret").await,
+            Err(Error::AuthFailed)
+        );
+        let token = auth.authenticate("alice", "secret").await.unwrap();
+        let alice = auth.auth_info(Some(&token)).unwrap();
+        let alice = alice.as_ref();
+        assert!(auth.check_read(alice, b"a", b"").is_ok());
+        assert!(auth.check_read(alice, b"a", b"b").is_ok());
+        assert_eq!(
+            auth.check_read(alice, b"b", b""),
+            Err(Error::PermissionDenied)
+        );
+        assert_eq!(
+            auth.check_write(alice, b"a", b""),
+            Err(Error::PermissionDenied)
+        );
+        assert_eq!(auth.check_admin(alice), Err(Error::PermissionDenied));
+        assert_eq!(auth.check_read(None, b"a", b""), Err(Error::UserEmpty));
+        assert_eq!(
+            auth.auth_info(Some("forged.1")),
+            Err(Error::InvalidAuthToken)
+        );
+
+        // A change to auth makes the looked-up revision old, and the user's next lookup sees it.
+        auth.role_revoke_permission("reader", b"a", b"b")
+            .await
+            .unwrap();
+        assert_eq!(
+            auth.check_read(alice, b"a", b""),
+            Err(Error::AuthOldRevision)
+        );
+        let alice = auth.auth_info(Some(&token)).unwrap();
+        assert_eq!(
+            auth.check_read(alice.as_ref(), b"a", b""),
+            Err(Error::PermissionDenied)
+        );
+
+        auth.user_change_password("alice", "new", "").await.unwrap();
+        assert_eq!(auth.auth_info(Some(&token)), Err(Error::InvalidAuthToken));
+        assert!(auth.authenticate("alice", "new").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn users_and_roles_are_managed_as_in_etcd() {
+        let auth = store(Arc::new(Embedded::in_memory().unwrap())).await;
+        assert_eq!(auth.user_add("", "pw", None).await, Err(Error::UserEmpty));
+        auth.user_add("u", "pw", None).await.unwrap();
+        assert_eq!(
+            auth.user_add("u", "pw", None).await,
+            Err(Error::UserAlreadyExist)
+        );
+        assert_eq!(
+            auth.user_grant_role("u", "r").await,
+            Err(Error::RoleNotFound)
+        );
+        assert_eq!(auth.role_add("").await, Err(Error::RoleEmpty));
+        auth.role_add("r").await.unwrap();
+        assert_eq!(auth.role_add("r").await, Err(Error::RoleAlreadyExist));
+        let before = auth.revision();
+        auth.user_grant_role("u", "r").await.unwrap();
+        auth.user_grant_role("u", "r").await.unwrap();
+        assert_eq!(
+            auth.revision(),
+            before + 1,
+            "a repeated grant changes nothing"
+        );
+        assert_eq!(auth.user_get("u").unwrap(), vec!["r".to_owned()]);
+        assert_eq!(
+            auth.role_grant_permission("r", None).await,
+            Err(Error::PermissionNotGiven)
+        );
+        assert_eq!(
+            auth.role_grant_permission("r", perm(Type::Read, "b", "a"))
+                .await,
+            Err(Error::InvalidAuthMgmt)
+        );
+        auth.role_grant_permission("r", perm(Type::Read, "k", ""))
+            .await
+            .unwrap();
+        auth.role_grant_permission("r", perm(Type::Readwrite, "k", ""))
+            .await
+            .unwrap();
+        auth.role_grant_permission("r", perm(Type::Write, "a", "\0"))
+            .await
+            .unwrap();
+        let perms = auth.role_get("r").unwrap();
+        assert_eq!(perms.len(), 2);
+        assert_eq!(perms[0].key.as_ref(), b"a");
+        assert_eq!(perms[1].perm_type, Type::Readwrite as i32);
+        assert_eq!(
+            auth.role_revoke_permission("r", b"k", b"z").await,
+            Err(Error::PermissionNotGranted)
+        );
+        auth.role_delete("r").await.unwrap();
+        assert_eq!(auth.user_get("u").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            auth.user_revoke_role("u", "r").await,
+            Err(Error::RoleNotGranted)
+        );
+        assert_eq!(auth.user_delete("x").await, Err(Error::UserNotFound));
+        auth.user_add("nopw", "", Some(UserAddOptions { no_password: true }))
+            .await
+            .unwrap();
+        assert_eq!(auth.user_list(), vec!["nopw".to_owned(), "u".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn the_state_survives_a_restart() {
+        let backend: Arc<dyn Backend> = Arc::new(Embedded::in_memory().unwrap());
+        let auth = store(backend.clone()).await;
+        auth.user_add("root", "pw", None).await.unwrap();
+        auth.user_grant_role("root", "root").await.unwrap();
+        auth.enable().await.unwrap();
+        drop(auth);
+        let again = store(backend).await;
+        assert_eq!(again.status(), (true, 3));
+        assert_eq!(again.user_get("root").unwrap(), vec!["root".to_owned()]);
+        // Tokens are not kept: clients authenticate again, as after an etcd restart.
+        assert!(again.authenticate("root", "pw").await.is_ok());
+    }
+}
