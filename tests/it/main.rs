@@ -10,6 +10,7 @@ mod etcdctl;
 mod frontends;
 mod gateway;
 mod http;
+mod kubernetes;
 mod lease;
 mod linearizability;
 mod lock;

@@ -19,12 +19,17 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Process {
     child: Child,
     pub address: SocketAddr,
+    log: Arc<Mutex<String>>,
 }
 
 impl Process {
     /// Starts `command` and waits for a log line containing `ready`; the client address is read
     /// from its `address=` field, or is `fixed`.
-    fn start(mut command: Command, ready_line: &'static str, fixed: Option<SocketAddr>) -> Process {
+    pub fn start(
+        mut command: Command,
+        ready_line: &'static str,
+        fixed: Option<SocketAddr>,
+    ) -> Process {
         command.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("server starts");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -57,7 +62,16 @@ impl Process {
                 );
             }
         };
-        Process { child, address }
+        Process {
+            child,
+            address,
+            log,
+        }
+    }
+
+    /// What the process has logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub fn endpoint(&self) -> String {
@@ -208,7 +222,7 @@ fn postgres_database(dir: &Path) -> String {
     format!("{server}/{name}")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1,0 +1,491 @@
+//! Kubernetes on Strata: a real kube-apiserver (from `KUBE_APISERVER`) on a Strata started here,
+//! driven with kubectl (from `KUBECTL`, or the one on PATH). Without `KUBE_APISERVER` the test says
+//! how to enable it and passes; docs/kubernetes.md records the versions it ran with.
+
+use crate::support::{free_port, Process, Strata};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long kube-apiserver may take to become ready, or a condition to come true.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+/// Objects in the paginated list.
+const BULK: usize = 1500;
+
+struct Cluster {
+    /// Dropped after kube-apiserver, which then has nothing to reconnect to.
+    _strata: Strata,
+    apiserver: Process,
+    kubeconfig: PathBuf,
+    kubectl: String,
+    _dir: tempfile::TempDir,
+}
+
+/// What a kubectl run printed.
+struct Printed {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cluster {
+    fn kubectl_with_input(&self, args: &[&str], input: &str) -> Printed {
+        let mut child = Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.as_bytes()).unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        Printed {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn kubectl(&self, args: &[&str]) -> Printed {
+        self.kubectl_with_input(args, "")
+    }
+
+    /// kubectl's output; the test fails if it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        self.ok_with_input(args, "")
+    }
+
+    fn ok_with_input(&self, args: &[&str], input: &str) -> String {
+        let p = self.kubectl_with_input(args, input);
+        assert!(
+            p.success,
+            "kubectl {} failed: {}{}",
+            args.join(" "),
+            p.stdout,
+            p.stderr
+        );
+        p.stdout
+    }
+
+    fn raw(&self, path: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", "--raw", path])).unwrap()
+    }
+
+    /// Waits until `check` holds, asking again after each failure; fails the test at the deadline.
+    fn until(&self, what: &str, check: impl Fn() -> bool) {
+        let start = Instant::now();
+        while !check() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{what} did not happen; kube-apiserver's log ends:\n{}",
+                tail(&self.apiserver.log())
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let status = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(status.success(), "openssl {}", args.join(" "));
+}
+
+/// A CA, kube-apiserver's serving certificate, a service-account key pair, an admin token.
+fn credentials(dir: &Path) -> String {
+    let days = ["-days", "2"];
+    openssl(
+        dir,
+        &[
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=test-ca",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=kube-apiserver",
+            "-keyout",
+            "apiserver.key",
+            "-out",
+            "apiserver.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "apiserver.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "san.ext",
+                "-out",
+                "apiserver.crt",
+            ][..],
+            &days,
+        ]
+        .concat(),
+    );
+    openssl(dir, &["genrsa", "-out", "sa.key", "2048"]);
+    openssl(dir, &["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    let token = format!("{:x}", std::process::id() as u64 * 2654435761);
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{token},admin,admin,\"system:masters\"\n"),
+    )
+    .unwrap();
+    token
+}
+
+fn start() -> Option<Cluster> {
+    let Ok(binary) = std::env::var("KUBE_APISERVER") else {
+        eprintln!("skipped: set KUBE_APISERVER (and KUBECTL) to a kube-apiserver binary to run it");
+        return None;
+    };
+    let strata = Strata::start();
+    let dir = tempfile::tempdir().unwrap();
+    let token = credentials(dir.path());
+    let port = free_port();
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let mut command = Command::new(binary);
+    command.args([
+        &format!("--etcd-servers={}", strata.endpoint()),
+        "--bind-address=127.0.0.1",
+        "--advertise-address=127.0.0.1",
+        &format!("--secure-port={port}"),
+        &format!("--tls-cert-file={}", d("apiserver.crt")),
+        &format!("--tls-private-key-file={}", d("apiserver.key")),
+        &format!("--token-auth-file={}", d("tokens.csv")),
+        "--authorization-mode=RBAC",
+        "--service-account-issuer=https://kubernetes.default.svc",
+        &format!("--service-account-key-file={}", d("sa.pub")),
+        &format!("--service-account-signing-key-file={}", d("sa.key")),
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--endpoint-reconciler-type=none",
+        // apiserver_storage_objects is refreshed from count-only ranges this often.
+        "--etcd-count-metric-poll-period=1s",
+    ]);
+    let address = format!("127.0.0.1:{port}").parse().unwrap();
+    let apiserver = Process::start(command, "Serving securely on", Some(address));
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: \
+             https://{address}\n    certificate-authority: {}\nusers:\n- name: admin\n  user:\n    \
+             token: {token}\ncontexts:\n- name: c\n  context: {{cluster: c, user: admin}}\n\
+             current-context: c\n",
+            d("ca.crt")
+        ),
+    )
+    .unwrap();
+    let cluster = Cluster {
+        _strata: strata,
+        apiserver,
+        kubeconfig,
+        kubectl: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
+        _dir: dir,
+    };
+    cluster.until("readiness", || {
+        cluster.kubectl(&["get", "--raw", "/readyz"]).stdout == "ok"
+    });
+    Some(cluster)
+}
+
+const CRD: &str = "
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            properties:
+              size: {type: integer}
+";
+
+#[test]
+fn kube_apiserver_runs_on_strata() {
+    let Some(k) = start() else { return };
+
+    let health = k.ok(&["get", "--raw", "/healthz?verbose"]);
+    assert!(health.contains("[+]etcd ok"), "{health}");
+    // kube-apiserver asks Status for the version and turns RequestWatchProgress (and with it
+    // consistent reads from its cache and streaming lists) off for an etcd older than 3.5.13.
+    let log = k.apiserver.log();
+    assert!(!log.contains("RequestWatchProgress"), "{}", tail(&log));
+
+    k.ok(&["create", "namespace", "t"]);
+    k.ok(&["-n", "t", "create", "configmap", "c", "--from-literal=a=1"]);
+    k.ok(&[
+        "-n",
+        "t",
+        "create",
+        "secret",
+        "generic",
+        "s",
+        "--from-literal=p=w",
+    ]);
+    k.ok(&[
+        "-n",
+        "t",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.invalid/web",
+    ]);
+    let stale = k.ok(&["-n", "t", "get", "configmap", "c", "-o", "json"]);
+    k.ok(&[
+        "-n",
+        "t",
+        "patch",
+        "configmap",
+        "c",
+        "-p",
+        r#"{"data":{"a":"2"}}"#,
+    ]);
+    assert_eq!(
+        k.ok(&[
+            "-n",
+            "t",
+            "get",
+            "configmap",
+            "c",
+            "-o",
+            "jsonpath={.data.a}"
+        ]),
+        "2"
+    );
+    // A replace carrying the resourceVersion from before the patch is a conflict.
+    let refused = k.kubectl_with_input(&["replace", "-f", "-"], &stale);
+    assert!(!refused.success);
+    assert!(
+        refused.stderr.contains("the object has been modified"),
+        "{}",
+        refused.stderr
+    );
+    let applied = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: applied, namespace: t}\ndata: {x: \"1\"}\n";
+    k.ok_with_input(&["apply", "--server-side", "-f", "-"], applied);
+    k.ok_with_input(
+        &["apply", "--server-side", "-f", "-"],
+        &applied.replace("\"1\"", "\"2\""),
+    );
+    assert_eq!(
+        k.ok(&[
+            "-n",
+            "t",
+            "get",
+            "configmap",
+            "applied",
+            "-o",
+            "jsonpath={.data.x}"
+        ]),
+        "2"
+    );
+    k.ok(&["-n", "t", "delete", "secret", "s"]);
+    assert!(!k.kubectl(&["-n", "t", "get", "secret", "s"]).success);
+    assert!(k
+        .ok(&["-n", "t", "get", "deployment", "web", "-o", "name"])
+        .contains("web"));
+
+    // A custom resource definition, and a resource of it.
+    k.ok_with_input(&["apply", "-f", "-"], CRD);
+    k.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/widgets.example.com",
+        "--timeout=60s",
+    ]);
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: t}\nspec: {size: 3}\n";
+    k.ok_with_input(&["apply", "-f", "-"], widget);
+    assert_eq!(
+        k.ok(&[
+            "-n",
+            "t",
+            "get",
+            "widget",
+            "w",
+            "-o",
+            "jsonpath={.spec.size}"
+        ]),
+        "3"
+    );
+
+    // Thousands of objects, listed in pages that all answer at the first page's revision.
+    k.ok(&["create", "namespace", "bulk"]);
+    let list: String = (0..BULK)
+        .map(|i| {
+            format!(
+                "- apiVersion: v1\n  kind: ConfigMap\n  metadata: {{name: c{i:04}, namespace: bulk}}\n  data: {{i: \"{i}\"}}\n"
+            )
+        })
+        .collect();
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        &format!("apiVersion: v1\nkind: List\nitems:\n{list}"),
+    );
+    let chunked = k.ok(&[
+        "-n",
+        "bulk",
+        "get",
+        "configmaps",
+        "--chunk-size=100",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(chunked.lines().count(), BULK);
+    let first = k.raw("/api/v1/namespaces/bulk/configmaps?limit=500");
+    let list_revision = first["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = first["metadata"]["continue"].as_str().unwrap().to_owned();
+    k.ok(&["-n", "bulk", "delete", "configmap", "c1200"]);
+    let mut names = Vec::new();
+    let mut page = k.raw(&format!(
+        "/api/v1/namespaces/bulk/configmaps?limit=500&continue={token}"
+    ));
+    loop {
+        assert_eq!(page["metadata"]["resourceVersion"], list_revision.as_str());
+        for item in page["items"].as_array().unwrap() {
+            names.push(item["metadata"]["name"].as_str().unwrap().to_owned());
+        }
+        let Some(next) = page["metadata"]["continue"]
+            .as_str()
+            .filter(|c| !c.is_empty())
+        else {
+            break;
+        };
+        page = k.raw(&format!(
+            "/api/v1/namespaces/bulk/configmaps?limit=500&continue={next}"
+        ));
+    }
+    assert_eq!(names.len(), BULK - 500);
+    assert!(
+        names.contains(&"c1200".to_owned()),
+        "deleted after the list's revision"
+    );
+
+    // A watch resumed from a resourceVersion sees what came after it, and only that.
+    k.ok(&["-n", "bulk", "label", "configmap", "c0001", "seen=yes"]);
+    let events = k.ok(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/bulk/configmaps?watch=1&resourceVersion={list_revision}&timeoutSeconds=2"),
+    ]);
+    let kinds: Vec<(String, String)> = events
+        .lines()
+        .map(|l| {
+            let e: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                e["type"].as_str().unwrap().to_owned(),
+                e["object"]["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("DELETED".to_owned(), "c1200".to_owned()),
+            ("MODIFIED".to_owned(), "c0001".to_owned())
+        ]
+    );
+
+    // A streaming list: the objects as events, then a bookmark marking the end of them.
+    let streamed = k.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/t/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=2",
+    ]);
+    let last: serde_json::Value = serde_json::from_str(streamed.lines().last().unwrap()).unwrap();
+    assert!(streamed.lines().count() >= 3, "{streamed}");
+    assert_eq!(last["type"], "BOOKMARK", "{streamed}");
+    assert_eq!(
+        last["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+
+    // kube-apiserver counts objects with count-only ranges; consistent lists come from its cache
+    // (which needs progress notifications) without falling back to Strata.
+    k.until("configmap count in /metrics", || {
+        k.ok(&["get", "--raw", "/metrics"]).lines().any(|l| {
+            l.starts_with("apiserver_storage_objects{resource=\"configmaps\"}")
+                && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok())
+                    >= Some((BULK - 1) as f64)
+        })
+    });
+    k.ok(&["-n", "bulk", "get", "configmaps", "-o", "name"]);
+    let metrics = k.ok(&["get", "--raw", "/metrics"]);
+    let consistent: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_watch_cache_consistent_read_total"))
+        .collect();
+    assert!(
+        consistent
+            .iter()
+            .any(|l| l.contains("fallback=\"false\"") && l.contains("success=\"true\"")),
+        "{consistent:?}"
+    );
+    assert!(
+        !consistent
+            .iter()
+            .any(|l| l.contains("fallback=\"true\"") && !l.ends_with(" 0")),
+        "{consistent:?}"
+    );
+}
