@@ -15,8 +15,6 @@ const DEADLINE: Duration = Duration::from_secs(120);
 const BULK: usize = 1500;
 
 struct Cluster {
-    /// Dropped after kube-apiserver, which then has nothing to reconnect to.
-    _strata: Strata,
     apiserver: Process,
     kubeconfig: PathBuf,
     kubectl: String,
@@ -182,19 +180,24 @@ fn credentials(dir: &Path) -> String {
     token
 }
 
-fn start() -> Option<Cluster> {
-    let Ok(binary) = std::env::var("KUBE_APISERVER") else {
+/// The kube-apiserver binary, or None (and a line saying how to run the test).
+fn binary() -> Option<String> {
+    let binary = std::env::var("KUBE_APISERVER").ok();
+    if binary.is_none() {
         eprintln!("skipped: set KUBE_APISERVER (and KUBECTL) to a kube-apiserver binary to run it");
-        return None;
-    };
-    let strata = Strata::start();
+    }
+    binary
+}
+
+/// A kube-apiserver on `etcd_servers` (comma-separated), ready.
+fn start(binary: &str, etcd_servers: &str) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let token = credentials(dir.path());
     let port = free_port();
     let d = |name: &str| dir.path().join(name).display().to_string();
     let mut command = Command::new(binary);
     command.args([
-        &format!("--etcd-servers={}", strata.endpoint()),
+        &format!("--etcd-servers={etcd_servers}"),
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
         &format!("--secure-port={port}"),
@@ -225,7 +228,6 @@ fn start() -> Option<Cluster> {
     )
     .unwrap();
     let cluster = Cluster {
-        _strata: strata,
         apiserver,
         kubeconfig,
         kubectl: std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".to_owned()),
@@ -234,7 +236,7 @@ fn start() -> Option<Cluster> {
     cluster.until("readiness", || {
         cluster.kubectl(&["get", "--raw", "/readyz"]).stdout == "ok"
     });
-    Some(cluster)
+    cluster
 }
 
 const CRD: &str = "
@@ -262,7 +264,9 @@ spec:
 
 #[test]
 fn kube_apiserver_runs_on_strata() {
-    let Some(k) = start() else { return };
+    let Some(binary) = binary() else { return };
+    let strata = Strata::start();
+    let k = start(&binary, &strata.endpoint());
 
     let health = k.ok(&["get", "--raw", "/healthz?verbose"]);
     assert!(health.contains("[+]etcd ok"), "{health}");
@@ -488,4 +492,62 @@ fn kube_apiserver_runs_on_strata() {
             .any(|l| l.contains("fallback=\"true\"") && !l.ends_with(" 0")),
         "{consistent:?}"
     );
+}
+
+/// A highly available control plane on PostgreSQL: two kube-apiservers, each on its own Strata
+/// frontend and knowing the other's; what one writes the other watches, and when a frontend is
+/// killed its kube-apiserver carries on through the other.
+#[test]
+fn two_kube_apiservers_on_two_frontends() {
+    let Some(binary) = binary() else { return };
+    if std::env::var("STRATA_TEST_POSTGRES").is_err() {
+        eprintln!("skipped: needs STRATA_TEST_POSTGRES (scripts/test sets it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let one = start(&binary, &format!("{},{}", a.endpoint(), b.endpoint()));
+    let two = start(&binary, &format!("{},{}", b.endpoint(), a.endpoint()));
+
+    one.ok(&["create", "namespace", "ha"]);
+    let since = two.raw("/api/v1/namespaces/ha/configmaps")["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    one.ok(&[
+        "-n",
+        "ha",
+        "create",
+        "configmap",
+        "from-one",
+        "--from-literal=k=v",
+    ]);
+    let events = two.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/ha/configmaps?watch=1&resourceVersion={since}&timeoutSeconds=2"
+        ),
+    ]);
+    assert!(
+        events.contains("\"ADDED\"") && events.contains("from-one"),
+        "{events}"
+    );
+
+    a.kill();
+    // kube-apiserver's etcd client moves to the other endpoint; a request during the move may
+    // fail, the ones after it succeed.
+    one.until("a write through the surviving frontend", || {
+        one.kubectl(&["-n", "ha", "create", "configmap", "after-kill"])
+            .success
+            || one
+                .kubectl(&["-n", "ha", "get", "configmap", "after-kill"])
+                .success
+    });
+    assert!(two
+        .ok(&["-n", "ha", "get", "configmaps", "-o", "name"])
+        .contains("after-kill"));
+    let health = one.ok(&["get", "--raw", "/healthz"]);
+    assert_eq!(health, "ok");
 }
