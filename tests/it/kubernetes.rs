@@ -212,6 +212,10 @@ fn start(binary: &str, etcd_servers: &str) -> Cluster {
         "--endpoint-reconciler-type=none",
         // apiserver_storage_objects is refreshed from count-only ranges this often.
         "--etcd-count-metric-poll-period=1s",
+        // Events expire with etcd leases, one lease (of 100 s + 5 s) shared by the events of each
+        // 5 s window.
+        "--event-ttl=100s",
+        "--lease-reuse-duration-seconds=5",
     ]);
     let address = format!("127.0.0.1:{port}").parse().unwrap();
     let apiserver = Process::start(command, "Serving securely on", Some(address));
@@ -465,6 +469,35 @@ fn kube_apiserver_runs_on_strata() {
         "true"
     );
 
+    // Events: hundreds share a lease, which carries their keys away when it expires.
+    let events: String = (0..300)
+        .map(|i| {
+            format!(
+                "- apiVersion: v1\n  kind: Event\n  metadata: {{name: e{i}, namespace: t}}\n  \
+                 involvedObject: {{kind: ConfigMap, name: c, namespace: t}}\n  reason: Test\n  \
+                 message: event {i}\n  type: Normal\n"
+            )
+        })
+        .collect();
+    k.ok_with_input(
+        &["create", "-f", "-"],
+        &format!("apiVersion: v1\nkind: List\nitems:\n{events}"),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (event_keys, leases) = runtime.block_on(events_and_leases(&strata));
+    assert!(event_keys >= 300, "{event_keys} event keys");
+    // Event leases have the event TTL plus the reuse window; kube-apiserver keeps other leases too.
+    let event_leases: Vec<usize> = leases
+        .iter()
+        .filter(|(granted, _)| *granted == 105)
+        .map(|(_, keys)| *keys)
+        .collect();
+    assert!((1..=3).contains(&event_leases.len()), "{leases:?}");
+    assert!(event_leases.iter().sum::<usize>() >= 300, "{leases:?}");
+
     // kube-apiserver counts objects with count-only ranges; consistent lists come from its cache
     // (which needs progress notifications) without falling back to Strata.
     k.until("configmap count in /metrics", || {
@@ -492,6 +525,41 @@ fn kube_apiserver_runs_on_strata() {
             .any(|l| l.contains("fallback=\"true\"") && !l.ends_with(" 0")),
         "{consistent:?}"
     );
+}
+
+/// How many event keys kube-apiserver keeps in Strata, and each lease's granted TTL and number of
+/// keys.
+async fn events_and_leases(strata: &Strata) -> (i64, Vec<(i64, usize)>) {
+    use strata::proto::etcdserverpb::lease_client::LeaseClient;
+    use strata::proto::etcdserverpb::{LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest};
+    let events = strata
+        .kv()
+        .await
+        .range(RangeRequest {
+            key: "/registry/events/".into(),
+            range_end: "/registry/events0".into(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .count;
+    let mut lease = LeaseClient::new(strata.channel().await);
+    let ids = lease.lease_leases(LeaseLeasesRequest {}).await.unwrap();
+    let mut leases = Vec::new();
+    for status in ids.into_inner().leases {
+        let ttl = lease
+            .lease_time_to_live(LeaseTimeToLiveRequest {
+                id: status.id,
+                keys: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        leases.push((ttl.granted_ttl, ttl.keys.len()));
+    }
+    (events, leases)
 }
 
 /// A highly available control plane on PostgreSQL: two kube-apiservers, each on its own Strata
