@@ -13,3 +13,4 @@ pub mod config;
 pub mod error;
 pub mod mvcc;
 pub mod proto;
+pub mod snapshot;

@@ -363,6 +363,17 @@ impl AuthStore {
         (state.enabled, state.revision)
     }
 
+    /// Whether auth is on, its revision, every user and every role: what a snapshot keeps.
+    pub fn export(&self) -> (bool, u64, Vec<User>, Vec<Role>) {
+        let state = self.current();
+        (
+            state.enabled,
+            state.revision,
+            state.users.values().cloned().collect(),
+            state.roles.values().cloned().collect(),
+        )
+    }
+
     /// Checks a user's password and hands out a token for it.
     pub async fn authenticate(&self, name: &str, password: &str) -> Result<String> {
         let state = self.fresh().await?;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 /// The most writes one commit takes; more wait for the next.
 const MAX_BATCH: usize = 1024;
-/// Log events read per step at start-up.
+/// Log events read per step at start-up, or when reading the whole history.
 const RECOVERY_CHUNK: usize = 16 * 1024;
 
 pub struct Store {
@@ -307,6 +307,11 @@ impl Store {
 
     /// Feeds the log up to revision `upto` to `hasher`.
     async fn hash_log(&self, hasher: &mut KvHasher, upto: i64) -> Result<()> {
+        self.visit_log(upto, |entry| hasher.write(&entry)).await
+    }
+
+    /// Hands each revision the log keeps, oldest first, up to `upto`, to `visit`.
+    async fn visit_log(&self, upto: i64, mut visit: impl FnMut(LogEntry)) -> Result<()> {
         let mut from = 1;
         while from <= upto {
             let entries = self.backend.read_log(from, RECOVERY_CHUNK).await?;
@@ -314,9 +319,10 @@ impl Store {
                 break;
             };
             from = last.revision + 1;
-            for entry in &entries {
-                hasher.write(entry);
-            }
+            entries
+                .into_iter()
+                .filter(|e| e.revision <= upto)
+                .for_each(&mut visit);
         }
         Ok(())
     }
@@ -496,6 +502,16 @@ impl Store {
             Vec::new()
         };
         Ok(Some((left, granted, keys)))
+    }
+
+    /// The whole log kept, from the oldest revision to the head as of the call: what a snapshot
+    /// holds of the key-value store.
+    pub async fn history(&self) -> Result<Vec<LogEntry>> {
+        self.sync_with_head().await?;
+        let mut log = Vec::new();
+        self.visit_log(self.revision(), |entry| log.push(entry))
+            .await?;
+        Ok(log)
     }
 
     /// The keys attached to a lease, as this frontend's index has them.

@@ -16,6 +16,7 @@ mod linearizability;
 mod lock;
 mod maintenance;
 mod requests;
+mod snapshot;
 mod support;
 mod tls;
 mod watch;

@@ -238,9 +238,39 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let client = format!("http://127.0.0.1:{}", free_port());
         let peer = format!("http://127.0.0.1:{}", free_port());
+        Etcd::start_in(tempfile::tempdir().unwrap(), peer)
+    }
+
+    /// An etcd on the data that `etcdctl snapshot restore` makes of `snapshot`.
+    pub fn restored(snapshot: &Path) -> Etcd {
+        let dir = tempfile::tempdir().unwrap();
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let restore = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(dir.path().join("etcd"))
+            .args([
+                "--name",
+                "diff",
+                "--initial-cluster",
+                &format!("diff={peer}"),
+            ])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .output()
+            .expect("etcdctl runs");
+        assert!(
+            restore.status.success(),
+            "etcdctl snapshot restore failed: {}",
+            String::from_utf8_lossy(&restore.stderr)
+        );
+        Etcd::start_in(dir, peer)
+    }
+
+    fn start_in(dir: TempDir, peer: String) -> Etcd {
+        let client = format!("http://127.0.0.1:{}", free_port());
         let mut command = Command::new(etcd_binary());
         command
             .args([

@@ -1,0 +1,398 @@
+//! bbolt's file format, which etcd keeps its data in and `etcdctl snapshot` copies: enough to
+//! write a database of top-level buckets and to read one back.
+//!
+//! A file is a sequence of pages of one size. Pages 0 and 1 are meta pages (the newer valid one
+//! wins), then the freelist, then B+tree pages: branch pages list `(first key, child page)`, leaf
+//! pages list `(key, value)`; a page whose contents do not fit spills into the pages after it
+//! (its overflow). The root bucket's leaves name each bucket and where its tree starts:
+//!
+//! ```text
+//! page 0, 1   meta: magic, version 2, page size, root bucket → page 3, freelist → page 2, txid
+//! page 2      freelist (empty)
+//! page 3      leaf of the root bucket: "key" → {root: 4}, "meta" → {root: 9}
+//! page 4      branch of "key": [rev 2 → page 5, rev 90 → page 6, ...]
+//! ```
+//!
+//! Every integer is little-endian, as bbolt writes them on the machines etcd runs on.
+
+use std::collections::BTreeMap;
+
+pub const PAGE_SIZE: usize = 4096;
+const PAGE_HEADER: usize = 16;
+const ELEMENT: usize = 16;
+const MAGIC: u32 = 0xED0C_DAED;
+const VERSION: u32 = 2;
+const BRANCH: u16 = 0x01;
+const LEAF: u16 = 0x02;
+const META: u16 = 0x04;
+const FREELIST: u16 = 0x10;
+/// A leaf element whose value is a bucket header.
+const BUCKET_ELEMENT: u32 = 0x01;
+/// A bucket header: the root page and the bucket's sequence.
+const BUCKET_HEADER: usize = 16;
+
+/// A bucket's keys and values, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// Buckets by name.
+pub type Buckets = BTreeMap<Vec<u8>, Entries>;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    #[error("not a bbolt database: {0}")]
+    NotBbolt(String),
+    #[error("corrupt bbolt database: {0}")]
+    Corrupt(String),
+}
+
+fn fnv64a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// A file being laid out, page by page.
+struct Writer {
+    file: Vec<u8>,
+}
+
+impl Writer {
+    fn next_page(&self) -> u64 {
+        (self.file.len() / PAGE_SIZE) as u64
+    }
+
+    /// Appends a page (and its overflow) with `body` after the header; returns its id.
+    fn page(&mut self, flags: u16, count: usize, body: &[u8]) -> u64 {
+        let id = self.next_page();
+        let pages = (PAGE_HEADER + body.len()).div_ceil(PAGE_SIZE).max(1);
+        let start = self.file.len();
+        self.file.resize(start + pages * PAGE_SIZE, 0);
+        let page = &mut self.file[start..];
+        page[0..8].copy_from_slice(&id.to_le_bytes());
+        page[8..10].copy_from_slice(&flags.to_le_bytes());
+        page[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+        page[12..16].copy_from_slice(&((pages - 1) as u32).to_le_bytes());
+        page[PAGE_HEADER..PAGE_HEADER + body.len()].copy_from_slice(body);
+        id
+    }
+
+    /// Writes a tree of `elements` (key, value, leaf flags) in key order; returns its root page.
+    fn tree(&mut self, elements: &[(&[u8], &[u8], u32)]) -> u64 {
+        // Leaves, each filled up to a page (an element too large for one gets a page of its own,
+        // with overflow).
+        let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
+        let mut start = 0;
+        loop {
+            let mut end = start;
+            let mut size = PAGE_HEADER;
+            while end < elements.len() {
+                let (k, v, _) = elements[end];
+                let grown = size + ELEMENT + k.len() + v.len();
+                if end > start && grown > PAGE_SIZE {
+                    break;
+                }
+                size = grown;
+                end += 1;
+            }
+            let chunk = &elements[start..end];
+            let mut body = vec![0u8; chunk.len() * ELEMENT];
+            for (i, (k, v, flags)) in chunk.iter().enumerate() {
+                let at = i * ELEMENT;
+                let pos = body.len() - at;
+                body[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+                body[at + 4..at + 8].copy_from_slice(&(pos as u32).to_le_bytes());
+                body[at + 8..at + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
+                body[at + 12..at + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
+                body.extend_from_slice(k);
+                body.extend_from_slice(v);
+            }
+            let first = chunk
+                .first()
+                .map(|(k, _, _)| k.to_vec())
+                .unwrap_or_default();
+            level.push((first, self.page(LEAF, chunk.len(), &body)));
+            start = end;
+            if start >= elements.len() {
+                break;
+            }
+        }
+        // Branch levels until one page holds them all.
+        while level.len() > 1 {
+            let mut upper = Vec::new();
+            for chunk in level.chunks(branch_fanout(&level)) {
+                let mut body = vec![0u8; chunk.len() * ELEMENT];
+                for (i, (k, child)) in chunk.iter().enumerate() {
+                    let at = i * ELEMENT;
+                    let pos = body.len() - at;
+                    body[at..at + 4].copy_from_slice(&(pos as u32).to_le_bytes());
+                    body[at + 4..at + 8].copy_from_slice(&(k.len() as u32).to_le_bytes());
+                    body[at + 8..at + 16].copy_from_slice(&child.to_le_bytes());
+                    body.extend_from_slice(k);
+                }
+                upper.push((chunk[0].0.clone(), self.page(BRANCH, chunk.len(), &body)));
+            }
+            level = upper;
+        }
+        level[0].1
+    }
+
+    fn meta(&mut self, id: u64, root: u64, high_water: u64, txid: u64) {
+        let mut meta = Vec::with_capacity(64);
+        meta.extend_from_slice(&MAGIC.to_le_bytes());
+        meta.extend_from_slice(&VERSION.to_le_bytes());
+        meta.extend_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+        meta.extend_from_slice(&0u32.to_le_bytes());
+        meta.extend_from_slice(&root.to_le_bytes());
+        meta.extend_from_slice(&0u64.to_le_bytes());
+        meta.extend_from_slice(&2u64.to_le_bytes());
+        meta.extend_from_slice(&high_water.to_le_bytes());
+        meta.extend_from_slice(&txid.to_le_bytes());
+        let checksum = fnv64a(&meta);
+        meta.extend_from_slice(&checksum.to_le_bytes());
+        let page = &mut self.file[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE];
+        page[0..8].copy_from_slice(&id.to_le_bytes());
+        page[8..10].copy_from_slice(&META.to_le_bytes());
+        page[PAGE_HEADER..PAGE_HEADER + meta.len()].copy_from_slice(&meta);
+    }
+}
+
+/// How many children a branch page takes so that its keys fit in one page.
+fn branch_fanout(level: &[(Vec<u8>, u64)]) -> usize {
+    let longest = level.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    ((PAGE_SIZE - PAGE_HEADER) / (ELEMENT + longest)).max(2)
+}
+
+/// A bbolt database holding `buckets`.
+pub fn write(buckets: &Buckets) -> Vec<u8> {
+    let mut w = Writer {
+        file: vec![0; 2 * PAGE_SIZE],
+    };
+    w.page(FREELIST, 0, &[]);
+    let mut headers = Vec::new();
+    for (name, entries) in buckets {
+        let elements: Vec<(&[u8], &[u8], u32)> = entries
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice(), 0))
+            .collect();
+        let root = w.tree(&elements);
+        let mut header = root.to_le_bytes().to_vec();
+        header.extend_from_slice(&0u64.to_le_bytes());
+        headers.push((name.as_slice(), header));
+    }
+    let elements: Vec<(&[u8], &[u8], u32)> = headers
+        .iter()
+        .map(|(name, header)| (*name, header.as_slice(), BUCKET_ELEMENT))
+        .collect();
+    let root = w.tree(&elements);
+    let high_water = w.next_page();
+    w.meta(0, root, high_water, 2);
+    w.meta(1, root, high_water, 1);
+    w.file
+}
+
+/// A bbolt database being read.
+struct Reader<'a> {
+    file: &'a [u8],
+    page_size: usize,
+}
+
+fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl Reader<'_> {
+    /// A page with its overflow, checked to lie inside the file.
+    fn page(&self, id: u64) -> Result<&[u8], FormatError> {
+        let start = (id as usize)
+            .checked_mul(self.page_size)
+            .filter(|s| s + PAGE_HEADER <= self.file.len())
+            .ok_or_else(|| {
+                FormatError::Corrupt(format!("page {id} is past the end of the file"))
+            })?;
+        let overflow = u32_at(self.file, start + 12) as usize;
+        let end = start + (overflow + 1) * self.page_size;
+        if end > self.file.len() {
+            return Err(FormatError::Corrupt(format!(
+                "page {id} runs past the end of the file"
+            )));
+        }
+        Ok(&self.file[start..end])
+    }
+
+    /// Every (key, value, flags) under the tree rooted at `id`, in order.
+    fn walk(
+        &self,
+        id: u64,
+        depth: usize,
+        out: &mut Vec<(Vec<u8>, Vec<u8>, u32)>,
+    ) -> Result<(), FormatError> {
+        if depth > 64 {
+            return Err(FormatError::Corrupt(
+                "the tree is too deep (a cycle?)".into(),
+            ));
+        }
+        let page = self.page(id)?;
+        let (flags, count) = (u16_at(page, 8), u16_at(page, 10) as usize);
+        let slice = |from: usize, len: usize| {
+            page.get(from..from + len).ok_or_else(|| {
+                FormatError::Corrupt(format!("an element of page {id} lies outside it"))
+            })
+        };
+        for i in 0..count {
+            let at = PAGE_HEADER + i * ELEMENT;
+            slice(at, ELEMENT)?;
+            if flags & LEAF != 0 {
+                let (eflags, pos) = (u32_at(page, at), u32_at(page, at + 4) as usize);
+                let (ksize, vsize) = (
+                    u32_at(page, at + 8) as usize,
+                    u32_at(page, at + 12) as usize,
+                );
+                let key = slice(at + pos, ksize)?.to_vec();
+                let value = slice(at + pos + ksize, vsize)?.to_vec();
+                out.push((key, value, eflags));
+            } else if flags & BRANCH != 0 {
+                self.walk(u64_at(page, at + 8), depth + 1, out)?;
+            } else {
+                return Err(FormatError::Corrupt(format!(
+                    "page {id} is neither a branch nor a leaf (flags {flags:#x})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries of a bucket from its header (and inline page, if its root is 0).
+    fn bucket(&self, header: &[u8]) -> Result<Entries, FormatError> {
+        if header.len() < BUCKET_HEADER {
+            return Err(FormatError::Corrupt("a bucket header is cut short".into()));
+        }
+        let mut entries = Vec::new();
+        match u64_at(header, 0) {
+            0 => {
+                let inline = Reader {
+                    file: &header[BUCKET_HEADER..],
+                    page_size: header.len() - BUCKET_HEADER,
+                };
+                inline.walk(0, 0, &mut entries)?;
+            }
+            root => self.walk(root, 0, &mut entries)?,
+        }
+        Ok(entries.into_iter().map(|(k, v, _)| (k, v)).collect())
+    }
+}
+
+/// The buckets of a bbolt database (top-level buckets of plain keys, as etcd's).
+pub fn read(file: &[u8]) -> Result<Buckets, FormatError> {
+    /// What a valid meta page says.
+    struct Meta {
+        txid: u64,
+        root: u64,
+        page_size: usize,
+        pages: u64,
+    }
+    let meta = |at: usize| -> Option<Meta> {
+        let m = file.get(at + PAGE_HEADER..at + PAGE_HEADER + 64)?;
+        let valid =
+            u32_at(m, 0) == MAGIC && u32_at(m, 4) == VERSION && fnv64a(&m[..56]) == u64_at(m, 56);
+        valid.then(|| Meta {
+            txid: u64_at(m, 48),
+            root: u64_at(m, 16),
+            page_size: u32_at(m, 8) as usize,
+            pages: u64_at(m, 40),
+        })
+    };
+    let first = meta(0);
+    let second = meta(first.as_ref().map_or(PAGE_SIZE, |m| m.page_size).max(1024));
+    let newest = match (first, second) {
+        (Some(a), Some(b)) => {
+            if a.txid >= b.txid {
+                a
+            } else {
+                b
+            }
+        }
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => {
+            return Err(FormatError::NotBbolt(
+                "neither meta page has bbolt's magic number, version and checksum".into(),
+            ))
+        }
+    };
+    let (root, page_size) = (newest.root, newest.page_size);
+    let expected = (newest.pages as usize).saturating_mul(page_size);
+    if file.len() < expected {
+        return Err(FormatError::Corrupt(format!(
+            "truncated: {} bytes where its meta page says {expected}",
+            file.len()
+        )));
+    }
+    let reader = Reader { file, page_size };
+    let mut names = Vec::new();
+    reader.walk(root, 0, &mut names)?;
+    let mut buckets = Buckets::new();
+    for (name, header, flags) in names {
+        if flags & BUCKET_ELEMENT == 0 {
+            continue;
+        }
+        buckets.insert(name, reader.bucket(&header)?);
+    }
+    Ok(buckets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Buckets {
+        let mut buckets = Buckets::new();
+        // Enough keys for several leaves and a branch level; one value larger than a page.
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = (0..5000u32)
+            .map(|i| {
+                let value = if i == 77 {
+                    vec![7; 3 * PAGE_SIZE]
+                } else {
+                    i.to_string().into_bytes()
+                };
+                (format!("key{i:06}").into_bytes(), value)
+            })
+            .collect();
+        buckets.insert(b"key".to_vec(), keys);
+        buckets.insert(b"meta".to_vec(), vec![(b"a".to_vec(), b"1".to_vec())]);
+        buckets.insert(b"empty".to_vec(), Vec::new());
+        buckets
+    }
+
+    #[test]
+    fn what_is_written_reads_back() {
+        let buckets = sample();
+        let file = write(&buckets);
+        assert_eq!(file.len() % PAGE_SIZE, 0);
+        assert_eq!(read(&file).unwrap(), buckets);
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let file = write(&sample());
+        assert!(matches!(read(&file[..10]), Err(FormatError::NotBbolt(_))));
+        assert!(matches!(read(&[7; 9000]), Err(FormatError::NotBbolt(_))));
+        let cut = read(&file[..file.len() / 2]).unwrap_err();
+        assert!(cut.to_string().contains("truncated"), "{cut}");
+        let mut bad_page = file.clone();
+        let last = file.len() - PAGE_SIZE;
+        bad_page[last + 8] = 0;
+        assert!(matches!(read(&bad_page), Err(FormatError::Corrupt(_))));
+        // One meta page damaged: the other one serves.
+        let mut one_bad = file.clone();
+        one_bad[PAGE_HEADER + 20] ^= 0xff;
+        assert_eq!(read(&one_bad).unwrap(), sample());
+    }
+}
