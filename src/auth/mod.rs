@@ -49,6 +49,17 @@ struct Stored {
     roles: Vec<Role>,
 }
 
+/// The auth state as the backend stores it, from its parts (as a restored snapshot has them).
+pub fn encode(enabled: bool, revision: u64, users: Vec<User>, roles: Vec<Role>) -> Vec<u8> {
+    Stored {
+        enabled,
+        revision,
+        users,
+        roles,
+    }
+    .encode_to_vec()
+}
+
 #[derive(Clone, Debug)]
 struct State {
     /// The backend's generation of this state (0: never stored).
@@ -99,13 +110,12 @@ impl State {
     }
 
     fn encode(&self) -> Vec<u8> {
-        Stored {
-            enabled: self.enabled,
-            revision: self.revision,
-            users: self.users.values().cloned().collect(),
-            roles: self.roles.values().cloned().collect(),
-        }
-        .encode_to_vec()
+        encode(
+            self.enabled,
+            self.revision,
+            self.users.values().cloned().collect(),
+            self.roles.values().cloned().collect(),
+        )
     }
 
     fn merge_permissions(&mut self) {

@@ -67,6 +67,8 @@ pub enum BackendError {
     Corrupt { revision: i64, detail: String },
     #[error("append of revision {got} does not follow the head {head}")]
     OutOfOrder { head: i64, got: i64 },
+    #[error("the store already holds data: restore only into a new one")]
+    NotEmpty,
     /// The backend's stored layout is not one this binary can use.
     #[error("{0}")]
     Schema(String),
@@ -102,6 +104,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
+
+    /// Fills an empty store with a history numbered elsewhere (an etcd snapshot's): `entries` in
+    /// revision order, with gaps where that history was compacted, after which the log stands at
+    /// `progress`. All or nothing; refused with [`BackendError::NotEmpty`] unless the store has
+    /// never been written.
+    async fn restore(&self, entries: &[LogEntry], progress: Progress) -> Result<()>;
 
     /// The key-values written at `revisions` (None where there is none: compacted, or a delete).
     async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>>;
@@ -311,6 +319,35 @@ pub(crate) mod conformance {
         assert!(!b.put_auth(0, b"lost race").await.unwrap());
         assert!(b.put_auth(1, b"second").await.unwrap());
         assert_eq!(b.auth().await.unwrap(), Some((2, b"second".to_vec())));
+    }
+
+    pub async fn restore_takes_a_history_with_gaps(b: &dyn Backend) {
+        let history = vec![
+            LogEntry {
+                revision: 5,
+                events: vec![put("a", "1", 5, 1)],
+            },
+            LogEntry {
+                revision: 9,
+                events: vec![put("b", "1", 9, 1), delete("a", 9)],
+            },
+        ];
+        let progress = Progress {
+            head: 12,
+            compacted: 7,
+        };
+        b.restore(&history, progress).await.unwrap();
+        assert_eq!(b.progress().await.unwrap(), progress);
+        assert_eq!(b.read_log(1, 100).await.unwrap(), history);
+        assert!(matches!(
+            b.restore(&history, progress).await,
+            Err(BackendError::NotEmpty)
+        ));
+        let next = LogEntry {
+            revision: 13,
+            events: vec![put("c", "1", 13, 1)],
+        };
+        b.append(std::slice::from_ref(&next)).await.unwrap();
     }
 
     pub async fn compaction_removes_and_is_remembered(b: &dyn Backend) {

@@ -1492,6 +1492,13 @@ mod tests {
                 }
             }
         }
+        async fn restore(
+            &self,
+            entries: &[LogEntry],
+            progress: crate::backend::Progress,
+        ) -> crate::backend::Result<()> {
+            self.inner.restore(entries, progress).await
+        }
         async fn read_log(&self, from: i64, max: usize) -> crate::backend::Result<Vec<LogEntry>> {
             self.inner.read_log(from, max).await
         }

@@ -151,6 +151,186 @@ pub fn database(contents: &Contents) -> Vec<u8> {
     bbolt::write(&buckets)
 }
 
+/// Why a snapshot file cannot be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{0}")]
+    Format(#[from] bbolt::FormatError),
+    #[error("snapshot file integrity check failed: its SHA-256 does not match its contents")]
+    Checksum,
+    #[error(
+        "the snapshot has no SHA-256 at its end (a copy of member/snap/db, not etcdctl snapshot \
+         save?): pass --skip-hash-check to restore it anyway"
+    )]
+    NoChecksum,
+    #[error("the snapshot is {0} bytes long: neither a database nor a database and its SHA-256 (truncated?)")]
+    Length(usize),
+    #[error("the snapshot has no {0:?} bucket: not an etcd database")]
+    MissingBucket(&'static str),
+    #[error("bucket {bucket:?}, key {key:02x?}: {detail}")]
+    Entry {
+        bucket: &'static str,
+        key: Vec<u8>,
+        detail: String,
+    },
+}
+
+/// The database of a snapshot file: checked against the SHA-256 at its end, if it has one (as
+/// `etcdctl snapshot save` writes it; a database copied from a data directory has none).
+pub fn database_of(file: &[u8], skip_hash_check: bool) -> Result<&[u8], ImportError> {
+    match file.len() % 512 {
+        0 if skip_hash_check => Ok(file),
+        0 => Err(ImportError::NoChecksum),
+        32 => {
+            let (database, sum) = file.split_at(file.len() - 32);
+            if !skip_hash_check && checksum(database) != sum {
+                return Err(ImportError::Checksum);
+            }
+            Ok(database)
+        }
+        _ => Err(ImportError::Length(file.len())),
+    }
+}
+
+/// What an etcd database holds, read back from its buckets.
+pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
+    let buckets = bbolt::read(database)?;
+    let bucket = |name: &'static str| {
+        buckets
+            .get(name.as_bytes())
+            .ok_or(ImportError::MissingBucket(name))
+    };
+    let entry_error = |bucket: &'static str, key: &[u8], detail: String| ImportError::Entry {
+        bucket,
+        key: key.to_vec(),
+        detail,
+    };
+
+    let mut log: Vec<LogEntry> = Vec::new();
+    for (key, value) in bucket("key")? {
+        let (main, tombstone) = match key.len() {
+            17 if key[8] == b'_' => (key, false),
+            18 if key[8] == b'_' && key[17] == b't' => (key, true),
+            _ => {
+                return Err(entry_error(
+                    "key",
+                    key,
+                    "not a revision (8 bytes, '_', 8 bytes, and 't' for a deletion)".into(),
+                ))
+            }
+        };
+        let revision = i64::from_be_bytes(main[..8].try_into().expect("8 bytes"));
+        let mut kv = KeyValue::decode(value.as_slice())
+            .map_err(|e| entry_error("key", key, format!("not a KeyValue: {e}")))?;
+        let event = if tombstone {
+            kv.mod_revision = revision;
+            crate::proto::mvccpb::Event {
+                r#type: EventType::Delete as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            }
+        } else {
+            crate::proto::mvccpb::Event {
+                r#type: EventType::Put as i32,
+                kv: Some(kv),
+                prev_kv: None,
+            }
+        };
+        match log.last_mut() {
+            Some(entry) if entry.revision == revision => entry.events.push(event),
+            _ => log.push(LogEntry {
+                revision,
+                events: vec![event],
+            }),
+        }
+    }
+
+    let mut compacted = -1;
+    for (key, value) in bucket("meta")? {
+        if key == b"finishedCompactRev" || key == b"scheduledCompactRev" {
+            let main = value
+                .get(..8)
+                .ok_or_else(|| entry_error("meta", key, "not a revision".into()))?;
+            compacted = compacted.max(i64::from_be_bytes(main.try_into().expect("8 bytes")));
+        }
+    }
+
+    let mut leases = Vec::new();
+    if let Some(entries) = buckets.get(b"lease".as_slice()) {
+        for (key, value) in entries {
+            let record = LeaseRecord::decode(value.as_slice())
+                .map_err(|e| entry_error("lease", key, format!("not a Lease: {e}")))?;
+            leases.push(Lease {
+                id: record.id,
+                ttl: record.ttl,
+                remaining_ttl: record.remaining_ttl,
+            });
+        }
+    }
+
+    let mut auth = Auth {
+        enabled: false,
+        revision: 1,
+        users: Vec::new(),
+        roles: Vec::new(),
+    };
+    for (key, value) in buckets.get(b"auth".as_slice()).into_iter().flatten() {
+        match key.as_slice() {
+            b"authEnabled" => auth.enabled = value.as_slice() == [1],
+            b"authRevision" => {
+                let bytes: [u8; 8] = value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| entry_error("auth", key, "not 8 bytes".into()))?;
+                auth.revision = u64::from_be_bytes(bytes);
+            }
+            _ => {}
+        }
+    }
+    for (key, value) in buckets.get(b"authUsers".as_slice()).into_iter().flatten() {
+        let user = User::decode(value.as_slice())
+            .map_err(|e| entry_error("authUsers", key, format!("not a User: {e}")))?;
+        auth.users.push(user);
+    }
+    for (key, value) in buckets.get(b"authRoles".as_slice()).into_iter().flatten() {
+        let role = Role::decode(value.as_slice())
+            .map_err(|e| entry_error("authRoles", key, format!("not a Role: {e}")))?;
+        auth.roles.push(role);
+    }
+    Ok(Contents {
+        log,
+        compacted,
+        leases,
+        auth,
+    })
+}
+
+/// Fills a new, empty store with `contents`: the history with its revisions, the leases and the
+/// auth state. The history goes in at once; if the restore is cut short after it, the store
+/// refuses a second restore and is to be deleted and restored again.
+pub async fn restore(
+    backend: &dyn crate::backend::Backend,
+    contents: Contents,
+) -> Result<(), crate::backend::BackendError> {
+    let head = contents
+        .log
+        .last()
+        .map_or(1, |e| e.revision)
+        .max(contents.compacted)
+        .max(1);
+    let progress = crate::backend::Progress {
+        head,
+        compacted: contents.compacted,
+    };
+    backend.restore(&contents.log, progress).await?;
+    let leases: Vec<(i64, i64)> = contents.leases.iter().map(|l| (l.id, l.ttl)).collect();
+    backend.put_leases(&leases).await?;
+    let auth = contents.auth;
+    let state = crate::auth::encode(auth.enabled, auth.revision, auth.users, auth.roles);
+    backend.put_auth(0, &state).await?;
+    Ok(())
+}
+
 /// The SHA-256 that follows the database in a snapshot.
 pub fn checksum(database: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, database)
@@ -213,5 +393,61 @@ mod tests {
         assert_eq!((lease.id, lease.ttl, lease.remaining_ttl), (7, 60, 30));
         assert!(buckets.contains_key(b"members".as_slice()));
         assert_eq!(checksum(b"").len(), 32);
+    }
+
+    #[test]
+    fn a_database_reads_back_as_it_was_written() {
+        let contents = Contents {
+            log: vec![
+                LogEntry {
+                    revision: 4,
+                    events: vec![put("a", "1", 4, 1), put("b", "2", 4, 1)],
+                },
+                LogEntry {
+                    revision: 6,
+                    events: vec![delete("a", 6)],
+                },
+            ],
+            compacted: 5,
+            leases: vec![Lease {
+                id: 9,
+                ttl: 30,
+                remaining_ttl: 12,
+            }],
+            auth: Auth {
+                enabled: true,
+                revision: 4,
+                users: vec![User {
+                    name: "root".into(),
+                    roles: vec!["root".into()],
+                    ..Default::default()
+                }],
+                roles: Vec::new(),
+            },
+        };
+        let database = database(&contents);
+        let mut file = database.clone();
+        file.extend(checksum(&database));
+        let back = super::contents(database_of(&file, false).unwrap()).unwrap();
+        assert_eq!(back.log, contents.log);
+        assert_eq!(back.compacted, 5);
+        assert_eq!((back.leases[0].id, back.leases[0].ttl), (9, 30));
+        assert_eq!((back.auth.enabled, back.auth.revision), (true, 4));
+        assert_eq!(back.auth.users, contents.auth.users);
+
+        file[100] ^= 1;
+        assert!(matches!(
+            database_of(&file, false),
+            Err(ImportError::Checksum)
+        ));
+        assert!(matches!(
+            database_of(&database, false),
+            Err(ImportError::NoChecksum)
+        ));
+        assert!(database_of(&database, true).is_ok());
+        assert!(matches!(
+            database_of(&file[..1000], false),
+            Err(ImportError::Length(1000))
+        ));
     }
 }

@@ -195,7 +195,7 @@ pub fn on_postgres() -> bool {
 }
 
 /// The connection string of the database kept for `dir`, created on first use.
-fn postgres_database(dir: &Path) -> String {
+pub fn postgres_database(dir: &Path) -> String {
     let admin = std::env::var("STRATA_TEST_POSTGRES")
         .expect("STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)");
     let marker = dir.join("postgres-database");
