@@ -108,14 +108,21 @@ async fn history(server: &Process) -> i64 {
         .revision
 }
 
+/// Writes the history to `server`, then `etcdctl snapshot save`s it into `dir`; returns the
+/// history's last revision and the file.
+async fn saved_history(server: &Process, dir: &Path) -> (i64, std::path::PathBuf) {
+    let head = history(server).await;
+    let file = dir.join("snapshot.db");
+    let saved = etcdctl(server, &["snapshot", "save", &file.display().to_string()]);
+    assert!(saved.status.success(), "{saved:?}");
+    (head, file)
+}
+
 #[tokio::test]
 async fn etcd_restores_what_strata_saves() {
     let strata = Strata::start();
-    let head = history(&strata).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("strata.db");
-    let saved = etcdctl(&strata, &["snapshot", "save", &file.display().to_string()]);
-    assert!(saved.status.success(), "{saved:?}");
+    let (head, file) = saved_history(&strata, dir.path()).await;
 
     let status = Command::new(etcdctl_binary())
         .env("ETCDCTL_API", "3")
@@ -182,11 +189,8 @@ async fn same_answers(want: &Process, got: &Process, head: i64) {
 #[tokio::test]
 async fn strata_restores_what_etcd_saves() {
     let etcd = Etcd::start();
-    let head = history(&etcd).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("etcd.db");
-    let saved = etcdctl(&etcd, &["snapshot", "save", &file.display().to_string()]);
-    assert!(saved.status.success(), "{saved:?}");
+    let (head, file) = saved_history(&etcd, dir.path()).await;
 
     let mut restore = Command::new(env!("CARGO_BIN_EXE_strata"));
     restore.args(["snapshot", "restore"]).arg(&file);
@@ -239,11 +243,8 @@ async fn strata_saves_snapshots_too() {
 #[tokio::test]
 async fn a_damaged_snapshot_is_refused() {
     let strata = Strata::start();
-    history(&strata).await;
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("strata.db");
-    let saved = etcdctl(&strata, &["snapshot", "save", &file.display().to_string()]);
-    assert!(saved.status.success(), "{saved:?}");
+    let (_, file) = saved_history(&strata, dir.path()).await;
     let mut bytes = std::fs::read(&file).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x55;

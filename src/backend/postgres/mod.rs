@@ -153,6 +153,17 @@ type LogRows = (
     Vec<Vec<u8>>,
 );
 
+/// Two numbers, then the columns of `rows`: the parameters of APPEND and RESTORE.
+fn with_rows<'a>(
+    one: &'a i64,
+    two: &'a i64,
+    rows: &'a LogRows,
+) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
+    [
+        one, two, &rows.0, &rows.1, &rows.2, &rows.3, &rows.4, &rows.5, &rows.6, &rows.7,
+    ]
+}
+
 fn log_rows(entries: &[LogEntry]) -> (LogRows, i64) {
     let mut rows = LogRows::default();
     let mut bytes = 0;
@@ -738,18 +749,8 @@ impl Backend for Postgres {
             }
         }
         let (rows, bytes) = log_rows(entries);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-            &last,
-            &(first - 1),
-            &rows.0,
-            &rows.1,
-            &rows.2,
-            &rows.3,
-            &rows.4,
-            &rows.5,
-            &rows.6,
-            &rows.7,
-        ];
+        let before = first - 1;
+        let params = with_rows(&last, &before, &rows);
         let inserted = {
             let mut appender = self.inner.appender.lock().await;
             let config = &self.inner.config;
@@ -792,18 +793,7 @@ impl Backend for Postgres {
 
     async fn restore(&self, entries: &[LogEntry], progress: Progress) -> Result<()> {
         let (rows, bytes) = log_rows(entries);
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
-            &progress.head,
-            &progress.compacted,
-            &rows.0,
-            &rows.1,
-            &rows.2,
-            &rows.3,
-            &rows.4,
-            &rows.5,
-            &rows.6,
-            &rows.7,
-        ];
+        let params = with_rows(&progress.head, &progress.compacted, &rows);
         let restored = self.inner.write_rows(RESTORE, &params).await?;
         if restored.first().map(|r| r.get::<_, i64>(0)) != Some(1) {
             return Err(BackendError::NotEmpty);
