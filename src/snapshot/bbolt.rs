@@ -15,7 +15,7 @@
 //!
 //! Every integer is little-endian, as bbolt writes them on the machines etcd runs on.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 pub const PAGE_SIZE: usize = 4096;
 const PAGE_HEADER: usize = 16;
@@ -219,26 +219,26 @@ impl Reader<'_> {
                 FormatError::Corrupt(format!("page {id} is past the end of the file"))
             })?;
         let overflow = u32_at(self.file, start + 12) as usize;
-        let end = start + (overflow + 1) * self.page_size;
-        if end > self.file.len() {
-            return Err(FormatError::Corrupt(format!(
-                "page {id} runs past the end of the file"
-            )));
-        }
+        let end = (overflow + 1)
+            .checked_mul(self.page_size)
+            .and_then(|size| start.checked_add(size))
+            .filter(|end| *end <= self.file.len() && *end >= start + PAGE_HEADER)
+            .ok_or_else(|| {
+                FormatError::Corrupt(format!("page {id} runs past the end of the file"))
+            })?;
         Ok(&self.file[start..end])
     }
 
     /// Every (key, value, flags) under the tree rooted at `id`, in order.
+    /// A page reached twice is an error: a damaged file must not send the walk round a cycle.
     fn walk(
         &self,
         id: u64,
-        depth: usize,
+        visited: &mut HashSet<u64>,
         out: &mut Vec<(Vec<u8>, Vec<u8>, u32)>,
     ) -> Result<(), FormatError> {
-        if depth > 64 {
-            return Err(FormatError::Corrupt(
-                "the tree is too deep (a cycle?)".into(),
-            ));
+        if !visited.insert(id) {
+            return Err(FormatError::Corrupt(format!("page {id} is reached twice")));
         }
         let page = self.page(id)?;
         let (flags, count) = (u16_at(page, 8), u16_at(page, 10) as usize);
@@ -260,7 +260,7 @@ impl Reader<'_> {
                 let value = slice(at + pos + ksize, vsize)?.to_vec();
                 out.push((key, value, eflags));
             } else if flags & BRANCH != 0 {
-                self.walk(u64_at(page, at + 8), depth + 1, out)?;
+                self.walk(u64_at(page, at + 8), visited, out)?;
             } else {
                 return Err(FormatError::Corrupt(format!(
                     "page {id} is neither a branch nor a leaf (flags {flags:#x})"
@@ -282,9 +282,9 @@ impl Reader<'_> {
                     file: &header[BUCKET_HEADER..],
                     page_size: header.len() - BUCKET_HEADER,
                 };
-                inline.walk(0, 0, &mut entries)?;
+                inline.walk(0, &mut HashSet::new(), &mut entries)?;
             }
-            root => self.walk(root, 0, &mut entries)?,
+            root => self.walk(root, &mut HashSet::new(), &mut entries)?,
         }
         Ok(entries.into_iter().map(|(k, v, _)| (k, v)).collect())
     }
@@ -337,7 +337,7 @@ pub fn read(file: &[u8]) -> Result<Buckets, FormatError> {
     }
     let reader = Reader { file, page_size };
     let mut names = Vec::new();
-    reader.walk(root, 0, &mut names)?;
+    reader.walk(root, &mut HashSet::new(), &mut names)?;
     let mut buckets = Buckets::new();
     for (name, header, flags) in names {
         if flags & BUCKET_ELEMENT == 0 {
@@ -377,6 +377,51 @@ mod tests {
         let file = write(&buckets);
         assert_eq!(file.len() % PAGE_SIZE, 0);
         assert_eq!(read(&file).unwrap(), buckets);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever is damaged, reading answers (with the data or an error) and never panics or
+        /// loops.
+        #[test]
+        fn damaged_files_never_panic(
+            flips in proptest::collection::vec((0usize..1 << 20, proptest::prelude::any::<u8>()), 1..8),
+            cut in 0usize..1 << 20,
+        ) {
+            let mut file = write(&small());
+            for (at, byte) in flips {
+                let at = at % file.len();
+                file[at] = byte;
+            }
+            let cut = cut % (file.len() + 1);
+            let _ = read(&file[..cut]);
+            let _ = read(&file);
+        }
+    }
+
+    /// A few buckets over a few pages, for damaging.
+    fn small() -> Buckets {
+        let mut buckets = Buckets::new();
+        let keys = (0..300u32)
+            .map(|i| (format!("k{i:04}").into_bytes(), vec![i as u8; 40]))
+            .collect();
+        buckets.insert(b"key".to_vec(), keys);
+        buckets.insert(b"meta".to_vec(), vec![(b"a".to_vec(), b"1".to_vec())]);
+        buckets
+    }
+
+    #[test]
+    fn an_inline_bucket_too_short_for_a_page_is_corrupt() {
+        let reader = Reader {
+            file: &[],
+            page_size: PAGE_SIZE,
+        };
+        let header = [0u8; BUCKET_HEADER + 4];
+        assert!(matches!(
+            reader.bucket(&header),
+            Err(FormatError::Corrupt(_))
+        ));
     }
 
     #[test]
