@@ -71,6 +71,15 @@ impl Cluster {
         p.stdout
     }
 
+    /// A value from an object, by kubectl's jsonpath.
+    fn field(&self, namespace: &str, object: &[&str], path: &str) -> String {
+        let jsonpath = format!("jsonpath={path}");
+        let mut args = vec!["-n", namespace, "get"];
+        args.extend_from_slice(object);
+        args.extend(["-o", jsonpath.as_str()]);
+        self.ok(&args)
+    }
+
     fn raw(&self, path: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["get", "--raw", path])).unwrap()
     }
@@ -308,18 +317,7 @@ fn kube_apiserver_runs_on_strata() {
         "-p",
         r#"{"data":{"a":"2"}}"#,
     ]);
-    assert_eq!(
-        k.ok(&[
-            "-n",
-            "t",
-            "get",
-            "configmap",
-            "c",
-            "-o",
-            "jsonpath={.data.a}"
-        ]),
-        "2"
-    );
+    assert_eq!(k.field("t", &["configmap", "c"], "{.data.a}"), "2");
     // A replace carrying the resourceVersion from before the patch is a conflict.
     let refused = k.kubectl_with_input(&["replace", "-f", "-"], &stale);
     assert!(!refused.success);
@@ -334,18 +332,7 @@ fn kube_apiserver_runs_on_strata() {
         &["apply", "--server-side", "-f", "-"],
         &applied.replace("\"1\"", "\"2\""),
     );
-    assert_eq!(
-        k.ok(&[
-            "-n",
-            "t",
-            "get",
-            "configmap",
-            "applied",
-            "-o",
-            "jsonpath={.data.x}"
-        ]),
-        "2"
-    );
+    assert_eq!(k.field("t", &["configmap", "applied"], "{.data.x}"), "2");
     k.ok(&["-n", "t", "delete", "secret", "s"]);
     assert!(!k.kubectl(&["-n", "t", "get", "secret", "s"]).success);
     assert!(k
@@ -362,18 +349,7 @@ fn kube_apiserver_runs_on_strata() {
     ]);
     let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w, namespace: t}\nspec: {size: 3}\n";
     k.ok_with_input(&["apply", "-f", "-"], widget);
-    assert_eq!(
-        k.ok(&[
-            "-n",
-            "t",
-            "get",
-            "widget",
-            "w",
-            "-o",
-            "jsonpath={.spec.size}"
-        ]),
-        "3"
-    );
+    assert_eq!(k.field("t", &["widget", "w"], "{.spec.size}"), "3");
 
     // Thousands of objects, listed in pages that all answer at the first page's revision.
     k.ok(&["create", "namespace", "bulk"]);

@@ -124,14 +124,7 @@ async fn etcd_restores_what_strata_saves() {
     let dir = tempfile::tempdir().unwrap();
     let (head, file) = saved_history(&strata, dir.path()).await;
 
-    let status = Command::new(etcdctl_binary())
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&file)
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["revision"], head);
+    assert_eq!(status_of(&file)["revision"], head);
 
     let etcd = Etcd::restored(&file);
     same_answers(&etcd, &strata, head).await;
@@ -229,15 +222,19 @@ async fn strata_saves_snapshots_too() {
         .output()
         .unwrap();
     assert!(saved.status.success(), "{saved:?}");
+    assert_eq!(status_of(&file)["revision"], head);
+}
+
+/// What `etcdctl snapshot status -w json` says of a snapshot file.
+fn status_of(file: &Path) -> serde_json::Value {
     let status = Command::new(etcdctl_binary())
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "status", "-w", "json"])
-        .arg(&file)
+        .arg(file)
         .output()
         .unwrap();
     assert!(status.status.success(), "{status:?}");
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["revision"], head);
+    serde_json::from_slice(&status.stdout).unwrap()
 }
 
 #[tokio::test]
