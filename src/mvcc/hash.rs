@@ -52,27 +52,23 @@ impl Crc32c {
 pub struct KvHasher {
     crc: Crc32c,
     compacted: i64,
-    revision: i64,
     keep: HashSet<Revision>,
 }
 
 impl KvHasher {
-    /// `keep`: what a compaction at `revision` would keep (the key index's answer).
-    pub fn new(compacted: i64, revision: i64, keep: HashSet<Revision>) -> KvHasher {
+    /// `keep`: what a compaction at the hash's revision would keep (the key index's answer). The
+    /// log is written up to that revision and no further.
+    pub fn new(compacted: i64, keep: HashSet<Revision>) -> KvHasher {
         let mut crc = Crc32c::new();
         crc.write(b"key");
         KvHasher {
             crc,
             compacted,
-            revision,
             keep,
         }
     }
 
     pub fn write(&mut self, entry: &LogEntry) {
-        if entry.revision > self.revision {
-            return;
-        }
         for (sub, event) in entry.events.iter().enumerate() {
             let rev = Revision {
                 main: entry.revision,

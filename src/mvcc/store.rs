@@ -286,8 +286,8 @@ impl Store {
             let at = if revision > 0 { revision } else { current };
             (compacted, current, at, index.keep(at))
         };
-        let mut hasher = KvHasher::new(compacted, at, keep);
-        self.hash_log(&mut hasher, at).await?;
+        let mut hasher = KvHasher::new(compacted, keep);
+        visit_log(self.backend.as_ref(), at, |entry| hasher.write(&entry)).await?;
         Ok((hasher.sum(), compacted, current))
     }
 
@@ -297,34 +297,12 @@ impl Store {
     pub async fn hash(&self) -> Result<u32> {
         let _compacting = self.compacting.read().await;
         let head = self.revision();
-        let mut hasher = KvHasher::new(-1, head, Default::default());
-        self.hash_log(&mut hasher, head).await?;
+        let mut hasher = KvHasher::new(-1, Default::default());
+        visit_log(self.backend.as_ref(), head, |entry| hasher.write(&entry)).await?;
         for (id, ttl) in self.backend.leases().await? {
             hasher.write_lease(id, ttl);
         }
         Ok(hasher.sum())
-    }
-
-    /// Feeds the log up to revision `upto` to `hasher`.
-    async fn hash_log(&self, hasher: &mut KvHasher, upto: i64) -> Result<()> {
-        self.visit_log(upto, |entry| hasher.write(&entry)).await
-    }
-
-    /// Hands each revision the log keeps, oldest first, up to `upto`, to `visit`.
-    async fn visit_log(&self, upto: i64, mut visit: impl FnMut(LogEntry)) -> Result<()> {
-        let mut from = 1;
-        while from <= upto {
-            let entries = self.backend.read_log(from, RECOVERY_CHUNK).await?;
-            let Some(last) = entries.last() else {
-                break;
-            };
-            from = last.revision + 1;
-            entries
-                .into_iter()
-                .filter(|e| e.revision <= upto)
-                .for_each(&mut visit);
-        }
-        Ok(())
     }
 
     /// Gives the space of compacted history back to the file system.
@@ -492,11 +470,9 @@ impl Store {
         let Some((granted, left)) = found else {
             return Ok(None);
         };
-        if keys {
+        let keys = if keys {
             // Keys attached through other frontends too.
             self.sync_with_head().await?;
-        }
-        let keys = if keys {
             self.lease_keys(id)
         } else {
             Vec::new()
@@ -509,8 +485,10 @@ impl Store {
     pub async fn history(&self) -> Result<Vec<LogEntry>> {
         self.sync_with_head().await?;
         let mut log = Vec::new();
-        self.visit_log(self.revision(), |entry| log.push(entry))
-            .await?;
+        visit_log(self.backend.as_ref(), self.revision(), |entry| {
+            log.push(entry)
+        })
+        .await?;
         Ok(log)
     }
 
@@ -767,6 +745,27 @@ async fn follow(
     }
 }
 
+/// Hands each revision the log keeps, oldest first, up to `upto`, to `visit`.
+async fn visit_log(
+    backend: &dyn Backend,
+    upto: i64,
+    mut visit: impl FnMut(LogEntry),
+) -> Result<()> {
+    let mut from = 1;
+    while from <= upto {
+        let entries = backend.read_log(from, RECOVERY_CHUNK).await?;
+        let Some(last) = entries.last() else {
+            break;
+        };
+        from = last.revision + 1;
+        entries
+            .into_iter()
+            .filter(|e| e.revision <= upto)
+            .for_each(&mut visit);
+    }
+    Ok(())
+}
+
 /// An index rebuilt from the whole log.
 struct Loaded {
     index: Index,
@@ -777,23 +776,8 @@ struct Loaded {
 async fn load_index(backend: &dyn Backend) -> Result<(Loaded, crate::backend::Progress)> {
     let progress = backend.progress().await?;
     let mut index = Index::default();
-    let mut from = 1;
-    loop {
-        let entries = backend.read_log(from, RECOVERY_CHUNK).await?;
-        let Some(last) = entries.last() else {
-            break;
-        };
-        if last.revision > progress.head {
-            // Another process appended meanwhile; the rest is caught up with later.
-            let entries = entries.into_iter().filter(|e| e.revision <= progress.head);
-            entries.for_each(|e| restore(&mut index, e));
-            break;
-        }
-        from = last.revision + 1;
-        for entry in entries {
-            restore(&mut index, entry);
-        }
-    }
+    // Whatever another process appended meanwhile is caught up with later.
+    visit_log(backend, progress.head, |e| restore(&mut index, e)).await?;
     index.current = progress.head;
     index.committed = progress.head;
     let leftover = index.compact(progress.compacted);
@@ -833,25 +817,19 @@ struct Unresolved {
 impl Write {
     /// Adds the leases this write attaches keys to or revokes to `ids`.
     fn leases(&self, ids: &mut Vec<i64>) {
-        fn ops(requests: &[crate::proto::etcdserverpb::RequestOp], ids: &mut Vec<i64>) {
+        fn txn_leases(txn: &TxnRequest, ids: &mut Vec<i64>) {
             use crate::proto::etcdserverpb::request_op::Request;
-            for op in requests {
+            for op in txn.success.iter().chain(&txn.failure) {
                 match &op.request {
                     Some(Request::RequestPut(put)) => ids.push(put.lease),
-                    Some(Request::RequestTxn(txn)) => {
-                        ops(&txn.success, ids);
-                        ops(&txn.failure, ids);
-                    }
+                    Some(Request::RequestTxn(txn)) => txn_leases(txn, ids),
                     _ => {}
                 }
             }
         }
         match self {
             Write::Put(put) => ids.push(put.lease),
-            Write::Txn(txn) => {
-                ops(&txn.success, ids);
-                ops(&txn.failure, ids);
-            }
+            Write::Txn(txn) => txn_leases(txn, ids),
             Write::Revoke(id) => ids.push(*id),
             Write::Delete(_) | Write::Compact(_) | Write::CatchUp => {}
         }
