@@ -137,6 +137,13 @@ impl Embedded {
     }
 }
 
+fn insert(log: &mut redb::Table<(i64, i64), &[u8]>, rows: &[((i64, i64), Vec<u8>)]) -> Result<()> {
+    for (key, value) in rows {
+        log.insert(key, value.as_slice()).map_err(storage)?;
+    }
+    Ok(())
+}
+
 /// The log rows of `entries`: (revision, sub) → the encoded event.
 fn rows(entries: &[LogEntry]) -> Vec<((i64, i64), Vec<u8>)> {
     entries
@@ -208,9 +215,7 @@ impl Backend for Embedded {
                 return Err(BackendError::OutOfOrder { head, got: first });
             }
             let mut log = tx.open_table(LOG).map_err(storage)?;
-            for (key, value) in &rows {
-                log.insert(key, value.as_slice()).map_err(storage)?;
-            }
+            insert(&mut log, &rows)?;
             meta.insert("head", last as u64).map_err(storage)?;
             Ok(())
         })
@@ -227,9 +232,7 @@ impl Backend for Embedded {
             {
                 return Err(BackendError::NotEmpty);
             }
-            for (key, value) in &rows {
-                log.insert(key, value.as_slice()).map_err(storage)?;
-            }
+            insert(&mut log, &rows)?;
             meta.insert("head", progress.head as u64).map_err(storage)?;
             meta.insert("compacted", progress.compacted as u64)
                 .map_err(storage)?;
@@ -414,10 +417,7 @@ impl Backend for Embedded {
 
     async fn defragment(&self) -> Result<()> {
         self.with_db(|db| {
-            while db
-                .compact()
-                .map_err(|e| BackendError::Storage(e.to_string()))?
-            {}
+            while db.compact().map_err(storage)? {}
             Ok(())
         })
         .await

@@ -188,10 +188,10 @@ pub trait Shared: Send + Sync {
     /// A lease's granted TTL and whole seconds left.
     async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>>;
 
-    /// Takes or keeps the lease-keeper role for `member` for a few seconds; true while it holds it.
-    /// A member that takes it over renews every lease, as etcd's new leader does, so that the
+    /// Takes or keeps the lease-keeper role for this frontend for a few seconds; true while it
+    /// holds it. A frontend that takes it over renews every lease, as etcd's new leader does, so that the
     /// change never expires a lease that was kept alive.
-    async fn keep_leases(&self, member: u64) -> Result<bool>;
+    async fn keep_leases(&self) -> Result<bool>;
 
     /// Up to `limit` leases whose time is up, soonest first.
     async fn expired_leases(&self, limit: usize) -> Result<Vec<i64>>;

@@ -153,8 +153,7 @@ impl Store {
         if let Some(tail) = tail {
             tokio::spawn(follow(tail, index.clone(), tx.clone()));
             // The backend's clock times leases, and one keeper among the frontends expires them.
-            let member = backend.identity().member_id;
-            tokio::spawn(keep_leases(backend.clone(), tx.clone(), member));
+            tokio::spawn(keep_leases(backend.clone(), tx.clone()));
             let (renew, queue) = mpsc::channel(MAX_BATCH);
             tokio::spawn(renew_leases(backend.clone(), queue));
             renewals = Some(renew);
@@ -573,13 +572,13 @@ impl Store {
 
 /// On a shared backend: while this frontend holds the lease-keeper role, revokes the leases whose
 /// time is up by the backend's clock, through the writer like a client's revoke.
-async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>, member: u64) {
+async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>) {
+    let Some(shared) = backend.shared() else {
+        return;
+    };
     loop {
         tokio::time::sleep(KEEPER_INTERVAL).await;
-        let Some(shared) = backend.shared() else {
-            return;
-        };
-        let expired = match shared.keep_leases(member).await {
+        let expired = match shared.keep_leases().await {
             Ok(true) => shared.expired_leases(EXPIRED_PER_LOOK).await,
             Ok(false) => continue,
             Err(e) => Err(e),
@@ -652,11 +651,11 @@ async fn record_grants(
 /// lessor is left alone: there it only mirrors, for the writer, what the backend said under the
 /// append right (see `Writer::sync_leases`), and an answer read without it may be stale.
 async fn renew_leases(backend: Arc<dyn Backend>, mut queue: mpsc::Receiver<Renewal>) {
+    let Some(shared) = backend.shared() else {
+        return;
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let Some(shared) = backend.shared() else {
-            return;
-        };
         let mut ids: Vec<i64> = batch.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
         ids.dedup();

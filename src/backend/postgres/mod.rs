@@ -4,7 +4,7 @@
 //! Tables (schema version 1):
 //! - `strata_meta`: one row (id 1) with the schema version, the cluster id, the head revision and
 //!   the compaction revision. The head is the revision counter and its row lock the append right:
-//!   a frontend's writer takes it ([`Backend::lock`]: `SELECT … FOR UPDATE` in a transaction),
+//!   a frontend's writer takes it ([`Shared::lock`]: `SELECT … FOR UPDATE` in a transaction),
 //!   catches up to the head it read, evaluates its batch, and appends in the same transaction
 //!   (the rows, and the head moved from the revision before the first to the last, only if it still
 //!   is that revision). Commit order is therefore revision order, and no frontend evaluates a txn
@@ -208,15 +208,14 @@ type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 pub struct Postgres {
     inner: Arc<Inner>,
     identity: Identity,
-    head: watch::Receiver<i64>,
 }
 
 struct Inner {
     config: Connection,
-    /// The connection of the append transaction (see [`Backend::lock`]).
-    appender: Mutex<Appender>,
+    /// The connection of the append transaction (see [`Shared::lock`]).
+    appender: Mutex<Session>,
     /// The connection other writes go through, one at a time.
-    writer: Mutex<Option<Conn>>,
+    writer: Mutex<Session>,
     /// Connections shared by reads, each carrying many pipelined queries at once.
     readers: Vec<Mutex<Option<Arc<Conn>>>>,
     next_reader: std::sync::atomic::AtomicUsize,
@@ -269,15 +268,15 @@ impl Conn {
     }
 }
 
-/// The append transaction's connection, and whether that transaction is open (holding the head's
-/// row lock). Any failure drops the connection, which ends the transaction: PostgreSQL rolls back
-/// what did not commit.
-struct Appender {
+/// A connection used by one caller at a time, and whether a transaction is open on it (the append
+/// transaction, holding the head's row lock). Any failure drops the connection, which ends the
+/// transaction: PostgreSQL rolls back what did not commit; the next use connects afresh.
+struct Session {
     conn: Option<Conn>,
     locked: bool,
 }
 
-impl Appender {
+impl Session {
     /// The connection, opened if needed; but while the transaction is open a lost connection is an
     /// error, never replaced: the transaction, and the lock, went with it.
     async fn conn(&mut self, config: &Connection) -> Result<&Conn> {
@@ -296,10 +295,7 @@ impl Appender {
 
     /// `sql` prepared on the connection (once per connection).
     async fn prepared(&mut self, config: &Connection, sql: &'static str) -> Result<Statement> {
-        let result = match self.conn(config).await {
-            Ok(conn) => conn.statement(sql).await,
-            Err(e) => Err(e),
-        };
+        let result = self.conn(config).await?.statement(sql).await;
         self.failed(result)
     }
 
@@ -331,9 +327,15 @@ impl Appender {
         self.failed(result)
     }
 
-    /// Runs statements as one simple query (one round trip), returning the rows of the last.
-    async fn simple(&mut self, config: &Connection, sql: &str) -> Result<Vec<SimpleQueryRow>> {
-        let result = deadline(self.conn(config).await?.client.simple_query(sql)).await;
+    /// Runs statements as one simple query (one round trip) within `limit`, returning the rows of
+    /// the last.
+    async fn simple(
+        &mut self,
+        config: &Connection,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<Vec<SimpleQueryRow>> {
+        let result = deadline_of(limit, self.conn(config).await?.client.simple_query(sql)).await;
         let messages = self.failed(result)?;
         Ok(messages
             .into_iter()
@@ -402,25 +404,24 @@ impl Postgres {
     pub async fn open(config: Connection, member: &str) -> Result<Postgres> {
         let conn = Conn::open(&config).await?;
         let cluster_id = init_schema(&conn.client).await?;
-        let head = conn.query(PROGRESS, &[]).await?;
-        let head: i64 = head
-            .first()
-            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?
-            .get(0);
-        let (head_tx, head_rx) = watch::channel(head);
+        let (head, _) = watch::channel(Progress::EMPTY.head);
         let inner = Arc::new(Inner {
             config,
-            appender: Mutex::new(Appender {
+            appender: Mutex::new(Session {
                 conn: None,
                 locked: false,
             }),
-            writer: Mutex::new(Some(conn)),
+            writer: Mutex::new(Session {
+                conn: Some(conn),
+                locked: false,
+            }),
             readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
             next_reader: Default::default(),
-            head: head_tx,
+            head,
             size: AtomicI64::new(0),
             notify: Default::default(),
         });
+        inner.progress().await?;
         inner.measure_usage().await;
         tokio::spawn(tail(Arc::downgrade(&inner)));
         tokio::spawn(measure_usage(Arc::downgrade(&inner)));
@@ -430,7 +431,6 @@ impl Postgres {
                 member_id: fnv(&[&cluster_id.to_be_bytes(), member.as_bytes()]),
             },
             inner,
-            head: head_rx,
         })
     }
 }
@@ -513,45 +513,25 @@ impl Inner {
         result
     }
 
-    /// The writer connection, connected. A statement that fails on it leaves its state unknown (it
-    /// may still be running), so the caller drops it: the next use starts afresh.
-    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Conn>>> {
-        let mut slot = self.writer.lock().await;
-        if slot.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *slot = Some(Conn::open(&self.config).await?);
-        }
-        Ok(slot)
-    }
-
     /// Runs one write statement on the writer connection; returns the rows it changed.
     async fn write(&self, sql: &'static str, params: Params<'_>) -> Result<u64> {
-        let mut slot = self.writer().await?;
-        let result = slot.as_ref().expect("connected").execute(sql, params).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        let mut writer = self.writer.lock().await;
+        writer.execute(&self.config, sql, params).await
     }
 
     /// Runs one write statement on the writer connection; returns the rows it returns.
     async fn write_rows(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let mut slot = self.writer().await?;
-        let result = slot.as_ref().expect("connected").query(sql, params).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        let mut writer = self.writer.lock().await;
+        writer.query(&self.config, sql, params).await
     }
 
     /// Runs a maintenance statement on the writer connection, with a longer deadline.
     async fn maintain(&self, sql: &str) -> Result<()> {
-        let mut slot = self.writer().await?;
-        let conn = slot.as_ref().expect("connected");
-        let result = deadline_of(DEFRAGMENT_DEADLINE, conn.client.batch_execute(sql)).await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        let mut writer = self.writer.lock().await;
+        writer
+            .simple(&self.config, sql, DEFRAGMENT_DEADLINE)
+            .await?;
+        Ok(())
     }
 
     async fn progress(&self) -> Result<Progress> {
@@ -597,20 +577,18 @@ async fn tail(inner: Weak<Inner>) {
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
-        let listener = match deadline(config.config.connect(config.tls.clone())).await {
-            Ok((client, connection)) => Some((client, connection)),
-            Err(e) => {
-                tracing::warn!(error = %e, "tailer cannot connect; polling");
-                None
-            }
-        };
-        let Some((client, mut connection)) = listener else {
-            if !poll_once(&inner).await {
-                return;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-            continue;
-        };
+        let (client, mut connection) =
+            match deadline(config.config.connect(config.tls.clone())).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tailer cannot connect; polling");
+                    if !poll_once(&inner).await {
+                        return;
+                    }
+                    tokio::time::sleep(POLL_INTERVAL).await;
+                    continue;
+                }
+            };
         let statement = format!("LISTEN {CHANNEL}");
         let listen = client.batch_execute(&statement);
         let listening = tokio::select! {
@@ -776,7 +754,7 @@ impl Backend for Postgres {
             } else {
                 let inserted = appender.execute(config, APPEND, &params).await?;
                 if inserted > 0 && !notify.is_empty() {
-                    if let Err(e) = appender.simple(config, &notify).await {
+                    if let Err(e) = appender.simple(config, &notify, STATEMENT_DEADLINE).await {
                         tracing::debug!(error = %e, "could not notify other frontends");
                     }
                 }
@@ -929,10 +907,7 @@ impl Backend for Postgres {
     async fn alarms(&self) -> Result<Vec<(u64, i32)>> {
         let rows = self
             .inner
-            .read(
-                "SELECT member, alarm FROM strata_alarms ORDER BY member, alarm",
-                &[],
-            )
+            .read("SELECT member, alarm FROM strata_alarms", &[])
             .await?;
         let mut alarms: Vec<(u64, i32)> = rows
             .iter()
@@ -1005,7 +980,7 @@ impl Backend for Postgres {
 #[async_trait]
 impl Shared for Postgres {
     fn tail(&self) -> watch::Receiver<i64> {
-        self.head.clone()
+        self.inner.head.subscribe()
     }
 
     async fn lock(&self, after: i64) -> Result<(Progress, Vec<LogEntry>)> {
@@ -1013,7 +988,9 @@ impl Shared for Postgres {
         let config = &self.inner.config;
         if appender.locked {
             appender.locked = false;
-            appender.simple(config, "ROLLBACK").await?;
+            appender
+                .simple(config, "ROLLBACK", STATEMENT_DEADLINE)
+                .await?;
         }
         // Both statements prepared before the transaction, so that nothing but them runs in it.
         let read = appender.prepared(config, READ_LOG).await?;
@@ -1057,7 +1034,9 @@ impl Shared for Postgres {
         let mut appender = self.inner.appender.lock().await;
         if appender.locked {
             appender.locked = false;
-            appender.simple(&self.inner.config, "COMMIT").await?;
+            appender
+                .simple(&self.inner.config, "COMMIT", STATEMENT_DEADLINE)
+                .await?;
         }
         Ok(())
     }
@@ -1100,8 +1079,8 @@ impl Shared for Postgres {
         Ok(rows.first().map(|r| (r.get(0), r.get::<_, i64>(1).max(0))))
     }
 
-    async fn keep_leases(&self, member: u64) -> Result<bool> {
-        let me = member as i64;
+    async fn keep_leases(&self) -> Result<bool> {
+        let me = self.identity.member_id as i64;
         let seconds = KEEPER_TERM.as_secs_f64();
         // One statement, so that taking the role over and renewing every lease happen together.
         let rows = self
