@@ -138,7 +138,7 @@ async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let summary = format!(
                 "{} revisions up to {} (compacted at {}), {} leases, {} users, {} roles",
                 contents.log.len(),
-                contents.log.last().map_or(1, |e| e.revision),
+                contents.head(),
                 contents.compacted,
                 contents.leases.len(),
                 contents.auth.users.len(),

@@ -23,30 +23,7 @@ type SnapshotStream =
 impl MaintenanceService {
     /// The database etcd would hold for this store now (see [`crate::snapshot`]).
     async fn snapshot_database(&self) -> Result<Vec<u8>, Status> {
-        let store = &self.0.store;
-        let log = store.history().await?;
-        let mut leases = Vec::new();
-        for id in store.lease_ids().await? {
-            if let Some((remaining_ttl, ttl, _)) = store.lease_time_to_live(id, false).await? {
-                leases.push(snapshot::Lease {
-                    id,
-                    ttl,
-                    remaining_ttl,
-                });
-            }
-        }
-        let (enabled, revision, users, roles) = self.0.auth.export();
-        let contents = snapshot::Contents {
-            log,
-            compacted: store.compacted(),
-            leases,
-            auth: snapshot::Auth {
-                enabled,
-                revision,
-                users,
-                roles,
-            },
-        };
+        let contents = snapshot::Contents::capture(&self.0.store, &self.0.auth).await?;
         tokio::task::spawn_blocking(move || snapshot::database(&contents))
             .await
             .map_err(|_| Status::from(Error::Stopped))

@@ -36,28 +36,18 @@ pub struct AuthInfo {
     pub revision: u64,
 }
 
-/// The state as the backend keeps it, users and roles as etcd's own messages.
+/// The auth state as the backend stores it and a snapshot carries it: whether auth is on, its
+/// revision, and the users and roles as etcd's own messages.
 #[derive(Clone, PartialEq, Message)]
-struct Stored {
+pub struct AuthRecord {
     #[prost(bool, tag = "1")]
-    enabled: bool,
+    pub enabled: bool,
     #[prost(uint64, tag = "2")]
-    revision: u64,
+    pub revision: u64,
     #[prost(message, repeated, tag = "3")]
-    users: Vec<User>,
+    pub users: Vec<User>,
     #[prost(message, repeated, tag = "4")]
-    roles: Vec<Role>,
-}
-
-/// The auth state as the backend stores it, from its parts (as a restored snapshot has them).
-pub fn encode(enabled: bool, revision: u64, users: Vec<User>, roles: Vec<Role>) -> Vec<u8> {
-    Stored {
-        enabled,
-        revision,
-        users,
-        roles,
-    }
-    .encode_to_vec()
+    pub roles: Vec<Role>,
 }
 
 #[derive(Clone, Debug)]
@@ -86,7 +76,7 @@ impl State {
     }
 
     fn decode(generation: u64, bytes: &[u8]) -> Result<State> {
-        let stored = Stored::decode(bytes)
+        let stored = AuthRecord::decode(bytes)
             .map_err(|e| Error::Storage(format!("unreadable auth state: {e}")))?;
         let name = |n: &Bytes| String::from_utf8_lossy(n).into_owned();
         let mut state = State {
@@ -109,13 +99,13 @@ impl State {
         Ok(state)
     }
 
-    fn encode(&self) -> Vec<u8> {
-        encode(
-            self.enabled,
-            self.revision,
-            self.users.values().cloned().collect(),
-            self.roles.values().cloned().collect(),
-        )
+    fn record(&self) -> AuthRecord {
+        AuthRecord {
+            enabled: self.enabled,
+            revision: self.revision,
+            users: self.users.values().cloned().collect(),
+            roles: self.roles.values().cloned().collect(),
+        }
     }
 
     fn merge_permissions(&mut self) {
@@ -231,7 +221,7 @@ impl AuthStore {
             next.merge_permissions();
             if self
                 .backend
-                .put_auth(next.generation, &next.encode())
+                .put_auth(next.generation, &next.record().encode_to_vec())
                 .await?
             {
                 next.generation += 1;
@@ -374,14 +364,8 @@ impl AuthStore {
     }
 
     /// Whether auth is on, its revision, every user and every role: what a snapshot keeps.
-    pub fn export(&self) -> (bool, u64, Vec<User>, Vec<Role>) {
-        let state = self.current();
-        (
-            state.enabled,
-            state.revision,
-            state.users.values().cloned().collect(),
-            state.roles.values().cloned().collect(),
-        )
+    pub fn export(&self) -> AuthRecord {
+        self.current().record()
     }
 
     /// Checks a user's password and hands out a token for it.

@@ -31,7 +31,7 @@ const BUCKET_ELEMENT: u32 = 0x01;
 /// A bucket header: the root page and the bucket's sequence.
 const BUCKET_HEADER: usize = 16;
 
-/// A bucket's keys and values, in key order.
+/// A bucket's keys and values (written in key order, whatever order they come in).
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Buckets by name.
@@ -173,10 +173,11 @@ pub fn write(buckets: &Buckets) -> Vec<u8> {
     w.page(FREELIST, 0, &[]);
     let mut headers = Vec::new();
     for (name, entries) in buckets {
-        let elements: Vec<(&[u8], &[u8], u32)> = entries
+        let mut elements: Vec<(&[u8], &[u8], u32)> = entries
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice(), 0))
             .collect();
+        elements.sort_unstable_by_key(|(k, _, _)| *k);
         let root = w.tree(&elements);
         let mut header = root.to_le_bytes().to_vec();
         header.extend_from_slice(&0u64.to_le_bytes());

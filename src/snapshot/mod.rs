@@ -11,7 +11,9 @@
 
 pub mod bbolt;
 
+use crate::auth::{AuthRecord, AuthStore};
 use crate::backend::LogEntry;
+use crate::mvcc::Store;
 use crate::proto::authpb::{Role, User};
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::KeyValue;
@@ -20,30 +22,15 @@ use prost::Message;
 /// Bytes the Snapshot RPC sends per message, as etcd does.
 pub const CHUNK_BYTES: usize = 32 * 1024;
 
-/// etcd's lease record (`leasepb.Lease`).
+/// A lease as a snapshot keeps it: etcd's lease record (`leasepb.Lease`).
 #[derive(Clone, PartialEq, Message)]
-struct LeaseRecord {
-    #[prost(int64, tag = "1")]
-    id: i64,
-    #[prost(int64, tag = "2")]
-    ttl: i64,
-    #[prost(int64, tag = "3")]
-    remaining_ttl: i64,
-}
-
-/// A lease as a snapshot keeps it.
 pub struct Lease {
+    #[prost(int64, tag = "1")]
     pub id: i64,
+    #[prost(int64, tag = "2")]
     pub ttl: i64,
+    #[prost(int64, tag = "3")]
     pub remaining_ttl: i64,
-}
-
-/// The auth state as a snapshot keeps it.
-pub struct Auth {
-    pub enabled: bool,
-    pub revision: u64,
-    pub users: Vec<User>,
-    pub roles: Vec<Role>,
 }
 
 /// Everything a snapshot holds.
@@ -53,7 +40,35 @@ pub struct Contents {
     /// etcd's compaction revision (-1: never compacted).
     pub compacted: i64,
     pub leases: Vec<Lease>,
-    pub auth: Auth,
+    pub auth: AuthRecord,
+}
+
+impl Contents {
+    /// What `store` and `auth` hold now.
+    pub async fn capture(store: &Store, auth: &AuthStore) -> crate::error::Result<Contents> {
+        let log = store.history().await?;
+        let mut leases = Vec::new();
+        for id in store.lease_ids().await? {
+            if let Some((remaining_ttl, ttl, _)) = store.lease_time_to_live(id, false).await? {
+                leases.push(Lease {
+                    id,
+                    ttl,
+                    remaining_ttl,
+                });
+            }
+        }
+        Ok(Contents {
+            log,
+            compacted: store.compacted(),
+            leases,
+            auth: auth.export(),
+        })
+    }
+
+    /// The newest revision the history holds (1 for none).
+    pub fn head(&self) -> i64 {
+        self.log.last().map_or(1, |e| e.revision)
+    }
 }
 
 /// A revision in etcd's bbolt key form.
@@ -74,16 +89,14 @@ pub fn database(contents: &Contents) -> Vec<u8> {
     let mut keys = Vec::new();
     for entry in &contents.log {
         for (sub, event) in entry.events.iter().enumerate() {
-            let kv = event.kv.clone().unwrap_or_default();
+            let mut value = event.kv.clone().unwrap_or_default();
             let tombstone = event.r#type == EventType::Delete as i32;
-            let value = if tombstone {
-                KeyValue {
-                    key: kv.key,
+            if tombstone {
+                value = KeyValue {
+                    key: value.key,
                     ..Default::default()
-                }
-            } else {
-                kv
-            };
+                };
+            }
             keys.push((
                 revision_key(entry.revision, sub as i64, tombstone),
                 value.encode_to_vec(),
@@ -92,32 +105,22 @@ pub fn database(contents: &Contents) -> Vec<u8> {
     }
     buckets.insert(b"key".to_vec(), keys);
 
-    let head = contents.log.last().map_or(1, |e| e.revision);
     let mut meta = vec![(
         b"consistent_index".to_vec(),
-        (head as u64).to_be_bytes().to_vec(),
+        (contents.head() as u64).to_be_bytes().to_vec(),
     )];
     if contents.compacted > 0 {
         let at = revision_key(contents.compacted, 0, false);
         meta.push((b"finishedCompactRev".to_vec(), at.clone()));
         meta.push((b"scheduledCompactRev".to_vec(), at));
     }
-    meta.sort();
     buckets.insert(b"meta".to_vec(), meta);
 
-    let mut leases: bbolt::Entries = contents
+    let leases = contents
         .leases
         .iter()
-        .map(|l| {
-            let record = LeaseRecord {
-                id: l.id,
-                ttl: l.ttl,
-                remaining_ttl: l.remaining_ttl,
-            };
-            (l.id.to_be_bytes().to_vec(), record.encode_to_vec())
-        })
+        .map(|l| (l.id.to_be_bytes().to_vec(), l.encode_to_vec()))
         .collect();
-    leases.sort();
     buckets.insert(b"lease".to_vec(), leases);
 
     let auth = &contents.auth;
@@ -131,19 +134,17 @@ pub fn database(contents: &Contents) -> Vec<u8> {
             ),
         ],
     );
-    let mut users: bbolt::Entries = auth
+    let users = auth
         .users
         .iter()
         .map(|u| (u.name.to_vec(), u.encode_to_vec()))
         .collect();
-    users.sort();
     buckets.insert(b"authUsers".to_vec(), users);
-    let mut roles: bbolt::Entries = auth
+    let roles = auth
         .roles
         .iter()
         .map(|r| (r.name.to_vec(), r.encode_to_vec()))
         .collect();
-    roles.sort();
     buckets.insert(b"authRoles".to_vec(), roles);
     for empty in ["members", "members_removed", "cluster", "alarm"] {
         buckets.insert(empty.as_bytes().to_vec(), Vec::new());
@@ -222,19 +223,16 @@ pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
         let revision = i64::from_be_bytes(main[..8].try_into().expect("8 bytes"));
         let mut kv = KeyValue::decode(value.as_slice())
             .map_err(|e| entry_error("key", key, format!("not a KeyValue: {e}")))?;
-        let event = if tombstone {
+        let r#type = if tombstone {
             kv.mod_revision = revision;
-            crate::proto::mvccpb::Event {
-                r#type: EventType::Delete as i32,
-                kv: Some(kv),
-                prev_kv: None,
-            }
+            EventType::Delete
         } else {
-            crate::proto::mvccpb::Event {
-                r#type: EventType::Put as i32,
-                kv: Some(kv),
-                prev_kv: None,
-            }
+            EventType::Put
+        };
+        let event = crate::proto::mvccpb::Event {
+            r#type: r#type as i32,
+            kv: Some(kv),
+            prev_kv: None,
         };
         match log.last_mut() {
             Some(entry) if entry.revision == revision => entry.events.push(event),
@@ -258,17 +256,13 @@ pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
     let mut leases = Vec::new();
     if let Some(entries) = buckets.get(b"lease".as_slice()) {
         for (key, value) in entries {
-            let record = LeaseRecord::decode(value.as_slice())
+            let lease = Lease::decode(value.as_slice())
                 .map_err(|e| entry_error("lease", key, format!("not a Lease: {e}")))?;
-            leases.push(Lease {
-                id: record.id,
-                ttl: record.ttl,
-                remaining_ttl: record.remaining_ttl,
-            });
+            leases.push(lease);
         }
     }
 
-    let mut auth = Auth {
+    let mut auth = AuthRecord {
         enabled: false,
         revision: 1,
         users: Vec::new(),
@@ -312,22 +306,14 @@ pub async fn restore(
     backend: &dyn crate::backend::Backend,
     contents: Contents,
 ) -> Result<(), crate::backend::BackendError> {
-    let head = contents
-        .log
-        .last()
-        .map_or(1, |e| e.revision)
-        .max(contents.compacted)
-        .max(1);
     let progress = crate::backend::Progress {
-        head,
+        head: contents.head().max(contents.compacted),
         compacted: contents.compacted,
     };
     backend.restore(&contents.log, progress).await?;
     let leases: Vec<(i64, i64)> = contents.leases.iter().map(|l| (l.id, l.ttl)).collect();
     backend.put_leases(&leases).await?;
-    let auth = contents.auth;
-    let state = crate::auth::encode(auth.enabled, auth.revision, auth.users, auth.roles);
-    backend.put_auth(0, &state).await?;
+    backend.put_auth(0, &contents.auth.encode_to_vec()).await?;
     Ok(())
 }
 
@@ -371,7 +357,7 @@ mod tests {
                 ttl: 60,
                 remaining_ttl: 30,
             }],
-            auth: Auth {
+            auth: AuthRecord {
                 enabled: false,
                 revision: 1,
                 users: Vec::new(),
@@ -389,7 +375,7 @@ mod tests {
         );
         let meta = &buckets[&b"meta".to_vec()];
         assert!(meta.contains(&(b"finishedCompactRev".to_vec(), revision_key(2, 0, false))));
-        let lease = LeaseRecord::decode(buckets[&b"lease".to_vec()][0].1.as_slice()).unwrap();
+        let lease = Lease::decode(buckets[&b"lease".to_vec()][0].1.as_slice()).unwrap();
         assert_eq!((lease.id, lease.ttl, lease.remaining_ttl), (7, 60, 30));
         assert!(buckets.contains_key(b"members".as_slice()));
         assert_eq!(checksum(b"").len(), 32);
@@ -414,7 +400,7 @@ mod tests {
                 ttl: 30,
                 remaining_ttl: 12,
             }],
-            auth: Auth {
+            auth: AuthRecord {
                 enabled: true,
                 revision: 4,
                 users: vec![User {
