@@ -98,14 +98,7 @@ async fn receive(
 ) {
     while let Some(Ok(request)) = requests.next().await {
         if let Some(RequestUnion::CreateRequest(c)) = &request.request_union {
-            // A watch from "now" starts at the cluster's head, not at a frontend's lagging view
-            // of it. If the backend cannot say, it starts at this frontend's revision, as on an
-            // etcd follower.
-            if c.start_revision == 0 {
-                if let Err(e) = context.store.sync_with_head().await {
-                    tracing::debug!(error = %e, "watch starts without the backend's head");
-                }
-            }
+            context.store.prepare_watch(c.start_revision).await;
         }
         // Reserving first keeps the stream's order: nothing about a watcher can be queued between
         // the check of a request and its answer.
@@ -113,16 +106,14 @@ async fn receive(
             return;
         };
         match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => {
-                match permitted(&context, token.as_deref(), &create) {
-                    Ok(()) => self::create(&context, create, &notices, permit, &watchers),
-                    Err(reason) => permit.send(Notice {
-                        watch_id: NO_WATCH_ID,
-                        revision: context.store.revision(),
-                        kind: NoticeKind::Refused(reason),
-                    }),
-                }
-            }
+            Some(RequestUnion::CreateRequest(create)) => self::create(
+                &context,
+                token.as_deref(),
+                create,
+                &notices,
+                permit,
+                &watchers,
+            ),
             Some(RequestUnion::CancelRequest(cancel)) => {
                 let removed = watchers
                     .lock()
@@ -152,43 +143,28 @@ async fn receive(
     }
 }
 
-/// Whether the sender may read what a watch asks for; if not, the reason its refusal gives.
+/// Whether the sender may read what a watch of `key` (already "\0" for an empty one) asks for;
+/// if not, the reason its refusal gives.
 fn permitted(
     context: &Context,
     token: Option<&str>,
-    create: &WatchCreateRequest,
+    key: &[u8],
+    range_end: &[u8],
 ) -> std::result::Result<(), String> {
-    use crate::error::Error;
-    // As etcd checks it: an empty key is "\0", and a range end of "\0" (every key from the key
-    // on) becomes empty, so that only the key itself is checked.
-    let key: &[u8] = if create.key.is_empty() {
-        b"\0"
-    } else {
-        &create.key
-    };
-    let range_end: &[u8] = if create.range_end[..] == [0] {
-        b""
-    } else {
-        &create.range_end
-    };
-    let check = context
+    // As etcd checks it: a range end of "\0" (every key from the key on) becomes empty, so that
+    // only the key itself is checked.
+    let range_end = if range_end == [0] { b"" } else { range_end };
+    context
         .auth
         .auth_info(token)
-        .and_then(|info| context.auth.check_read(info.as_ref(), key, range_end));
-    let refusal = match check {
-        Ok(()) => return Ok(()),
-        Err(e @ (Error::InvalidAuthToken | Error::AuthOldRevision | Error::UserEmpty)) => e,
-        Err(_) => Error::PermissionDenied,
-    };
-    // etcd gives the reason as Go prints a gRPC status error.
-    Err(format!(
-        "rpc error: code = {:?} desc = {refusal}",
-        refusal.code()
-    ))
+        .and_then(|info| context.auth.check_read(info.as_ref(), key, range_end))
+        // etcd gives the reason as Go prints a gRPC status error.
+        .map_err(|e| format!("rpc error: code = {:?} desc = {e}", e.code()))
 }
 
 fn create(
     context: &Context,
+    token: Option<&str>,
     create: WatchCreateRequest,
     notices: &mpsc::Sender<Notice>,
     permit: mpsc::Permit<'_, Notice>,
@@ -201,16 +177,19 @@ fn create(
             kind: NoticeKind::Refused(reason.to_owned()),
         })
     };
-    // etcd 3.5.24 and later refuse a negative start revision so; 3.4 and older 3.5 did not.
-    if create.start_revision < 0 {
-        return refuse(permit, &crate::error::Error::Compacted.to_string());
-    }
     // An empty key watches from the smallest key.
     let key = if create.key.is_empty() {
         Bytes::from_static(b"\0")
     } else {
         create.key
     };
+    if let Err(reason) = permitted(context, token, &key, &create.range_end) {
+        return refuse(permit, &reason);
+    }
+    // etcd 3.5.24 and later refuse a negative start revision so; 3.4 and older 3.5 did not.
+    if create.start_revision < 0 {
+        return refuse(permit, &crate::error::Error::Compacted.to_string());
+    }
     if !create.range_end.is_empty() && create.range_end[..] != [0] && key >= create.range_end {
         return refuse(permit, "mvcc: watcher range is empty");
     }

@@ -310,14 +310,6 @@ impl AuthStore {
         Err(Error::PermissionDenied)
     }
 
-    pub fn has_role(&self, user: &str, role: &str) -> bool {
-        let state = self.current();
-        state
-            .users
-            .get(user)
-            .is_some_and(|u| u.roles.iter().any(|r| r == role))
-    }
-
     /// That `info` was looked up at the current auth revision (a request that ran while auth
     /// changed is refused, as etcd refuses it).
     pub fn check_unchanged(&self, info: Option<&AuthInfo>) -> Result<()> {
@@ -497,7 +489,13 @@ impl AuthStore {
         .await
     }
 
-    pub fn user_get(&self, name: &str) -> Result<Vec<String>> {
+    /// A user's roles, for root or for the user itself.
+    pub fn user_get(&self, info: Option<&AuthInfo>, name: &str) -> Result<Vec<String>> {
+        if let Err(e) = self.check_admin(info) {
+            if info.is_none_or(|i| i.user != name) {
+                return Err(e);
+            }
+        }
         Ok(self.current().user(name)?.roles.clone())
     }
 
@@ -539,8 +537,15 @@ impl AuthStore {
         .await
     }
 
-    pub fn role_get(&self, name: &str) -> Result<Vec<Permission>> {
+    /// A role's permissions, for root or for a user who has the role.
+    pub fn role_get(&self, info: Option<&AuthInfo>, name: &str) -> Result<Vec<Permission>> {
         let state = self.current();
+        if let Err(e) = self.check_admin(info) {
+            let has_role = |user: &User| user.roles.iter().any(|r| r == name);
+            if info.is_none_or(|i| !state.users.get(&i.user).is_some_and(has_role)) {
+                return Err(e);
+            }
+        }
         let role = state.roles.get(name).ok_or(Error::RoleNotFound)?;
         Ok(role.key_permission.clone())
     }
@@ -745,7 +750,7 @@ mod tests {
             before + 1,
             "a repeated grant changes nothing"
         );
-        assert_eq!(auth.user_get("u").unwrap(), vec!["r".to_owned()]);
+        assert_eq!(auth.user_get(None, "u").unwrap(), vec!["r".to_owned()]);
         assert_eq!(
             auth.role_grant_permission("r", None).await,
             Err(Error::PermissionNotGiven)
@@ -764,7 +769,7 @@ mod tests {
         auth.role_grant_permission("r", perm(Type::Write, "a", "\0"))
             .await
             .unwrap();
-        let perms = auth.role_get("r").unwrap();
+        let perms = auth.role_get(None, "r").unwrap();
         assert_eq!(perms.len(), 2);
         assert_eq!(perms[0].key.as_ref(), b"a");
         assert_eq!(perms[1].perm_type, Type::Readwrite as i32);
@@ -773,7 +778,7 @@ mod tests {
             Err(Error::PermissionNotGranted)
         );
         auth.role_delete("r").await.unwrap();
-        assert_eq!(auth.user_get("u").unwrap(), Vec::<String>::new());
+        assert_eq!(auth.user_get(None, "u").unwrap(), Vec::<String>::new());
         assert_eq!(
             auth.user_revoke_role("u", "r").await,
             Err(Error::RoleNotGranted)
@@ -795,8 +800,13 @@ mod tests {
         drop(auth);
         let again = store(backend).await;
         assert_eq!(again.status(), (true, 3));
-        assert_eq!(again.user_get("root").unwrap(), vec!["root".to_owned()]);
         // Tokens are not kept: clients authenticate again, as after an etcd restart.
-        assert!(again.authenticate("root", "pw").await.is_ok());
+        let token = again.authenticate("root", "pw").await;
+        assert!(token.is_ok());
+        let root = again.auth_info(token.ok().as_deref()).unwrap();
+        assert_eq!(
+            again.user_get(root.as_ref(), "root").unwrap(),
+            vec!["root".to_owned()]
+        );
     }
 }

@@ -479,6 +479,17 @@ impl Store {
         Ok(Some((left, granted, keys)))
     }
 
+    /// Readies a watch to start: one from "now" (`start_revision` 0) starts at the cluster's
+    /// head, not at a frontend's lagging view of it. If the backend cannot say, it starts at this
+    /// frontend's revision, as on an etcd follower.
+    pub async fn prepare_watch(&self, start_revision: i64) {
+        if start_revision == 0 {
+            if let Err(e) = self.sync_with_head().await {
+                tracing::debug!(error = %e, "watch starts without the backend's head");
+            }
+        }
+    }
+
     /// The whole log kept, from the oldest revision to the head as of the call: what a snapshot
     /// holds of the key-value store.
     pub async fn history(&self) -> Result<Vec<LogEntry>> {
