@@ -21,11 +21,11 @@ impl Cluster for ClusterService {
         &self,
         _: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
-        let mut members: Vec<Member> = self
-            .0
-            .store
-            .members()
-            .await?
+        let mut records = self.0.store.members().await?;
+        if records.is_empty() {
+            records.push(self.0.member.clone());
+        }
+        let members = records
             .into_iter()
             .map(|m| Member {
                 id: m.id,
@@ -35,15 +35,6 @@ impl Cluster for ClusterService {
                 is_learner: false,
             })
             .collect();
-        if members.is_empty() {
-            members.push(Member {
-                id: self.0.store.identity().member_id,
-                name: self.0.name.clone(),
-                peer_ur_ls: Vec::new(),
-                client_ur_ls: self.0.client_urls.clone(),
-                is_learner: false,
-            });
-        }
         let mut resp = MemberListResponse {
             members,
             ..Default::default()

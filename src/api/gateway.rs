@@ -184,8 +184,9 @@ pub fn routes(grpc: Routes) -> Router {
 }
 
 /// An error as grpc-gateway writes it, with the HTTP status it gives the gRPC code.
-fn error(code: Code, message: &str) -> Response {
-    let status = match code {
+/// The HTTP status grpc-gateway gives a gRPC code.
+fn http_status(code: Code) -> StatusCode {
+    match code {
         Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
         Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
@@ -198,7 +199,11 @@ fn error(code: Code, message: &str) -> Response {
         Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    }
+}
+
+fn error(code: Code, message: &str) -> Response {
+    let status = http_status(code);
     // In grpc-gateway's field order.
     let quoted = serde_json::Value::from(message).to_string();
     let body = format!(
@@ -382,15 +387,13 @@ async fn stream(
 
 /// An error in the middle of a stream, as grpc-gateway writes it.
 fn stream_error(status: &tonic::Status) -> Bytes {
-    let http = error(status.code(), "").status().as_u16();
+    let http = http_status(status.code());
     let quoted = serde_json::Value::from(status.message()).to_string();
-    let reason = axum::http::StatusCode::from_u16(http)
-        .ok()
-        .and_then(|s| s.canonical_reason())
-        .unwrap_or("");
+    let reason = http.canonical_reason().unwrap_or("");
     format!(
-        "{{\"error\":{{\"grpc_code\":{},\"http_code\":{http},\"message\":{quoted},\"http_status\":\"{reason}\"}}}}\n",
-        status.code() as i32
+        "{{\"error\":{{\"grpc_code\":{},\"http_code\":{},\"message\":{quoted},\"http_status\":\"{reason}\"}}}}\n",
+        status.code() as i32,
+        http.as_u16()
     )
     .into()
 }

@@ -55,8 +55,8 @@ struct Context {
     auth: Arc<AuthStore>,
     limits: validation::Limits,
     quota_bytes: u64,
-    name: String,
-    client_urls: Vec<String>,
+    /// This frontend, as the member list shows it.
+    member: MemberRecord,
     watch_progress_interval: std::time::Duration,
 }
 
@@ -140,10 +140,10 @@ impl Server {
         let member = MemberRecord {
             id: store.identity().member_id,
             name: config.name.clone(),
-            client_urls: client_urls.clone(),
+            client_urls,
         };
         store.heartbeat(&member).await?;
-        tokio::spawn(heartbeat(Arc::downgrade(&store), member));
+        tokio::spawn(heartbeat(Arc::downgrade(&store), member.clone()));
         let context = Context {
             store,
             auth,
@@ -152,8 +152,7 @@ impl Server {
                 max_txn_ops: config.max_txn_ops,
             },
             quota_bytes: config.quota_bytes(),
-            name: config.name.clone(),
-            client_urls,
+            member,
             watch_progress_interval: config.experimental_watch_progress_notify_interval,
         };
         let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
