@@ -221,15 +221,10 @@ impl WatchHub {
 
     /// Makes every watcher replay from the log, after the index was reloaded under them.
     pub fn unsync_all(&mut self) {
-        let synced: Vec<WatcherKey> = self
-            .watchers
-            .keys()
-            .filter(|k| !self.unsynced.contains(k))
-            .copied()
-            .collect();
-        for key in synced {
-            self.mark_unsynced(key);
-        }
+        self.by_key.clear();
+        self.ranges.clear();
+        self.unsynced.extend(self.watchers.keys().copied());
+        self.wake.notify_one();
     }
 
     /// Sends each synced watcher its events of `entries`, newly committed, one response per

@@ -234,14 +234,21 @@ impl Report {
         for t in tasks {
             latencies.extend(t.await?);
         }
-        let elapsed = start.elapsed();
+        Ok(Report::new(
+            latencies,
+            errors.load(Ordering::Relaxed),
+            start.elapsed(),
+        ))
+    }
+
+    fn new(mut latencies: Vec<Duration>, errors: u64, elapsed: Duration) -> Report {
         latencies.sort_unstable();
-        Ok(Report {
+        Report {
             requests: latencies.len(),
-            errors: errors.load(Ordering::Relaxed),
+            errors,
             elapsed,
             latencies,
-        })
+        }
     }
 
     fn percentile(&self, p: f64) -> Duration {

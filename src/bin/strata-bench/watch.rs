@@ -157,17 +157,11 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
     if drained.is_err() || got != expected {
         errors += expected.abs_diff(got);
     }
-    let mut latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
-    latencies.sort_unstable();
+    let latencies = std::mem::take(&mut *latencies.lock().expect("latencies"));
     eprintln!(
         "{} puts at {:.0}/s; {got} of {expected} events delivered",
         args.total,
         args.total as f64 / elapsed.as_secs_f64()
     );
-    Ok(Report {
-        requests: latencies.len(),
-        errors,
-        elapsed,
-        latencies,
-    })
+    Ok(Report::new(latencies, errors, elapsed))
 }
