@@ -3,7 +3,8 @@
 //! Three layers (see DESIGN.md): [`api`] maps gRPC to calls on [`mvcc`], which holds etcd's semantics
 //! over the narrow log interface of [`backend`]. [`concurrency`] runs etcd's lock and election
 //! recipes over the store for the v3lock and v3election services; [`auth`] is etcd's users, roles
-//! and permissions, which the api layer consults before each request.
+//! and permissions, which the api layer consults before each request; [`snapshot`] and [`migrate`]
+//! move data in from etcd and out to it.
 
 pub mod api;
 pub mod auth;
@@ -11,6 +12,7 @@ pub mod backend;
 pub mod concurrency;
 pub mod config;
 pub mod error;
+pub mod migrate;
 pub mod mvcc;
 pub mod proto;
 pub mod snapshot;

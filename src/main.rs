@@ -1,5 +1,6 @@
 //! `strata`: serve etcd's v3 API from a data directory or a PostgreSQL database; `strata snapshot`
-//! moves data in and out as etcd snapshots.
+//! moves data in and out as etcd snapshots;
+//! `strata migrate` copies a running etcd, revisions and all, and follows it until the cut-over.
 
 use clap::Parser;
 use std::path::PathBuf;
@@ -10,17 +11,23 @@ use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
 use strata::backend::Backend;
 use strata::config::Config;
+use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+    let command = std::env::args().nth(1);
+    if matches!(command.as_deref(), Some("snapshot" | "migrate")) {
         tracing_subscriber::fmt()
             .with_env_filter(EnvFilter::new("warn"))
             .with_writer(std::io::stderr)
             .init();
-        return snapshot(SnapshotCommand::parse_from(std::env::args().skip(1))).await;
+        let args = std::env::args().skip(1);
+        return match command.as_deref() {
+            Some("snapshot") => snapshot(SnapshotCommand::parse_from(args)).await,
+            _ => migrate(MigrateCommand::parse_from(args)).await,
+        };
     }
     let config = Config::parse_etcd_style(std::env::args());
     let logs = tracing_subscriber::fmt()
@@ -90,6 +97,40 @@ async fn open_backend(
     })
 }
 
+/// The new store a restore or a migration fills.
+#[derive(clap::Args)]
+struct Target {
+    /// The embedded store to create [default: <name>.strata].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// `embedded`, or the connection string of a PostgreSQL database no frontend serves yet.
+    #[arg(long, default_value = "embedded")]
+    backend: String,
+    /// Names the default data directory, as for the server.
+    #[arg(long, default_value = "default")]
+    name: String,
+}
+
+impl Target {
+    async fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
+        open_backend(&self.backend, self.data_dir(), &self.name).await
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)))
+    }
+
+    /// Where the data went, for the operator.
+    fn place(&self) -> String {
+        match self.backend.as_str() {
+            "embedded" => self.data_dir().display().to_string(),
+            _ => "the PostgreSQL database".to_owned(),
+        }
+    }
+}
+
 /// `strata snapshot`: etcd snapshots in and out.
 #[derive(clap::Parser)]
 #[command(name = "strata snapshot")]
@@ -99,15 +140,8 @@ enum SnapshotCommand {
     Restore {
         /// The snapshot file.
         file: PathBuf,
-        /// The embedded store to create [default: <name>.strata].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// `embedded`, or the connection string of a PostgreSQL database no frontend serves yet.
-        #[arg(long, default_value = "embedded")]
-        backend: String,
-        /// Names the default data directory, as for the server.
-        #[arg(long, default_value = "default")]
-        name: String,
+        #[command(flatten)]
+        target: Target,
         /// Restore a database that has no SHA-256 at its end (a copy of etcd's member/snap/db).
         #[arg(long)]
         skip_hash_check: bool,
@@ -116,9 +150,21 @@ enum SnapshotCommand {
     Save {
         /// Where to write it.
         file: PathBuf,
-        /// The server's client URL (http://).
+        /// The server's client URL.
         #[arg(long, default_value = "http://127.0.0.1:2379")]
         endpoints: String,
+        /// The CA that signed the server's certificate (for https).
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+        /// A client certificate, for a server that asks for one.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// The client certificate's key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// `name:password`, for a server with auth on.
+        #[arg(long)]
+        user: Option<String>,
     },
 }
 
@@ -126,58 +172,223 @@ async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
     match command {
         SnapshotCommand::Restore {
             file,
-            data_dir,
-            backend,
-            name,
+            target,
             skip_hash_check,
         } => {
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let database = strata::snapshot::database_of(&bytes, skip_hash_check)?;
             let contents = strata::snapshot::contents(database)?;
-            let summary = format!(
-                "{} revisions up to {} (compacted at {}), {} leases, {} users, {} roles",
-                contents.log.len(),
-                contents.head(),
-                contents.compacted,
-                contents.leases.len(),
-                contents.auth.users.len(),
-                contents.auth.roles.len()
-            );
-            let data_dir = data_dir.unwrap_or_else(|| PathBuf::from(format!("{name}.strata")));
-            let target = open_backend(&backend, data_dir.clone(), &name).await?;
-            strata::snapshot::restore(target.as_ref(), contents).await?;
-            let place = match backend.as_str() {
-                "embedded" => data_dir.display().to_string(),
-                _ => "the PostgreSQL database".to_owned(),
-            };
-            println!("restored {summary} into {place}");
+            let summary = contents.summary();
+            strata::snapshot::restore(target.open().await?.as_ref(), contents).await?;
+            println!("restored {summary} into {}", target.place());
             Ok(())
         }
-        SnapshotCommand::Save { file, endpoints } => save(&file, &endpoints).await,
+        SnapshotCommand::Save {
+            file,
+            endpoints,
+            cacert,
+            cert,
+            key,
+            user,
+        } => {
+            let source = Source::connect(&Connection {
+                url: endpoints,
+                ca: cacert,
+                cert,
+                key,
+                user,
+            })
+            .await?;
+            save(&file, &source.snapshot(|_| {}).await?)
+        }
     }
 }
 
-/// Streams a server's snapshot into `file` (through `file.part`), checking its SHA-256.
-async fn save(file: &std::path::Path, endpoint: &str) -> anyhow::Result<()> {
-    use strata::proto::etcdserverpb::maintenance_client::MaintenanceClient;
-    use strata::proto::etcdserverpb::SnapshotRequest;
-    let mut client = MaintenanceClient::connect(endpoint.to_owned())
-        .await?
-        .max_decoding_message_size(usize::MAX);
-    let mut stream = client.snapshot(SnapshotRequest {}).await?.into_inner();
-    let mut bytes = Vec::new();
-    while let Some(message) = stream.message().await? {
-        bytes.extend_from_slice(&message.blob);
-    }
-    strata::snapshot::database_of(&bytes, false)?;
+/// Writes a snapshot into `file` (through `file.part`), once its SHA-256 checks.
+fn save(file: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    strata::snapshot::database_of(bytes, false)?;
     let partial = file.with_extension("part");
     let mut out = std::fs::File::create(&partial)?;
-    std::io::Write::write_all(&mut out, &bytes)?;
+    std::io::Write::write_all(&mut out, bytes)?;
     out.sync_all()?;
     std::fs::rename(&partial, file)?;
     println!("Snapshot saved at {}", file.display());
     Ok(())
+}
+
+/// `strata migrate`: copies a running etcd into a new store, every revision at its own number,
+/// and follows it until told to cut over.
+#[derive(clap::Parser)]
+#[command(name = "strata migrate")]
+struct MigrateCommand {
+    /// The source's client URL (etcd's, or another Strata's).
+    #[arg(long)]
+    from: String,
+    /// The CA that signed the source's certificate (for https).
+    #[arg(long)]
+    from_cacert: Option<PathBuf>,
+    /// A client certificate, for a source that asks for one (etcd's --client-cert-auth).
+    #[arg(long)]
+    from_cert: Option<PathBuf>,
+    /// The client certificate's key.
+    #[arg(long)]
+    from_key: Option<PathBuf>,
+    /// `name:password`, for a source with auth on (root: the copy reads everything).
+    #[arg(long)]
+    from_user: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    /// Stop as soon as the copy has caught up, instead of following the source until SIGINT or
+    /// SIGTERM.
+    #[arg(long)]
+    cutover: bool,
+}
+
+async fn migrate(command: MigrateCommand) -> anyhow::Result<()> {
+    let source = Source::connect(&Connection {
+        url: command.from.clone(),
+        ca: command.from_cacert,
+        cert: command.from_cert,
+        key: command.from_key,
+        user: command.from_user,
+    })
+    .await?;
+    let target = command.target.open().await?;
+    let stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> = if command.cutover {
+        Box::pin(std::future::ready(()))
+    } else {
+        Box::pin(shutdown_signal())
+    };
+    let mut progress = ProgressLine::new();
+    let finished = strata::migrate::migrate(&source, target.as_ref(), stop, &mut |step| {
+        progress.show(step)
+    })
+    .await?;
+    progress.done();
+    println!(
+        "copied {} up to revision {} into {}, with {} leases",
+        command.from,
+        finished.revision,
+        command.target.place(),
+        finished.leases
+    );
+    if finished.missed > 0 {
+        println!(
+            "warning: the source wrote {} more revisions after the cut-over point; they are not in \
+             the copy (stop every writer before cutting over)",
+            finished.missed
+        );
+    }
+    Ok(())
+}
+
+/// The migration's progress on standard error: one line redrawn in place on a terminal, a line
+/// every ten seconds otherwise.
+struct ProgressLine {
+    terminal: bool,
+    from: Option<i64>,
+    last: Option<(std::time::Instant, i64)>,
+    printed: Option<std::time::Instant>,
+}
+
+impl ProgressLine {
+    fn new() -> ProgressLine {
+        ProgressLine {
+            terminal: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            from: None,
+            last: None,
+            printed: None,
+        }
+    }
+
+    fn show(&mut self, step: Step) {
+        let line = match step {
+            Step::Receiving(bytes) => {
+                if !self.due() {
+                    return;
+                }
+                format!("receiving the snapshot: {} MiB", bytes >> 20)
+            }
+            Step::Restored { revision, summary } => {
+                self.from = Some(revision);
+                return self.say(&format!("restored {summary}; now at revision {revision}"));
+            }
+            Step::Following(from) => {
+                return self.say(&format!("following the source from revision {from}"));
+            }
+            Step::Lag { applied, head } => {
+                let now = std::time::Instant::now();
+                let rate = self.last.map_or(0.0, |(then, at)| {
+                    (applied - at) as f64 / now.duration_since(then).as_secs_f64()
+                });
+                self.last = Some((now, applied));
+                if !self.due() {
+                    return;
+                }
+                let from = self.from.unwrap_or(applied);
+                let done = if head > from {
+                    (applied - from) as f64 / (head - from) as f64
+                } else {
+                    1.0
+                };
+                let filled = (done.clamp(0.0, 1.0) * 30.0).round() as usize;
+                format!(
+                    "[{}{}] at revision {applied} of {head}, {} behind, {rate:.0} revisions/s",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    (head - applied).max(0)
+                )
+            }
+            Step::CuttingOver(head) => {
+                return self.say(&format!(
+                    "cutting over: the copy stops once it has the source's revision {head}"
+                ));
+            }
+            Step::AuthRetaken => {
+                return self.say("users or roles changed during the migration: taken again");
+            }
+            Step::AuthUnknown => {
+                return self.say(
+                    "warning: the source (etcd 3.4?) cannot tell whether users or roles changed \
+                     during the migration; the copy has them as of its start",
+                );
+            }
+        };
+        if self.terminal {
+            eprint!("\r{line}\x1b[K");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Whether a redrawn line is due: ten times a second on a terminal, every ten seconds
+    /// elsewhere.
+    fn due(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        let every = if self.terminal { 100 } else { 10_000 };
+        if self
+            .printed
+            .is_none_or(|t| now.duration_since(t).as_millis() >= every)
+        {
+            self.printed = Some(now);
+            return true;
+        }
+        false
+    }
+
+    /// A line of its own.
+    fn say(&mut self, line: &str) {
+        self.done();
+        eprintln!("{line}");
+    }
+
+    /// Ends a line redrawn in place.
+    fn done(&mut self) {
+        if self.terminal && self.printed.take().is_some() {
+            eprintln!();
+        }
+    }
 }
 
 /// Completes on the first SIGINT or SIGTERM.

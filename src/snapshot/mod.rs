@@ -69,6 +69,19 @@ impl Contents {
     pub fn head(&self) -> i64 {
         self.log.last().map_or(1, |e| e.revision)
     }
+
+    /// What it holds, in a line.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} revisions up to {} (compacted at {}), {} leases, {} users, {} roles",
+            self.log.len(),
+            self.head(),
+            self.compacted,
+            self.leases.len(),
+            self.auth.users.len(),
+            self.auth.roles.len()
+        )
+    }
 }
 
 /// A revision in etcd's bbolt key form.

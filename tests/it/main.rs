@@ -15,6 +15,7 @@ mod lease;
 mod linearizability;
 mod lock;
 mod maintenance;
+mod migrate;
 mod requests;
 mod snapshot;
 mod support;

@@ -39,7 +39,9 @@ async fn everything_at(server: &Process, revision: i64) -> Result<Vec<String>, S
     }
 }
 
-async fn history(server: &Process) -> i64 {
+/// Writes a history with every kind of change to `server`: puts, a delete, lease 42 with a key,
+/// a txn, a compaction at 10, user alice with role r. Returns its last revision.
+pub(crate) async fn history(server: &Process) -> i64 {
     let mut kv = server.kv().await;
     let mut lease = LeaseClient::new(server.channel().await);
     let mut auth = AuthClient::new(server.channel().await);
@@ -131,7 +133,7 @@ async fn etcd_restores_what_strata_saves() {
 }
 
 /// `want` and `got` answer alike: reads at every revision, the lease and its keys, the users.
-async fn same_answers(want: &Process, got: &Process, head: i64) {
+pub(crate) async fn same_answers(want: &Process, got: &Process, head: i64) {
     for revision in (0..=head + 1).chain([-1]) {
         assert_eq!(
             everything_at(got, revision).await,
