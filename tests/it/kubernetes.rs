@@ -2,7 +2,8 @@
 //! driven with kubectl (from `KUBECTL`, or the one on PATH). Without `KUBE_APISERVER` the test says
 //! how to enable it and passes; docs/kubernetes.md records the versions it ran with.
 
-use crate::support::{free_port, Process, Strata};
+use crate::migrate::{serve_copy, target, Migration};
+use crate::support::{free_port, on_postgres, Etcd, Process, Strata};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -200,6 +201,11 @@ fn binary() -> Option<String> {
 
 /// A kube-apiserver on `etcd_servers` (comma-separated), ready.
 fn start(binary: &str, etcd_servers: &str) -> Cluster {
+    start_with(binary, etcd_servers, &[])
+}
+
+/// The same, with `extra` flags.
+fn start_with(binary: &str, etcd_servers: &str, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let token = credentials(dir.path());
     let port = free_port();
@@ -226,6 +232,7 @@ fn start(binary: &str, etcd_servers: &str) -> Cluster {
         "--event-ttl=100s",
         "--lease-reuse-duration-seconds=5",
     ]);
+    command.args(extra);
     let address = format!("127.0.0.1:{port}").parse().unwrap();
     let apiserver = Process::start(command, "Serving securely on", Some(address));
     let kubeconfig = dir.path().join("kubeconfig");
@@ -594,4 +601,106 @@ fn two_kube_apiservers_on_two_frontends() {
         .contains("after-kill"));
     let health = one.ok(&["get", "--raw", "/healthz"]);
     assert_eq!(health, "ok");
+}
+
+/// A cluster moved from etcd to Strata while kube-apiserver serves: `strata migrate` follows etcd
+/// under the running kube-apiserver, which is stopped for the cut-over and started again on Strata.
+/// Every object keeps its resourceVersion, an update carrying a resourceVersion read on etcd
+/// succeeds on Strata, and a watch of the store from a resourceVersion taken on etcd resumes on
+/// Strata with exactly what came after it. (kube-apiserver's watch cache starts anew with every
+/// kube-apiserver start, on etcd as on Strata, and sends a client whose resourceVersion is older
+/// than its start 410 Gone; so the watch here is of the store itself, with the cache off.)
+#[test]
+fn kube_apiserver_moves_from_etcd_to_strata() {
+    let Some(binary) = binary() else { return };
+    let etcd = Etcd::start();
+    let mut on_etcd = start(&binary, &etcd.endpoint());
+    on_etcd.ok(&["create", "namespace", "m"]);
+    on_etcd.ok(&[
+        "-n",
+        "m",
+        "create",
+        "configmap",
+        "before",
+        "--from-literal=a=1",
+    ]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut migration = Migration::start(&etcd, &target(dir.path(), on_postgres()), &[]);
+    migration.wait_for("following the source from revision");
+    let since = on_etcd.raw("/api/v1/namespaces/m/configmaps")["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for i in 0..20 {
+        on_etcd.ok(&["-n", "m", "create", "configmap", &format!("during{i}")]);
+    }
+    on_etcd.ok(&[
+        "-n",
+        "m",
+        "patch",
+        "configmap",
+        "before",
+        "-p",
+        r#"{"data":{"a":"2"}}"#,
+    ]);
+    on_etcd.ok(&["-n", "m", "delete", "configmap", "during0"]);
+    let versions = |k: &Cluster| {
+        k.ok(&[
+            "-n",
+            "m",
+            "get",
+            "configmaps",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}",
+        ])
+    };
+    let on_etcd_versions = versions(&on_etcd);
+    let read_on_etcd = on_etcd.ok(&["-n", "m", "get", "configmap", "during1", "-o", "json"]);
+
+    assert!(on_etcd.apiserver.terminate().success());
+    migration.cut_over();
+    drop(etcd);
+    let strata = serve_copy(dir.path(), on_postgres());
+    let on_strata = start_with(&binary, &strata.endpoint(), &["--watch-cache=false"]);
+
+    assert_eq!(versions(&on_strata), on_etcd_versions);
+    let updated = read_on_etcd.replace(
+        "\"metadata\": {",
+        "\"data\": {\"b\": \"3\"}, \"metadata\": {",
+    );
+    assert_ne!(updated, read_on_etcd);
+    on_strata.ok_with_input(&["replace", "-f", "-"], &updated);
+    assert_eq!(
+        on_strata.field("m", &["configmap", "during1"], "{.data.b}"),
+        "3"
+    );
+    let events = on_strata.ok(&[
+        "get",
+        "--raw",
+        &format!(
+            "/api/v1/namespaces/m/configmaps?watch=1&resourceVersion={since}&timeoutSeconds=2"
+        ),
+    ]);
+    let kinds: Vec<&str> = events
+        .lines()
+        .map(|l| {
+            let event: serde_json::Value = serde_json::from_str(l).unwrap();
+            match event["type"].as_str().unwrap() {
+                "ADDED" => "ADDED",
+                "MODIFIED" => "MODIFIED",
+                "DELETED" => "DELETED",
+                other => panic!("unexpected event {other}: {l}"),
+            }
+        })
+        .collect();
+    let mut want = vec!["ADDED"; 20];
+    // The patch and the delete on etcd, the replace on Strata.
+    want.extend(["MODIFIED", "DELETED", "MODIFIED"]);
+    assert_eq!(kinds, want, "{events}");
+    on_strata.ok(&["-n", "m", "create", "configmap", "after"]);
+    assert_eq!(
+        on_strata.field("m", &["configmap", "before"], "{.data.a}"),
+        "2"
+    );
 }

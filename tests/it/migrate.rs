@@ -19,7 +19,7 @@ use strata::proto::etcdserverpb::*;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A `strata migrate` process, its standard error read line by line.
-struct Migration {
+pub(crate) struct Migration {
     /// None once waited for.
     child: Option<Child>,
     lines: mpsc::Receiver<String>,
@@ -28,7 +28,7 @@ struct Migration {
 
 impl Migration {
     /// Starts copying `source` into `target` (the arguments naming the new store).
-    fn start(source: &Process, target: &[String], extra: &[&str]) -> Migration {
+    pub(crate) fn start(source: &Process, target: &[String], extra: &[&str]) -> Migration {
         let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
             .args(["migrate", "--from", &source.endpoint()])
             .args(target)
@@ -52,7 +52,7 @@ impl Migration {
     }
 
     /// Waits for a line containing `text`.
-    fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         while !self.said.iter().any(|l| l.contains(text)) {
             match self.lines.recv_timeout(PATIENCE) {
                 Ok(line) => self.said.push(line),
@@ -77,7 +77,7 @@ impl Migration {
     }
 
     /// SIGTERM: cut over.
-    fn cut_over(self) -> (String, Vec<String>) {
+    pub(crate) fn cut_over(self) -> (String, Vec<String>) {
         let pid = self.child.as_ref().expect("running").id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
@@ -96,7 +96,7 @@ impl Drop for Migration {
 
 /// The arguments of `strata migrate` that name a new store in `dir`: on the backend the tests run
 /// on, or on the other one.
-fn target(dir: &Path, postgres: bool) -> Vec<String> {
+pub(crate) fn target(dir: &Path, postgres: bool) -> Vec<String> {
     if postgres {
         vec!["--backend".into(), postgres_database(dir)]
     } else {
@@ -200,7 +200,7 @@ async fn same_after_move(source: &Process, copy: &Process, head: i64) {
 }
 
 /// Strata on the copy in `dir`.
-fn serve_copy(dir: &Path, postgres: bool) -> Strata {
+pub(crate) fn serve_copy(dir: &Path, postgres: bool) -> Strata {
     if postgres {
         Strata::frontend(dir, "copy")
     } else {
