@@ -4,7 +4,7 @@
 
 use crate::requests::*;
 use crate::snapshot::{history, same_answers};
-use crate::support::{on_postgres, postgres_database, Etcd, Process, Strata};
+use crate::support::{free_port, on_postgres, postgres_database, Etcd, Process, Strata};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -184,7 +184,10 @@ async fn leases(server: &Process) -> Vec<(i64, i64, Vec<bytes::Bytes>)> {
             .await
             .unwrap()
             .into_inner();
-        all.push((id.id, ttl.granted_ttl, ttl.keys));
+        // etcd lists a lease's keys in no particular order.
+        let mut keys = ttl.keys;
+        keys.sort();
+        all.push((id.id, ttl.granted_ttl, keys));
     }
     all.sort();
     all
@@ -299,4 +302,35 @@ async fn cutover_stops_once_caught_up() {
     );
     let copy = serve_copy(dir.path(), on_postgres());
     same_answers(&etcd, &copy, head).await;
+}
+
+/// The source goes away under the migration (killed, then started again on the same data and
+/// port): the migration opens its watch again from the copy's head and carries on, missing
+/// nothing and repeating nothing.
+#[tokio::test]
+async fn a_migration_outlives_a_restart_of_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let serve = || Strata::start_in(dir.path(), &["--listen-client-urls", &url]);
+    let mut source = serve();
+    history(&source).await;
+    let copy_dir = tempfile::tempdir().unwrap();
+    let mut migration = Migration::start(&source, &target(copy_dir.path(), on_postgres()), &[]);
+    migration.wait_for("following the source from revision");
+    source.kv().await.put(put("before", "kill")).await.unwrap();
+    source.kill();
+    let source = serve();
+    let head = more_history(&source).await;
+
+    let (printed, said) = migration.cut_over();
+    assert!(
+        printed.contains(&format!("up to revision {head} ")),
+        "{printed}"
+    );
+    assert!(
+        said.iter().any(|l| l.contains("opening it again")),
+        "{said:#?}"
+    );
+    let copy = serve_copy(copy_dir.path(), on_postgres());
+    same_after_move(&source, &copy, head).await;
 }
