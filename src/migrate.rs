@@ -59,6 +59,11 @@ const WATCH_ALL: &[u8] = b"\0";
 const LAG_EVERY: Duration = Duration::from_secs(1);
 /// How many times in a row a lost watch is opened again before the migration gives up.
 const RECONNECTS: u32 = 30;
+/// Watch responses read ahead while the copy appends.
+const READ_AHEAD: usize = 256;
+/// Events an append gathers at most, from the responses read ahead (whole responses: one may
+/// take it past this).
+const APPLY_EVENTS: usize = 10_000;
 
 fn read(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
@@ -211,6 +216,34 @@ impl Source {
     }
 }
 
+/// A watch read ahead by a task of its own, so that responses arrive while the copy appends; the
+/// channel closes after the stream's end or error.
+struct Incoming {
+    responses: tokio::sync::mpsc::Receiver<Result<WatchResponse, tonic::Status>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Incoming {
+    fn new(mut stream: Streaming<WatchResponse>) -> Incoming {
+        let (send, responses) = tokio::sync::mpsc::channel(READ_AHEAD);
+        let reader = tokio::spawn(async move {
+            while let Some(response) = stream.message().await.transpose() {
+                let failed = response.is_err();
+                if send.send(response).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Incoming { responses, reader }
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
 /// A stream of `first`, then nothing, never ending.
 fn open_ended<T: Send + 'static>(first: T) -> impl tokio_stream::Stream<Item = T> {
     use tokio_stream::StreamExt;
@@ -322,7 +355,7 @@ impl Copy<'_> {
         stop: impl Future<Output = ()>,
         report: &mut dyn FnMut(Step),
     ) -> anyhow::Result<()> {
-        let mut watch = self.source.watch(self.applied + 1).await?;
+        let mut incoming = Incoming::new(self.source.watch(self.applied + 1).await?);
         report(Step::Following(self.applied + 1));
         let mut stop = std::pin::pin!(stop);
         let mut until = None;
@@ -338,26 +371,47 @@ impl Copy<'_> {
                     report(Step::CuttingOver(head));
                     until = Some(head);
                 }
-                message = watch.message() => match message {
-                    Ok(Some(response)) if response.canceled => {
-                        return Err(refusal(&response, self.applied + 1));
-                    }
-                    Ok(Some(response)) => {
-                        self.apply(response.events).await?;
+                first = incoming.responses.recv() => {
+                    // Everything received meanwhile goes into one append.
+                    let mut events = Vec::new();
+                    let mut next = first;
+                    let ended = loop {
+                        match next {
+                            Some(Ok(response)) if response.canceled => {
+                                self.apply(events).await?;
+                                return Err(refusal(&response, self.applied + 1));
+                            }
+                            Some(Ok(response)) => events.extend(response.events),
+                            ended => break Some(ended),
+                        }
+                        if events.len() >= APPLY_EVENTS {
+                            break None;
+                        }
+                        match incoming.responses.try_recv() {
+                            Ok(response) => next = Some(response),
+                            Err(_) => break None,
+                        }
+                    };
+                    self.apply(events).await?;
+                    let Some(ended) = ended else {
                         lost = 0;
-                    }
-                    Ok(None) | Err(_) if lost < RECONNECTS => {
-                        lost += 1;
-                        tracing::warn!(attempt = lost, "the watch on the source was lost; opening it again");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        match self.source.watch(self.applied + 1).await {
-                            Ok(again) => watch = again,
-                            Err(e) => tracing::warn!(error = %e, "cannot watch the source"),
+                        continue;
+                    };
+                    if lost == RECONNECTS {
+                        match ended {
+                            Some(Err(status)) => bail!("the watch on the source failed: {}", status.message()),
+                            _ => bail!("the source ended the watch"),
                         }
                     }
-                    Ok(None) => bail!("the source ended the watch"),
-                    Err(status) => bail!("the watch on the source failed: {}", status.message()),
-                },
+                    lost += 1;
+                    tracing::warn!(attempt = lost, "the watch on the source was lost; opening it again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    match self.source.watch(self.applied + 1).await {
+                        Ok(again) => incoming = Incoming::new(again),
+                        // The old one, ended, answers at once: another attempt.
+                        Err(e) => tracing::warn!(error = %e, "cannot watch the source"),
+                    }
+                }
                 _ = lag.tick() => {
                     if let Ok(head) = self.source.head().await {
                         report(Step::Lag { applied: self.applied, head });
