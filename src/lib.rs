@@ -12,6 +12,7 @@ pub mod backend;
 pub mod concurrency;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod migrate;
 pub mod mvcc;
 pub mod proto;

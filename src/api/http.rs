@@ -200,6 +200,7 @@ async fn metrics(axum::extract::State(context): State) -> Response {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
         ));
     }
+    crate::metrics::render(&mut body);
     body.push_str(&format!(
         "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
          # TYPE etcd_server_version gauge\netcd_server_version{{server_version=\"{ETCD_VERSION}\"}} 1\n"

@@ -12,6 +12,7 @@ mod kv;
 mod lease;
 mod lock;
 mod maintenance;
+mod observe;
 mod tls;
 pub mod validation;
 mod watch;
@@ -185,7 +186,9 @@ impl Server {
                 cluster::ClusterService(context.clone())
             ));
         let mut routes = routes.routes();
-        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut()).fallback(not_built);
+        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
+            .fallback(not_built)
+            .layer(axum::middleware::from_fn(observe::grpc));
         let grpc = routes.clone();
         *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
             .merge(http::routes(context.clone()))

@@ -322,6 +322,7 @@ impl Store {
     /// Answers a Range at the newest durable revision, or at the one it asks for. On a shared
     /// backend a linearizable Range first catches up with every write committed before it began.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        crate::metrics::RANGES.inc();
         if !req.serializable {
             self.sync_with_head().await?;
         }
@@ -348,6 +349,7 @@ impl Store {
             if last.0 < mine {
                 let covers = self.read_index.tickets.load(Ordering::SeqCst);
                 *last = (covers, self.backend.progress().await?.head);
+                crate::metrics::READ_INDEX_QUERIES.inc();
             }
             last.1
         };
@@ -918,7 +920,11 @@ impl Writer {
                 break Ok(g.applied);
             };
             let head = last.revision;
-            match self.backend.append(&g.entries).await {
+            let start = std::time::Instant::now();
+            let appended = self.backend.append(&g.entries).await;
+            crate::metrics::COMMITS.observe(start.elapsed().as_secs_f64());
+            crate::metrics::APPENDED.observe(g.entries.len() as f64);
+            match appended {
                 Ok(()) => {
                     self.publish(&g.entries);
                     self.settle_revokes(g.revoked, true).await;

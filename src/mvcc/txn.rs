@@ -61,6 +61,7 @@ impl<'a> TxnWrite<'a> {
 
     /// Applies a put whose preconditions (`check_put`) hold.
     fn put(&mut self, req: &PutRequest) -> PutResponse {
+        crate::metrics::PUTS.inc();
         let prev = self.index.get(&req.key);
         let live = Live {
             value: match (&prev, req.ignore_value) {
@@ -88,6 +89,7 @@ impl<'a> TxnWrite<'a> {
     }
 
     fn delete_range(&mut self, req: &DeleteRangeRequest) -> DeleteRangeResponse {
+        crate::metrics::DELETES.inc();
         let range = KeyRange::new(&req.key, &req.range_end);
         let doomed: Vec<KeyValue> = self
             .index
@@ -115,6 +117,7 @@ impl<'a> TxnWrite<'a> {
     }
 
     fn range(&self, req: &RangeRequest) -> Result<PendingRange> {
+        crate::metrics::RANGES.inc();
         range::select(self.index, req, self.view())
     }
 
@@ -292,6 +295,7 @@ pub fn txn(
         Request::RequestRange(r) if r.revision != 0 && r.revision < first => Err(Error::Compacted),
         _ => Ok(()),
     })?;
+    crate::metrics::TXNS.inc();
     let mark = undo.mark();
     let mut w = TxnWrite::new(index, undo);
     let applied = w.txn(req, &mut path.iter().copied());

@@ -144,6 +144,7 @@ impl WatchHub {
         };
         let synced = watcher.next > committed;
         self.watchers.insert(key, watcher);
+        crate::metrics::WATCHERS.inc();
         if synced {
             self.mark_synced(key);
         } else {
@@ -157,6 +158,7 @@ impl WatchHub {
         let Some(w) = self.watchers.remove(&key) else {
             return false;
         };
+        crate::metrics::WATCHERS.dec();
         self.unsynced.remove(&key);
         self.leave_synced(key, &w.spec.key);
         true

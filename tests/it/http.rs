@@ -116,3 +116,131 @@ fn json_logs() {
         .unwrap()
         .starts_with("127.0.0.1:"));
 }
+
+/// A scrape as (series → value), series being the name with its labels. Asked in HTTP/1.0, so
+/// that the body comes whole rather than in chunks.
+fn scrape(server: &Process) -> std::collections::BTreeMap<String, f64> {
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .expect("a body")
+        .1
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The counters move with the requests, as etcd's do: the same requests to both give the same
+/// gRPC call counts by method and code, KV operation counts and watcher gauges; every etcd_ and
+/// grpc_ family Strata exports, etcd exports too.
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    use crate::requests::{put, txn};
+    use crate::watch::create;
+    use strata::proto::etcdserverpb::request_op::Request;
+    use strata::proto::etcdserverpb::watch_client::WatchClient;
+    use strata::proto::etcdserverpb::watch_request::RequestUnion;
+    use strata::proto::etcdserverpb::*;
+    let (etcd, strata) = start_both();
+    let mut watches = Vec::new();
+    for server in [&*etcd, &*strata] {
+        let mut kv = server.kv().await;
+        for i in 0..3 {
+            kv.put(put("k", &i.to_string())).await.unwrap();
+        }
+        let key = crate::requests::get("k");
+        kv.range(key.clone()).await.unwrap();
+        let future = kv
+            .range(RangeRequest {
+                revision: 99,
+                ..key.clone()
+            })
+            .await;
+        assert_eq!(future.unwrap_err().code(), tonic::Code::OutOfRange);
+        kv.txn(txn(
+            Vec::new(),
+            vec![
+                Request::RequestPut(put("t", "1")),
+                Request::RequestRange(key),
+            ],
+            Vec::new(),
+        ))
+        .await
+        .unwrap();
+        kv.delete_range(DeleteRangeRequest {
+            key: "t".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let (send, requests) = tokio::sync::mpsc::channel(4);
+        for key in ["a", "b"] {
+            let request = WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create(key, "", 0))),
+            };
+            send.send(request).await.unwrap();
+        }
+        let mut stream = WatchClient::new(server.channel().await)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        for _ in 0..2 {
+            assert!(stream.message().await.unwrap().unwrap().created);
+        }
+        watches.push((send, stream));
+    }
+
+    let (want, got) = (scrape(&etcd), scrape(&strata));
+    let families = |scraped: &std::collections::BTreeMap<String, f64>| {
+        scraped
+            .keys()
+            .map(|s| s.split(['{', ' ']).next().unwrap().to_owned())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let etcds = families(&want);
+    for family in families(&got) {
+        let base = family
+            .trim_end_matches("_bucket")
+            .trim_end_matches("_sum")
+            .trim_end_matches("_count");
+        if base.starts_with("etcd_") || base.starts_with("grpc_") {
+            assert!(
+                etcds.iter().any(|f| f.starts_with(base)),
+                "etcd has no {family}"
+            );
+        }
+    }
+    let kv = "grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"";
+    for series in [
+        format!("grpc_server_started_total{{grpc_method=\"Put\",{kv}}}"),
+        format!("grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Put\",{kv}}}"),
+        format!("grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Range\",{kv}}}"),
+        format!("grpc_server_handled_total{{grpc_code=\"OutOfRange\",grpc_method=\"Range\",{kv}}}"),
+        format!("grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Txn\",{kv}}}"),
+        "etcd_mvcc_put_total".to_owned(),
+        "etcd_mvcc_delete_total".to_owned(),
+        "etcd_mvcc_txn_total".to_owned(),
+        "etcd_debugging_mvcc_watcher_total".to_owned(),
+        "etcd_debugging_mvcc_watch_stream_total".to_owned(),
+    ] {
+        assert_eq!(got.get(&series), want.get(&series), "{series}");
+        assert!(got.get(&series).is_some_and(|v| *v > 0.0), "{series}");
+    }
+    for series in [
+        "etcd_disk_backend_commit_duration_seconds_count",
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
+        "strata_backend_append_revisions_count",
+    ] {
+        assert!(got.get(series).is_some_and(|v| *v > 0.0), "{series}");
+    }
+    drop(watches);
+}

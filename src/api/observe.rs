@@ -1,0 +1,106 @@
+//! What every gRPC call leaves behind: `grpc_server_started_total` and `grpc_server_handled_total`
+//! by method and status, the bytes in and out, and a log line for a unary call slower than
+//! [`metrics::SLOW_REQUEST`] (etcd's "apply request took too long").
+
+use crate::metrics;
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// The middleware, for the gRPC routes.
+pub async fn grpc(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    metrics::grpc_started(&path);
+    let request = request.map(|body| {
+        Body::new(Counted {
+            inner: body,
+            bytes: &metrics::GRPC_RECEIVED_BYTES,
+            call: None,
+        })
+    });
+    let start = std::time::Instant::now();
+    let response = next.run(request).await;
+    let took = start.elapsed();
+    if took > metrics::SLOW_REQUEST && metrics::grpc_type(&path) == "unary" {
+        metrics::SLOW_REQUESTS.inc();
+        tracing::warn!(
+            ?took,
+            expected_duration = ?metrics::SLOW_REQUEST,
+            method = %path,
+            "apply request took too long"
+        );
+    }
+    // An error before any message comes back as headers only ("trailers-only"); otherwise the
+    // status is in the trailers after the messages.
+    let call = match status(response.headers()) {
+        Some(code) => {
+            metrics::grpc_handled(&path, code);
+            None
+        }
+        None => Some(path),
+    };
+    response.map(|body| {
+        Body::new(Counted {
+            inner: body,
+            bytes: &metrics::GRPC_SENT_BYTES,
+            call,
+        })
+    })
+}
+
+fn status(headers: &axum::http::HeaderMap) -> Option<usize> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A body whose data bytes are counted; for a response whose status is still to come, the call
+/// whose status its trailers (or its being dropped before them: Canceled) complete.
+struct Counted {
+    inner: Body,
+    bytes: &'static metrics::Counter,
+    call: Option<String>,
+}
+
+impl http_body::Body for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes.add(data.len() as u64);
+            } else if let Some(trailers) = frame.trailers_ref() {
+                if let Some(path) = self.call.take() {
+                    metrics::grpc_handled(&path, status(trailers).unwrap_or(2));
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Some(path) = self.call.take() {
+            metrics::grpc_handled(&path, 1);
+        }
+    }
+}
