@@ -1,6 +1,8 @@
 //! The in-memory index: every key's [`KeyIndex`] in key order, with the value of its newest put.
 //!
-//! Values of older revisions stay in the backend and are read from it when a read needs them. The
+//! Values of older revisions stay in the backend and are read from it when a read needs them, but
+//! for the most recently superseded ones, kept a while ([`Recent`]) because watchers asking for
+//! `prev_kv` read them as soon as they are superseded. The
 //! index may run ahead of the durable log while a batch is being committed: `current` is the newest
 //! revision applied here, `committed` the newest durable one, and readers only look at `committed`.
 
@@ -9,7 +11,7 @@ use super::Revision;
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::KeyValue;
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
 
 #[derive(Default)]
@@ -23,6 +25,40 @@ pub struct Index {
     pub compacted: i64,
     /// The live keys attached to each lease.
     by_lease: HashMap<i64, BTreeSet<Bytes>>,
+    recent: Recent,
+}
+
+/// Bytes of superseded values the index keeps; each also counts [`RECENT_OVERHEAD`].
+const RECENT_BYTES: usize = 16 << 20;
+const RECENT_OVERHEAD: usize = 64;
+
+/// Values that were newest until lately, by the revision that wrote them, oldest forgotten first.
+/// A value at a revision never changes, so an entry is right for as long as the index knows its
+/// revision (an entry left by a write that was rolled back is replaced when the revision is
+/// written again and superseded; until then only the live value is read for it).
+#[derive(Default)]
+struct Recent {
+    values: HashMap<Revision, Live>,
+    order: VecDeque<Revision>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn keep(&mut self, revision: Revision, live: Live) {
+        self.bytes += live.value.len() + RECENT_OVERHEAD;
+        match self.values.insert(revision, live) {
+            Some(replaced) => self.bytes -= replaced.value.len() + RECENT_OVERHEAD,
+            None => self.order.push_back(revision),
+        }
+        while self.bytes > RECENT_BYTES {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if let Some(forgotten) = self.values.remove(&oldest) {
+                self.bytes -= forgotten.value.len() + RECENT_OVERHEAD;
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -122,12 +158,13 @@ impl Index {
         })
     }
 
-    /// The key-value of `key` as of `at`, the value taken from memory when it is the newest.
+    /// The key-value of `key` as of `at`, the value taken from memory when it is the newest or
+    /// was superseded lately.
     pub fn found(&self, key: &Bytes, kr: KeyRevision, newest: bool) -> Found {
         let live = if newest {
             self.keys.get(key).and_then(|e| e.live.as_ref())
         } else {
-            None
+            self.recent.values.get(&kr.modified)
         };
         let (value, lease) = live.map_or((Bytes::new(), 0), |l| (l.value.clone(), l.lease));
         Found {
@@ -189,10 +226,12 @@ impl Index {
 
     pub fn put(&mut self, key: Bytes, rev: Revision, live: Live, undo: &mut Undo) -> KeyValue {
         let entry = self.keys.entry(key.clone()).or_default();
+        let superseded = entry.index.modified();
         entry.index.put(rev);
         let kr = entry.index.get(rev.main).expect("just put");
         let old = entry.live.replace(live.clone());
         self.relink(&key, old.as_ref(), Some(&live));
+        self.keep_superseded(superseded, &old);
         undo.changes.push((key.clone(), old));
         self.current = rev.main;
         self.found(&key, kr, true).kv
@@ -203,11 +242,13 @@ impl Index {
         let Some(entry) = self.keys.get_mut(key) else {
             return false;
         };
+        let superseded = entry.index.modified();
         if !entry.index.tombstone(rev) {
             return false;
         }
         let old = entry.live.take();
         self.relink(key, old.as_ref(), None);
+        self.keep_superseded(superseded, &old);
         undo.changes.push((key.clone(), old));
         self.current = rev.main;
         true
@@ -237,6 +278,7 @@ impl Index {
     pub fn restore(&mut self, rev: Revision, kv: KeyValue, is_put: bool) {
         let key = kv.key.clone();
         let entry = self.keys.entry(key.clone()).or_default();
+        let superseded = entry.index.modified();
         let live = if is_put {
             entry.index.restore(rev, kv.create_revision, kv.version);
             Some(Live {
@@ -249,6 +291,14 @@ impl Index {
         };
         let old = std::mem::replace(&mut entry.live, live.clone());
         self.relink(&key, old.as_ref(), live.as_ref());
+        self.keep_superseded(superseded, &old);
+    }
+
+    /// Keeps the value a change just replaced, written at `revision`.
+    fn keep_superseded(&mut self, revision: Option<Revision>, old: &Option<Live>) {
+        if let (Some(revision), Some(old)) = (revision, old) {
+            self.recent.keep(revision, old.clone());
+        }
     }
 
     /// Forgets history no read at or after `at` can see; returns the revisions to remove from the log.
@@ -322,5 +372,31 @@ mod tests {
         assert_eq!(keys(&index, 3), Vec::<Bytes>::new());
         assert!(index.get(b"c").is_none());
         assert_eq!(index.get(b"a").unwrap().lease, 1);
+    }
+
+    #[test]
+    fn superseded_values_are_read_from_memory_for_a_while() {
+        let mut index = Index::default();
+        let mut undo = Undo::default();
+        let value = |n: usize| Live {
+            value: Bytes::from(vec![b'v'; n]),
+            lease: 0,
+        };
+        let a = Bytes::from_static(b"a");
+        let at = |main| Revision { main, sub: 0 };
+        index.put(a.clone(), at(2), value(10), &mut undo);
+        index.put(a.clone(), at(3), value(20), &mut undo);
+        let found = |index: &Index| {
+            let (k, kr, newest) = index.range_at(KeyRange::Single(b"a"), 2).next().unwrap();
+            assert!(!newest);
+            index.found(k, kr, newest)
+        };
+        let before = found(&index);
+        assert_eq!((before.stored, before.kv.value.len()), (None, 10));
+        // Past the budget the oldest are forgotten: read from the backend again.
+        for main in 4..10 {
+            index.put(a.clone(), at(main), value(RECENT_BYTES / 4), &mut undo);
+        }
+        assert_eq!(found(&index).stored, Some(at(2)));
     }
 }

@@ -7,7 +7,7 @@
 //! see can be lost by a crash.
 
 use super::hash::KvHasher;
-use super::index::{Index, Undo};
+use super::index::{Index, KeyRange, Undo};
 use super::lessor::{self, Lease, Lessor};
 use super::quota::Alarms;
 use super::range;
@@ -552,23 +552,44 @@ impl Store {
     /// Fills each event's prev_kv with the key as it was just before the event, as etcd does for
     /// watchers that ask for it: nothing for a creation, or when that revision is compacted.
     pub async fn fill_prev_kvs(&self, events: &mut [Event]) {
-        for event in events {
-            let Some(kv) = &event.kv else {
-                continue;
-            };
-            let created = event.r#type == EventType::Put as i32 && kv.version == 1;
-            if created {
-                continue;
+        // Found in the index at once; the values no longer newest read in one backend call.
+        let mut stored = Vec::new();
+        {
+            let index = self.index.read().expect("index lock");
+            for (i, event) in events.iter_mut().enumerate() {
+                let Some(kv) = &event.kv else {
+                    continue;
+                };
+                let created = event.r#type == EventType::Put as i32 && kv.version == 1;
+                let before = kv.mod_revision - 1;
+                if created || before < index.compacted {
+                    continue;
+                }
+                let single = KeyRange::new(&kv.key, &[]);
+                let Some((key, kr, newest)) = index.range_at(single, before).next() else {
+                    continue;
+                };
+                let found = index.found(key, kr, newest);
+                if let Some(revision) = found.stored {
+                    stored.push((i, revision));
+                }
+                event.prev_kv = Some(found.kv);
             }
-            // The revision is committed here already: no need to ask a shared backend's head.
-            let before = RangeRequest {
-                key: kv.key.clone(),
-                revision: kv.mod_revision - 1,
-                serializable: true,
-                ..Default::default()
-            };
-            if let Ok(r) = self.range(&before).await {
-                event.prev_kv = r.kvs.into_iter().next();
+        }
+        if stored.is_empty() {
+            return;
+        }
+        let revisions: Vec<_> = stored.iter().map(|(_, r)| *r).collect();
+        let values = self.backend.read_values(&revisions).await;
+        for (n, (i, _)) in stored.into_iter().enumerate() {
+            // A value gone (compaction overtook the read) or unreadable: no previous key-value.
+            let value = values.as_ref().ok().and_then(|v| v[n].as_ref());
+            match (value, events[i].prev_kv.as_mut()) {
+                (Some(value), Some(prev)) => {
+                    prev.value = value.value.clone();
+                    prev.lease = value.lease;
+                }
+                _ => events[i].prev_kv = None,
             }
         }
     }

@@ -20,7 +20,7 @@ fn bench(strata: &Strata, args: &[&str]) -> (String, String) {
 #[test]
 fn every_workload_runs_without_errors() {
     let strata = Strata::start();
-    for workload in ["put", "range", "range-prefix", "txn-put"] {
+    for workload in ["put", "range", "range-prefix", "txn-put", "kube"] {
         let (printed, _) = bench(
             &strata,
             &[
@@ -35,6 +35,8 @@ fn every_workload_runs_without_errors() {
                 "20",
                 "--limit",
                 "5",
+                "--compact-every",
+                "15",
             ],
         );
         assert!(
@@ -42,6 +44,42 @@ fn every_workload_runs_without_errors() {
             "{workload}: {printed}"
         );
     }
+}
+
+/// The kube workload makes each kind of call, compactions included, and its watches see every
+/// write.
+#[test]
+fn kube_workload_reports_each_kind() {
+    let strata = Strata::start();
+    let (_, told) = bench(
+        &strata,
+        &[
+            "kube",
+            "--clients",
+            "4",
+            "--total",
+            "200",
+            "--key-space",
+            "20",
+            "--compact-every",
+            "50",
+        ],
+    );
+    for kind in ["update", "event", "create", "delete", "list", "count"] {
+        assert!(told.contains(&format!("  {kind:8}")), "{kind}: {told}");
+    }
+    assert!(told.contains("compact        3 ops"), "{told}");
+    assert!(told.contains("after the load ended"), "{told}");
+}
+
+/// `--duration` runs for that long instead of a number of requests.
+#[test]
+fn duration_bounds_a_run() {
+    let strata = Strata::start();
+    let (printed, _) = bench(&strata, &["put", "--duration", "1", "--total", "1"]);
+    let report: serde_json::Value = serde_json::from_str(&printed).unwrap();
+    assert!(report["requests"].as_u64().unwrap() > 1, "{printed}");
+    assert!(report["seconds"].as_f64().unwrap() >= 1.0, "{printed}");
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! and latency, for side-by-side runs against etcd and Strata (see `scripts/bench`).
 
 mod expiry;
+mod kube;
 mod lease;
 mod watch;
 
@@ -33,6 +34,10 @@ enum Workload {
     /// Grants `--leases` leases of `--ttl` seconds with a key each and lets them expire while
     /// `--rate` puts per second go on; reports how late each expiry was seen (not throughput).
     LeaseExpiry,
+    /// kube-apiserver's storage calls in the mix of a busy cluster: guarded updates, creates and
+    /// deletes, events on shared leases, list pages, counts, watches with previous values and
+    /// periodic compaction (`--key-space` objects, `--limit` per page).
+    Kube,
 }
 
 #[derive(Debug, Parser)]
@@ -52,6 +57,9 @@ struct Args {
     /// Requests in all.
     #[arg(long, default_value_t = 10_000)]
     total: u64,
+    /// Run for this many seconds instead of `--total` requests (put, range, txn-put and kube).
+    #[arg(long)]
+    duration: Option<u64>,
     #[arg(long, default_value_t = 8)]
     key_size: usize,
     #[arg(long, default_value_t = 256)]
@@ -80,6 +88,9 @@ struct Args {
     /// Puts per second, for the watch and lease-expiry workloads.
     #[arg(long, default_value_t = 1000)]
     rate: u64,
+    /// Operations between compactions, for the kube workload.
+    #[arg(long, default_value_t = 10_000)]
+    compact_every: u64,
     /// Lease TTL in seconds, for the lease-expiry workload.
     #[arg(long, default_value_t = 5)]
     ttl: u64,
@@ -180,8 +191,8 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
             })
             .await?;
         }
-        Workload::Watch | Workload::Lease | Workload::LeaseExpiry => {
-            unreachable!("stream workloads run apart")
+        Workload::Watch | Workload::Lease | Workload::LeaseExpiry | Workload::Kube => {
+            unreachable!("these workloads run apart")
         }
         Workload::TxnPut => {
             let k = key(args, spread(i, args.key_space));
@@ -310,36 +321,63 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
         Workload::Watch => return watch::run(&args, &channels).await,
         Workload::Lease => return lease::run(&args, &channels).await,
         Workload::LeaseExpiry => return expiry::run(&args, &channels).await,
+        Workload::Kube => return kube::run(args, &channels).await,
         _ => {}
     }
-    let mut clients: Vec<KvClient<Channel>> = channels
-        .into_iter()
-        .map(|c| {
-            KvClient::new(c)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX)
-        })
-        .collect();
     if matches!(args.workload, Workload::Range | Workload::RangePrefix) {
-        fill(&args, &mut clients[0]).await?;
+        fill(&args, &mut KvClient::new(channels[0].clone())).await?;
     }
+    let workload = args.clone();
+    let (report, _) = drive(&args, &channels, move |channel, i| {
+        let args = workload.clone();
+        async move {
+            let mut kv = KvClient::new(channel)
+                .max_decoding_message_size(usize::MAX)
+                .max_encoding_message_size(usize::MAX);
+            request(&args, &mut kv, i).await.map(|()| 0)
+        }
+    })
+    .await?;
+    Ok(report)
+}
+
+/// Runs `--clients` clients over `channels`, each making request after request with `one` (given
+/// its channel and the request's number) until `--total` requests or `--duration` seconds; `one`
+/// answers with the kind of request it made. Returns the report of them all, and each kind's
+/// latencies. On a terminal, shows the progress.
+async fn drive<F, Fut>(
+    args: &Arc<Args>,
+    channels: &[Channel],
+    one: F,
+) -> anyhow::Result<(Report, Vec<Vec<Duration>>)>
+where
+    F: Fn(Channel, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<usize, tonic::Status>> + Send,
+{
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let deadline = args.duration.map(|s| start + Duration::from_secs(s));
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        .then(|| tokio::spawn(show_progress(args.clone(), next.clone(), start)));
     let mut tasks = Vec::new();
     for c in 0..args.clients.max(1) {
-        let mut kv = clients[c % clients.len()].clone();
-        let (args, next, errors) = (args.clone(), next.clone(), errors.clone());
+        let channel = channels[c % channels.len()].clone();
+        let (args, next, errors, one) = (args.clone(), next.clone(), errors.clone(), one.clone());
         tasks.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
+            let mut latencies: Vec<(usize, Duration)> = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= args.total {
+                let done = match deadline {
+                    Some(deadline) => Instant::now() >= deadline,
+                    None => i >= args.total,
+                };
+                if done {
                     return latencies;
                 }
                 let began = Instant::now();
-                match request(&args, &mut kv, i).await {
-                    Ok(()) => latencies.push(began.elapsed()),
+                match one(channel.clone(), i).await {
+                    Ok(kind) => latencies.push((kind, began.elapsed())),
                     Err(_) => {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -347,7 +385,51 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
             }
         }));
     }
-    Report::gather(tasks, &errors, start).await
+    let mut all = Vec::new();
+    let mut kinds: Vec<Vec<Duration>> = Vec::new();
+    for task in tasks {
+        for (kind, latency) in task.await? {
+            if kinds.len() <= kind {
+                kinds.resize_with(kind + 1, Vec::new);
+            }
+            kinds[kind].push(latency);
+            all.push(latency);
+        }
+    }
+    if let Some(progress) = progress {
+        progress.abort();
+        eprintln!();
+    }
+    let report = Report::new(all, errors.load(Ordering::Relaxed), start.elapsed());
+    Ok((report, kinds))
+}
+
+/// A line on standard error, redrawn four times a second: requests so far, of how many or of how
+/// long, and the rate.
+async fn show_progress(args: Arc<Args>, next: Arc<AtomicU64>, start: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let done = next.load(Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        let (fraction, of) = match args.duration {
+            Some(seconds) => (
+                elapsed / seconds as f64,
+                format!("{elapsed:.0}/{seconds} s"),
+            ),
+            None => (
+                done as f64 / args.total.max(1) as f64,
+                format!("{}/{} requests", done.min(args.total), args.total),
+            ),
+        };
+        let filled = (fraction.clamp(0.0, 1.0) * 30.0) as usize;
+        eprint!(
+            "\r[{}{}] {of}, {:.0}/s\x1b[K",
+            "#".repeat(filled),
+            ".".repeat(30 - filled),
+            done as f64 / elapsed.max(0.001)
+        );
+    }
 }
 
 #[tokio::main]
