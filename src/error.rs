@@ -49,6 +49,17 @@ pub enum Error {
     MissingLeaderKey,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
+    #[error("etcdserver: unknown method")]
+    UnknownMethod,
+    #[error("etcdserver: wrong downgrade target version format")]
+    WrongDowngradeVersionFormat,
+    #[error("etcdserver: invalid downgrade target version")]
+    InvalidDowngradeTargetVersion,
+    #[error("etcdserver: no inflight downgrade job")]
+    NoInflightDowngrade,
+    /// etcd's downgrade is a rolling change of binaries; Strata's way back to etcd is a snapshot.
+    #[error("strata: a downgrade cannot be enabled here: to move to etcd {0}, save a snapshot (etcdctl snapshot save) and restore it with etcdctl snapshot restore, as docs/migration.md says")]
+    DowngradeBySnapshot(String),
     /// Membership is not changed through the Cluster service: a frontend joins by starting.
     #[error("strata: members are Strata frontends; one joins by starting against the cluster's backend and leaves by stopping, so {0} is refused")]
     MembershipByFrontends(&'static str),
@@ -89,9 +100,6 @@ pub enum Error {
     /// etcd has no gRPC error for this one: its auth store's own message reaches the client.
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
-    /// A part of etcd's API that Strata does not serve yet.
-    #[error("strata: {0} is not implemented yet")]
-    Unimplemented(&'static str),
 }
 
 impl Error {
@@ -110,11 +118,15 @@ impl Error {
             | Error::AuthFailed
             | Error::PermissionNotGiven
             | Error::InvalidAuthMgmt
-            | Error::AuthOldRevision => Code::InvalidArgument,
+            | Error::AuthOldRevision
+            | Error::WrongDowngradeVersionFormat
+            | Error::InvalidDowngradeTargetVersion => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
             Error::LeaseExists
             | Error::BadLeaderTransferee
+            | Error::NoInflightDowngrade
+            | Error::DowngradeBySnapshot(_)
             | Error::MembershipByFrontends(_)
             | Error::RootUserNotExist
             | Error::RootRoleNotExist
@@ -129,13 +141,13 @@ impl Error {
             Error::InvalidAuthToken => Code::Unauthenticated,
             Error::NoSpace => Code::ResourceExhausted,
             Error::Storage(_) | Error::Stopped => Code::Unavailable,
-            Error::Unimplemented(_) => Code::Unimplemented,
             // etcd returns these as plain Go errors, which gRPC turns into Unknown.
             Error::SessionExpired
             | Error::ElectionNotLeader
             | Error::ElectionNoLeader
             | Error::MissingLeaderKey
-            | Error::NoPasswordUser => Code::Unknown,
+            | Error::NoPasswordUser
+            | Error::UnknownMethod => Code::Unknown,
         }
     }
 }

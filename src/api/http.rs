@@ -8,13 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-/// The cluster version etcd reports: the server's major.minor with patch 0.
-fn cluster_version() -> String {
-    let mut parts = ETCD_VERSION.split('.');
-    let (major, minor) = (parts.next().unwrap_or("3"), parts.next().unwrap_or("5"));
-    format!("{major}.{minor}.0")
-}
-
 pub fn routes(context: Context) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
@@ -142,7 +135,7 @@ async fn run_checks(axum::extract::State(context): State, uri: Uri, checks: Vec<
 async fn version() -> Response {
     let body = format!(
         "{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{}\"}}",
-        cluster_version()
+        super::cluster_version()
     );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }

@@ -1,9 +1,10 @@
-//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot and MoveLeader;
-//! Downgrade is not built yet.
+//! etcdserverpb.Maintenance: Status, Alarm, Defragment, Hash, HashKV, Snapshot, MoveLeader and
+//! Downgrade.
 
-use super::{unimplemented, Context, ETCD_VERSION, RAFT_TERM};
+use super::{Context, ETCD_VERSION, RAFT_TERM};
 use crate::error::Error;
 use crate::proto::etcdserverpb::alarm_request::AlarmAction;
+use crate::proto::etcdserverpb::downgrade_request::DowngradeAction;
 use crate::proto::etcdserverpb::maintenance_server::Maintenance;
 use crate::proto::etcdserverpb::{AlarmMember, AlarmType, ResponseHeader};
 use crate::proto::etcdserverpb::{
@@ -201,11 +202,71 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(resp))
     }
 
+    /// VALIDATE and CANCEL answer as a one-member etcd 3.5 with no downgrade under way: the only
+    /// valid target is the previous minor version, and there is nothing to cancel. ENABLE, the
+    /// first step of etcd's rolling change of binaries, is refused with the way back that works
+    /// here: a snapshot.
     async fn downgrade(
         &self,
         req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
         self.0.allow_admin(req.metadata())?;
-        unimplemented("etcdserverpb.Maintenance/Downgrade")
+        let req = req.into_inner();
+        let cluster = super::cluster_version();
+        let action = DowngradeAction::try_from(req.action).map_err(|_| Error::UnknownMethod)?;
+        if action == DowngradeAction::Cancel {
+            return Err(Error::NoInflightDowngrade.into());
+        }
+        let target = minor_version(&req.version).ok_or(Error::WrongDowngradeVersionFormat)?;
+        let (major, minor) = minor_version(&cluster).expect("the cluster version parses");
+        if target != (major, minor - 1) {
+            return Err(Error::InvalidDowngradeTargetVersion.into());
+        }
+        if action == DowngradeAction::Enable {
+            return Err(Error::DowngradeBySnapshot(format!("{}.{}", target.0, target.1)).into());
+        }
+        let mut resp = DowngradeResponse {
+            version: cluster,
+            ..Default::default()
+        };
+        self.0.fill(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+}
+
+/// The major and minor version of `v`, which is semantic (`3.4.0`, `3.4.1-rc.0+build`) or
+/// `major.minor`, as etcd reads a downgrade target; None for anything else.
+fn minor_version(v: &str) -> Option<(u64, u64)> {
+    let number = |part: &str| {
+        let leading_zero = part.len() > 1 && part.starts_with('0');
+        let digits = !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        (digits && !leading_zero)
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let suffix_ok = core.len() == v.len() || core.split('.').count() == 3;
+    let parts: Vec<&str> = core.split('.').collect();
+    match parts[..] {
+        [major, minor] | [major, minor, _] if suffix_ok => {
+            let patch_ok = parts.get(2).is_none_or(|p| number(p).is_some());
+            patch_ok.then_some((number(major)?, number(minor)?))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::minor_version;
+
+    #[test]
+    fn downgrade_targets_read_as_etcd_reads_them() {
+        assert_eq!(minor_version("3.4"), Some((3, 4)));
+        assert_eq!(minor_version("3.4.0"), Some((3, 4)));
+        assert_eq!(minor_version("3.4.27-rc.1+git"), Some((3, 4)));
+        for wrong in ["", "3", "3.x", "03.4", "3.4.0.1", "3.4-rc.1", "v3.4"] {
+            assert_eq!(minor_version(wrong), None, "{wrong}");
+        }
     }
 }

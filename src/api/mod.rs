@@ -1,6 +1,7 @@
 //! The gRPC face of Strata: decode, check, call mvcc, encode. No semantics live here.
 //!
-//! One file per etcd service. An RPC that is not built yet answers `Unimplemented`, naming itself.
+//! One file per etcd service; every RPC of etcd 3.5's is served. A path that names none answers
+//! `Unimplemented`.
 
 mod access;
 mod auth;
@@ -20,7 +21,7 @@ mod watch;
 use crate::auth::AuthStore;
 use crate::backend::MemberRecord;
 use crate::config::{Config, GRPC_OVERHEAD_BYTES};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::mvcc::Store;
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
@@ -40,6 +41,13 @@ use tokio_stream::StreamExt;
 
 /// etcd 3.5 release whose behaviour Strata reproduces; kube-apiserver reads it from Status.
 pub const ETCD_VERSION: &str = "3.5.33";
+
+/// The cluster version etcd reports: the server's major.minor with patch 0.
+fn cluster_version() -> String {
+    let mut parts = ETCD_VERSION.split('.');
+    let (major, minor) = (parts.next().unwrap_or("3"), parts.next().unwrap_or("5"));
+    format!("{major}.{minor}.0")
+}
 
 /// A single-member cluster never changes leader, so its raft term never moves.
 const RAFT_TERM: u64 = 1;
@@ -294,8 +302,8 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
     }
 }
 
-/// Answers every RPC Strata does not serve yet; a plain HTTP request for an unknown path gets 404,
-/// as from etcd.
+/// Answers a gRPC call to a method that is not etcd's with `Unimplemented`; a plain HTTP request for
+/// an unknown path gets 404, as from etcd.
 async fn not_built(request: axum::extract::Request) -> axum::response::Response {
     use axum::response::IntoResponse;
     let path = request.uri().path().to_owned();
@@ -305,14 +313,10 @@ async fn not_built(request: axum::extract::Request) -> axum::response::Response 
         .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
     if is_grpc {
         return tonic::Status::unimplemented(format!(
-            "strata: {} is not implemented yet",
+            "strata: {} is not a method of etcd's API",
             path.trim_start_matches('/')
         ))
         .into_http();
     }
     (axum::http::StatusCode::NOT_FOUND, "404 page not found\n").into_response()
-}
-
-fn unimplemented<T>(rpc: &'static str) -> std::result::Result<T, tonic::Status> {
-    Err(Error::Unimplemented(rpc).into())
 }

@@ -216,3 +216,60 @@ async fn leadership_and_membership_as_one_member() {
         add.message()
     );
 }
+
+/// Downgrade as a one-member etcd 3.5 with no downgrade under way answers it (Debian's etcd 3.4
+/// has no Downgrade to compare with): the target must be the previous minor version; there is
+/// nothing to cancel; enabling is refused with the way back that works, a snapshot.
+#[tokio::test]
+async fn downgrade_validates_and_refuses_to_enable() {
+    use strata::proto::etcdserverpb::downgrade_request::DowngradeAction;
+    use strata::proto::etcdserverpb::DowngradeRequest;
+    let strata = Strata::start();
+    let mut maintenance = MaintenanceClient::new(strata.channel().await);
+    let downgrade = |action: DowngradeAction, version: &str| {
+        let request = DowngradeRequest {
+            action: action as i32,
+            version: version.to_owned(),
+        };
+        let mut client = maintenance.clone();
+        async move { client.downgrade(request).await }
+    };
+    for target in ["3.4", "3.4.0"] {
+        let valid = downgrade(DowngradeAction::Validate, target).await.unwrap();
+        assert_eq!(valid.into_inner().version, "3.5.0");
+    }
+    let refusals = [
+        (
+            DowngradeAction::Validate,
+            "3.3",
+            "invalid downgrade target version",
+        ),
+        (
+            DowngradeAction::Validate,
+            "three",
+            "wrong downgrade target version format",
+        ),
+        (DowngradeAction::Cancel, "", "no inflight downgrade job"),
+        (DowngradeAction::Enable, "3.4", "snapshot"),
+    ];
+    for (action, version, said) in refusals {
+        let refused = downgrade(action, version).await.unwrap_err();
+        assert!(
+            refused.message().contains(said),
+            "{action:?} {version}: {refused:?}"
+        );
+    }
+    let wrong = downgrade(DowngradeAction::Enable, "3.3").await.unwrap_err();
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+    let unknown = maintenance
+        .downgrade(DowngradeRequest {
+            action: 9,
+            version: "3.4".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (unknown.code(), unknown.message()),
+        (tonic::Code::Unknown, "etcdserver: unknown method")
+    );
+}
