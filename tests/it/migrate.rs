@@ -64,6 +64,16 @@ impl Migration {
         }
     }
 
+    /// Waits for the migration to end by itself, however it ends; returns whether it succeeded
+    /// and what it said on standard error.
+    fn wait(mut self) -> (bool, String) {
+        let child = self.child.take().expect("not waited for yet");
+        let output = child.wait_with_output().expect("the migration ends");
+        let mut said = std::mem::take(&mut self.said);
+        said.extend(self.lines.iter());
+        (output.status.success(), said.join("\n"))
+    }
+
     /// Waits for the migration to end by itself; returns what it printed on standard output.
     fn finish(mut self) -> (String, Vec<String>) {
         let child = self.child.take().expect("not waited for yet");
@@ -333,4 +343,76 @@ async fn a_migration_outlives_a_restart_of_its_source() {
     );
     let copy = serve_copy(copy_dir.path(), on_postgres());
     same_after_move(&source, &copy, head).await;
+}
+
+/// A source with auth on is read as the user `--from-user` names; without it the migration stops
+/// at once, saying why. The copy has auth on, with the same users.
+#[tokio::test]
+async fn a_source_with_auth_on_is_read_as_root() {
+    let source = Strata::start();
+    let head = history(&source).await;
+    let mut auth = AuthClient::new(source.channel().await);
+    auth.user_add(AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let refused = Migration::start(&source, &target(dir.path(), on_postgres()), &["--cutover"]);
+    let (succeeded, said) = refused.wait();
+    assert!(!succeeded);
+    assert!(said.contains("user name is empty"), "{said}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let as_root = ["--cutover", "--from-user", "root:rootpw"];
+    let (printed, _) =
+        Migration::start(&source, &target(dir.path(), on_postgres()), &as_root).finish();
+    // Enabling auth takes no revision.
+    assert!(
+        printed.contains(&format!("up to revision {head} ")),
+        "{printed}"
+    );
+    let copy = serve_copy(dir.path(), on_postgres());
+    let everything = |server: &Process| {
+        let endpoint = server.endpoint();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(endpoint)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let token = AuthClient::new(channel.clone())
+                .authenticate(AuthenticateRequest {
+                    name: "root".into(),
+                    password: "rootpw".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token;
+            let mut request = tonic::Request::new(RangeRequest {
+                key: "\0".into(),
+                range_end: "\0".into(),
+                ..Default::default()
+            });
+            request
+                .metadata_mut()
+                .insert("token", token.parse().unwrap());
+            let kv = strata::proto::etcdserverpb::kv_client::KvClient::new(channel);
+            kv.clone().range(request).await.unwrap().into_inner().kvs
+        }
+    };
+    assert_eq!(everything(&copy).await, everything(&source).await);
+    let anonymous = copy.kv().await.range(get("k1")).await.unwrap_err();
+    assert_eq!(anonymous.message(), "etcdserver: user name is empty");
 }
