@@ -14,20 +14,67 @@ use crate::proto::etcdserverpb::{
 };
 use tonic::metadata::MetadataMap;
 
-/// The token a request carries: gRPC metadata `token`, or `authorization` as the JSON gateway
-/// passes it on.
-pub fn token(metadata: &MetadataMap) -> Option<String> {
-    ["token", "authorization"]
-        .iter()
-        .find_map(|name| metadata.get(*name))
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// The header that carries the common name of the sender's verified client certificate from
+/// [`certificate_user`] to the services. One a client sends is dropped first.
+const CERTIFICATE_USER: &str = "strata-certificate-user";
+
+/// Under --client-cert-auth (`enabled`), names the sender of a gRPC call by its verified client
+/// certificate's common name, for auth to take when the call has no token, as etcd does.
+pub(super) async fn certificate_user(
+    axum::extract::State(enabled): axum::extract::State<bool>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    request.headers_mut().remove(CERTIFICATE_USER);
+    let name = enabled
+        .then(|| request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>())
+        .flatten()
+        .and_then(|tls| tls.peer_certs())
+        .and_then(|chain| chain.first().and_then(|leaf| super::tls::common_name(leaf)))
+        .and_then(|name| axum::http::HeaderValue::from_str(&name).ok());
+    if let Some(name) = name {
+        request.headers_mut().insert(CERTIFICATE_USER, name);
+    }
+    next.run(request).await
+}
+
+/// What a request says of its sender: its token (gRPC metadata `token`, or `authorization` as
+/// the JSON gateway passes it on), and the user its client certificate names.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    token: Option<String>,
+    certificate_user: Option<String>,
+}
+
+impl Credentials {
+    pub fn of(metadata: &MetadataMap) -> Credentials {
+        let text = |name: &str| {
+            metadata
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        Credentials {
+            token: text("token").or_else(|| text("authorization")),
+            certificate_user: text(CERTIFICATE_USER),
+        }
+    }
 }
 
 impl Context {
-    /// Who sent a request, from its token; an unknown or expired token is refused.
+    /// Who sent a request, from its token or else its client certificate; an unknown or expired
+    /// token is refused.
     pub(super) fn auth_info(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>> {
-        self.auth.auth_info(token(metadata).as_deref())
+        self.sender(&Credentials::of(metadata))
+    }
+
+    /// Who `credentials` say sent a request (a stream's, checked again for each of its requests).
+    pub(super) fn sender(&self, credentials: &Credentials) -> Result<Option<AuthInfo>> {
+        self.auth.auth_info(
+            credentials.token.as_deref(),
+            credentials.certificate_user.as_deref(),
+        )
     }
 
     /// That the sender has the root role, when auth is on.

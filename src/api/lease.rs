@@ -63,7 +63,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
-        let token = access::token(req.metadata());
+        let credentials = access::Credentials::of(req.metadata());
         let mut requests = req.into_inner();
         let (responses, rx) = mpsc::channel(KEEP_ALIVE_BUFFER);
         let context = self.0.clone();
@@ -71,7 +71,7 @@ impl Lease for LeaseService {
             while let Some(Ok(request)) = requests.next().await {
                 // Each renewal is checked as it comes: auth may have changed meanwhile.
                 let renewal = async {
-                    let info = context.auth.auth_info(token.as_deref())?;
+                    let info = context.sender(&credentials)?;
                     context.auth.require(info.as_ref())?;
                     context.allow_lease_keys(info.as_ref(), request.id)?;
                     context.store.lease_renew(request.id).await

@@ -196,6 +196,10 @@ impl Server {
         let mut routes = routes.routes();
         *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
             .fallback(not_built)
+            .layer(axum::middleware::from_fn_with_state(
+                config.client_cert_auth,
+                access::certificate_user,
+            ))
             .layer(axum::middleware::from_fn(observe::grpc));
         let grpc = routes.clone();
         *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())

@@ -81,3 +81,105 @@ pub fn accept(
     });
     ReceiverStream::new(rx)
 }
+
+/// The common name of a DER certificate's subject (the last, as Go's x509 reads it); None if it
+/// has none or is not a certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03];
+    let (certificate, _) = der_item(der, 0x30)?;
+    let (mut tbs, _) = der_item(certificate, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_any(tbs)?.2;
+    }
+    // The serial number, signature algorithm, issuer and validity come before the subject.
+    for _ in 0..4 {
+        tbs = der_any(tbs)?.2;
+    }
+    let (mut names, _) = der_item(tbs, 0x30)?;
+    let mut common = None;
+    while !names.is_empty() {
+        let (mut set, after) = der_item(names, 0x31)?;
+        names = after;
+        while !set.is_empty() {
+            let (attribute, after) = der_item(set, 0x30)?;
+            set = after;
+            let (oid, value) = der_item(attribute, 0x06)?;
+            if oid == COMMON_NAME {
+                common = std::str::from_utf8(der_any(value)?.1)
+                    .ok()
+                    .map(str::to_owned);
+            }
+        }
+    }
+    common
+}
+
+/// The tag, contents and what follows of the DER item `bytes` starts with.
+fn der_any(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = bytes.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (length, rest) = match first {
+        short if short < 0x80 => (short as usize, rest),
+        long => {
+            let n = (long & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let length = rest[..n].iter().fold(0, |l, b| l << 8 | *b as usize);
+            (length, &rest[n..])
+        }
+    };
+    (rest.len() >= length).then(|| (tag, &rest[..length], &rest[length..]))
+}
+
+/// The contents and what follows of the DER item `bytes` starts with, if it has tag `tag`.
+fn der_item(bytes: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    let (found, contents, rest) = der_any(bytes)?;
+    (found == tag).then_some((contents, rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_name;
+
+    fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        if contents.len() < 0x80 {
+            out.push(contents.len() as u8);
+        } else {
+            out.extend([0x82, (contents.len() >> 8) as u8, contents.len() as u8]);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+
+    fn name(attributes: &[(&[u8], &str)]) -> Vec<u8> {
+        let sets: Vec<u8> = attributes
+            .iter()
+            .flat_map(|(oid, value)| {
+                let attribute = [tlv(0x06, oid), tlv(0x0c, value.as_bytes())].concat();
+                tlv(0x31, &tlv(0x30, &attribute))
+            })
+            .collect();
+        tlv(0x30, &sets)
+    }
+
+    #[test]
+    fn the_subjects_last_common_name() {
+        let (cn, org): (&[u8], &[u8]) = (&[0x55, 4, 3], &[0x55, 4, 10]);
+        let tbs = [
+            tlv(0xa0, &tlv(0x02, &[2])),
+            tlv(0x02, &[7]),
+            tlv(0x30, &[]),
+            name(&[(cn, "issuer")]),
+            tlv(0x30, &[]),
+            name(&[(org, "org"), (cn, "first"), (cn, "alice")]),
+            tlv(0x30, &[0; 200]),
+        ]
+        .concat();
+        let certificate = tlv(0x30, &[tlv(0x30, &tbs), tlv(0x30, &[])].concat());
+        assert_eq!(common_name(&certificate).as_deref(), Some("alice"));
+        assert_eq!(common_name(&certificate[..40]), None);
+        assert_eq!(common_name(b"not a certificate"), None);
+    }
+}

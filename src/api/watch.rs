@@ -64,14 +64,14 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let token = access::token(req.metadata());
+        let credentials = access::Credentials::of(req.metadata());
         let requests = req.into_inner();
         let (notices, notices_rx) = mpsc::channel(NOTICE_BUFFER);
         let (responses, responses_rx) = mpsc::channel(RESPONSE_BUFFER);
         let watchers = Shared::default();
         tokio::spawn(receive(
             self.0.clone(),
-            token,
+            credentials,
             requests,
             notices.clone(),
             watchers.clone(),
@@ -91,7 +91,7 @@ impl Watch for WatchService {
 /// streaming to a client that closed its sending side) until the client goes away.
 async fn receive(
     context: Context,
-    token: Option<String>,
+    credentials: access::Credentials,
     mut requests: Streaming<WatchRequest>,
     notices: mpsc::Sender<Notice>,
     watchers: Shared,
@@ -106,14 +106,9 @@ async fn receive(
             return;
         };
         match request.request_union {
-            Some(RequestUnion::CreateRequest(create)) => self::create(
-                &context,
-                token.as_deref(),
-                create,
-                &notices,
-                permit,
-                &watchers,
-            ),
+            Some(RequestUnion::CreateRequest(create)) => {
+                self::create(&context, &credentials, create, &notices, permit, &watchers)
+            }
             Some(RequestUnion::CancelRequest(cancel)) => {
                 let removed = watchers
                     .lock()
@@ -147,7 +142,7 @@ async fn receive(
 /// if not, the reason its refusal gives.
 fn permitted(
     context: &Context,
-    token: Option<&str>,
+    credentials: &access::Credentials,
     key: &[u8],
     range_end: &[u8],
 ) -> std::result::Result<(), String> {
@@ -155,8 +150,7 @@ fn permitted(
     // only the key itself is checked.
     let range_end = if range_end == [0] { b"" } else { range_end };
     context
-        .auth
-        .auth_info(token)
+        .sender(credentials)
         .and_then(|info| context.auth.check_read(info.as_ref(), key, range_end))
         // etcd gives the reason as Go prints a gRPC status error.
         .map_err(|e| format!("rpc error: code = {:?} desc = {e}", e.code()))
@@ -164,7 +158,7 @@ fn permitted(
 
 fn create(
     context: &Context,
-    token: Option<&str>,
+    credentials: &access::Credentials,
     create: WatchCreateRequest,
     notices: &mpsc::Sender<Notice>,
     permit: mpsc::Permit<'_, Notice>,
@@ -183,7 +177,7 @@ fn create(
     } else {
         create.key
     };
-    if let Err(reason) = permitted(context, token, &key, &create.range_end) {
+    if let Err(reason) = permitted(context, credentials, &key, &create.range_end) {
         return refuse(permit, &reason);
     }
     // etcd 3.5.24 and later refuse a negative start revision so; 3.4 and older 3.5 did not.

@@ -241,10 +241,23 @@ impl AuthStore {
 
     /// Who a request's token names (etcd's AuthInfoFromCtx): None when auth is off or the request
     /// carries no token; an error for a token that is unknown or expired.
-    pub fn auth_info(&self, token: Option<&str>) -> Result<Option<AuthInfo>> {
+    /// With auth on, the sender of a request with no token may be the user its verified client
+    /// certificate names (its common name), as etcd takes it under --client-cert-auth.
+    pub fn auth_info(
+        &self,
+        token: Option<&str>,
+        certificate_user: Option<&str>,
+    ) -> Result<Option<AuthInfo>> {
         let state = self.current();
-        let (true, Some(token)) = (state.enabled, token) else {
-            return Ok(None);
+        let token = match (state.enabled, token, certificate_user) {
+            (false, _, _) => return Ok(None),
+            (true, Some(token), _) => token,
+            (true, None, user) => {
+                return Ok(user.map(|user| AuthInfo {
+                    user: user.to_owned(),
+                    revision: state.revision,
+                }))
+            }
         };
         let token = token.strip_prefix("Bearer ").unwrap_or(token);
         let user = self
@@ -688,7 +701,7 @@ mod tests {
             Err(Error::AuthFailed)
         );
         let token = auth.authenticate("alice", "secret").await.unwrap();
-        let alice = auth.auth_info(Some(&token)).unwrap();
+        let alice = auth.auth_info(Some(&token), None).unwrap();
         let alice = alice.as_ref();
         assert!(auth.check_read(alice, b"a", b"").is_ok());
         assert!(auth.check_read(alice, b"a", b"b").is_ok());
@@ -703,7 +716,7 @@ mod tests {
         assert_eq!(auth.check_admin(alice), Err(Error::PermissionDenied));
         assert_eq!(auth.check_read(None, b"a", b""), Err(Error::UserEmpty));
         assert_eq!(
-            auth.auth_info(Some("forged.1")),
+            auth.auth_info(Some("forged.1"), None),
             Err(Error::InvalidAuthToken)
         );
 
@@ -715,14 +728,17 @@ mod tests {
             auth.check_read(alice, b"a", b""),
             Err(Error::AuthOldRevision)
         );
-        let alice = auth.auth_info(Some(&token)).unwrap();
+        let alice = auth.auth_info(Some(&token), None).unwrap();
         assert_eq!(
             auth.check_read(alice.as_ref(), b"a", b""),
             Err(Error::PermissionDenied)
         );
 
         auth.user_change_password("alice", "new", "").await.unwrap();
-        assert_eq!(auth.auth_info(Some(&token)), Err(Error::InvalidAuthToken));
+        assert_eq!(
+            auth.auth_info(Some(&token), None),
+            Err(Error::InvalidAuthToken)
+        );
         assert!(auth.authenticate("alice", "new").await.is_ok());
     }
 
@@ -803,7 +819,7 @@ mod tests {
         // Tokens are not kept: clients authenticate again, as after an etcd restart.
         let token = again.authenticate("root", "pw").await;
         assert!(token.is_ok());
-        let root = again.auth_info(token.ok().as_deref()).unwrap();
+        let root = again.auth_info(token.ok().as_deref(), None).unwrap();
         assert_eq!(
             again.user_get(root.as_ref(), "root").unwrap(),
             vec!["root".to_owned()]

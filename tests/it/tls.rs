@@ -150,3 +150,98 @@ fn https_with_client_certificates() {
     assert!(snapshot.exists());
     assert!(!save(false).status.success());
 }
+
+/// Under --client-cert-auth with auth on, a request with no token is made by the user its
+/// client certificate's common name names (here `strata-test`), as in etcd.
+#[test]
+fn the_client_certificate_names_the_user() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let strata = Strata::start_with(&[
+        "--listen-client-urls",
+        "https://127.0.0.1:0",
+        "--cert-file",
+        &file("server.pem"),
+        "--key-file",
+        &file("server-key.pem"),
+        "--trusted-ca-file",
+        &file("ca.pem"),
+        "--client-cert-auth",
+    ]);
+    let endpoint = format!("https://{}", strata.address);
+    let etcdctl = |args: &[&str]| {
+        let output = Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoint, "--cacert", &file("ca.pem")])
+            .args([
+                "--cert",
+                &file("client.pem"),
+                "--key",
+                &file("client-key.pem"),
+            ])
+            .args(["--dial-timeout", "3s", "--command-timeout", "3s"])
+            .args(args)
+            .output()
+            .unwrap();
+        let said =
+            String::from_utf8_lossy(&output.stdout) + String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), said.into_owned())
+    };
+    for setup in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "grant-role", "root", "root"],
+        &["role", "add", "reader"],
+        &["role", "grant-permission", "reader", "read", "secure"],
+        &["user", "add", "strata-test:pw"],
+        &["user", "grant-role", "strata-test", "reader"],
+        &["put", "secure", "yes"],
+        &["auth", "enable"],
+    ] {
+        let (ok, said) = etcdctl(setup);
+        assert!(ok, "{setup:?}: {said}");
+    }
+    assert_eq!(
+        etcdctl(&["get", "secure", "--print-value-only"]),
+        (true, "yes\n".to_owned())
+    );
+    let (ok, said) = etcdctl(&["put", "secure", "no"]);
+    assert!(
+        !ok && said.contains("etcdserver: permission denied"),
+        "{said}"
+    );
+    let (ok, said) = etcdctl(&["--user", "root:rootpw", "put", "secure", "no"]);
+    assert!(ok, "{said}");
+}
+
+/// The header that carries a certificate's user inside the server cannot be sent from outside.
+#[tokio::test]
+async fn a_forged_certificate_user_is_ignored() {
+    use strata::proto::etcdserverpb::auth_client::AuthClient;
+    use strata::proto::etcdserverpb::*;
+    let strata = Strata::start();
+    let mut auth = AuthClient::new(strata.channel().await);
+    auth.user_add(AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    let mut forged = tonic::Request::new(RangeRequest {
+        key: "k".into(),
+        ..Default::default()
+    });
+    forged
+        .metadata_mut()
+        .insert("strata-certificate-user", "root".parse().unwrap());
+    let refused = strata.kv().await.range(forged).await.unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: user name is empty");
+}
