@@ -1,13 +1,18 @@
 //! TLS on https:// client URLs, from etcd's flags: the server certificate, and client certificates
-//! verified against the trusted CA (required with --client-cert-auth). Both HTTP/2 (gRPC) and
+//! verified against the trusted CA (required with --client-cert-auth). A renewed certificate is
+//! served from the next handshake on, without a restart. Both HTTP/2 (gRPC) and
 //! HTTP/1.1 (probes, scrapers, the JSON gateway) are offered by ALPN, as etcd offers them.
 
 use crate::config::Config;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -27,10 +32,8 @@ pub fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
     let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
         anyhow::bail!("https:// client URLs need --cert-file and --key-file");
     };
-    let chain: Vec<CertificateDer<'static>> =
-        CertificateDer::pem_slice_iter(&read(cert)?).collect::<Result<_, _>>()?;
-    let key = PrivateKeyDer::from_pem_slice(&read(key)?)?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let certificate = Reloading::new(cert, key, provider.clone())?;
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
     let builder = match &config.trusted_ca_file {
@@ -52,9 +55,75 @@ pub fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut tls = builder.with_single_cert(chain, key)?;
+    let mut tls = builder.with_cert_resolver(Arc::new(certificate));
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// The server certificate, read again from its files when they change (looked at in each
+/// handshake, as etcd reads them for each), so that a renewed certificate is served without a
+/// restart. A renewal that does not load (half written, or a key that does not match the
+/// certificate) leaves the previous one in use until the files change again.
+#[derive(Debug)]
+struct Reloading {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<CryptoProvider>,
+    /// The files' modification times as last loaded, and what they held.
+    current: RwLock<(Stamps, Arc<CertifiedKey>)>,
+}
+
+type Stamps = [Option<SystemTime>; 2];
+
+impl Reloading {
+    fn new(cert: &Path, key: &Path, provider: Arc<CryptoProvider>) -> anyhow::Result<Reloading> {
+        let (cert, key) = (cert.to_path_buf(), key.to_path_buf());
+        let stamps = stamps(&cert, &key);
+        let loaded = load(&cert, &key, &provider)?;
+        Ok(Reloading {
+            cert,
+            key,
+            provider,
+            current: RwLock::new((stamps, loaded)),
+        })
+    }
+}
+
+fn stamps(cert: &Path, key: &Path) -> Stamps {
+    [cert, key].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> anyhow::Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&read(cert)?).collect::<Result<_, _>>()?;
+    anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+    let key = PrivateKeyDer::from_pem_slice(&read(key)?)?;
+    Ok(Arc::new(CertifiedKey::from_der(chain, key, provider)?))
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let now = stamps(&self.cert, &self.key);
+        {
+            let current = self.current.read().expect("certificate lock");
+            if current.0 == now {
+                return Some(current.1.clone());
+            }
+        }
+        let mut current = self.current.write().expect("certificate lock");
+        current.0 = now;
+        match load(&self.cert, &self.key, &self.provider) {
+            Ok(loaded) => {
+                tracing::info!(cert = %self.cert.display(), "serving the renewed certificate");
+                current.1 = loaded;
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "cannot load the renewed certificate; serving the previous one"
+            ),
+        }
+        Some(current.1.clone())
+    }
 }
 
 /// The TLS connections of `incoming`, each handshake on its own task; a failed handshake drops its

@@ -245,3 +245,41 @@ async fn a_forged_certificate_user_is_ignored() {
     let refused = strata.kv().await.range(forged).await.unwrap_err();
     assert_eq!(refused.message(), "etcdserver: user name is empty");
 }
+
+/// A certificate renewed in place (files replaced, as cert-manager or `kubeadm certs renew` do)
+/// is served from the next handshake on, without a restart.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let (first, renewed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    certificates(first.path());
+    certificates(renewed.path());
+    let file =
+        |dir: &tempfile::TempDir, name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let strata = Strata::start_with(&[
+        "--listen-client-urls",
+        "https://127.0.0.1:0",
+        "--cert-file",
+        &file(&first, "server.pem"),
+        "--key-file",
+        &file(&first, "server-key.pem"),
+    ]);
+    let endpoint = format!("https://{}", strata.address);
+    let trusts = |ca: &str| {
+        Command::new(etcdctl_binary())
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &endpoint, "--cacert", ca])
+            .args(["--dial-timeout", "3s", "--command-timeout", "3s"])
+            .args(["get", "anything"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(trusts(&file(&first, "ca.pem")));
+    assert!(!trusts(&file(&renewed, "ca.pem")));
+    for name in ["server-key.pem", "server.pem"] {
+        std::fs::copy(file(&renewed, name), file(&first, name)).unwrap();
+    }
+    assert!(trusts(&file(&renewed, "ca.pem")));
+    assert!(!trusts(&file(&first, "ca.pem")));
+}
