@@ -178,10 +178,19 @@ async fn snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let bytes = std::fs::read(&file)
                 .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
             let database = strata::snapshot::database_of(&bytes, skip_hash_check)?;
-            let contents = strata::snapshot::contents(database)?;
-            let summary = contents.summary();
-            strata::snapshot::restore(target.open().await?.as_ref(), contents).await?;
-            println!("restored {summary} into {}", target.place());
+            let snapshot = strata::snapshot::open(database)?;
+            let backend = target.open().await?;
+            let mut progress = ProgressLine::new();
+            let restored = strata::snapshot::restore(backend.as_ref(), &snapshot, &mut |r| {
+                progress.show(Step::Restoring(*r))
+            })
+            .await?;
+            progress.done();
+            println!(
+                "restored {} into {}",
+                restored.summary(&snapshot),
+                target.place()
+            );
             Ok(())
         }
         SnapshotCommand::Save {
@@ -309,6 +318,15 @@ impl ProgressLine {
                     return;
                 }
                 format!("receiving the snapshot: {} MiB", bytes >> 20)
+            }
+            Step::Restoring(restored) => {
+                if !self.due() {
+                    return;
+                }
+                format!(
+                    "restoring: {} revisions, up to revision {}",
+                    restored.revisions, restored.head
+                )
             }
             Step::Restored { revision, summary } => {
                 self.from = Some(revision);

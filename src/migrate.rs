@@ -264,10 +264,12 @@ fn refusal(response: &WatchResponse, from: i64) -> anyhow::Error {
 }
 
 /// What the migration tells its operator, as it goes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Step {
     /// Bytes of the snapshot received so far.
     Receiving(usize),
+    /// The snapshot's history restored so far.
+    Restoring(crate::snapshot::Restored),
     /// The snapshot is in the copy, up to `revision`.
     Restored { revision: i64, summary: String },
     /// The copy follows the source from `revision` on.
@@ -302,21 +304,24 @@ pub async fn migrate(
     report: &mut dyn FnMut(Step),
 ) -> anyhow::Result<Finished> {
     let file = source.snapshot(|n| report(Step::Receiving(n))).await?;
-    let database = crate::snapshot::database_of(&file, false)?;
-    let contents = crate::snapshot::contents(database)?;
-    let auth_revision = contents.auth.revision;
-    let summary = contents.summary();
+    let snapshot = crate::snapshot::open(crate::snapshot::database_of(&file, false)?)?;
+    let restored = crate::snapshot::restore(target, &snapshot, &mut |r| {
+        report(Step::Restoring(*r));
+    })
+    .await?;
     let mut copy = Copy {
         source,
         target,
-        applied: contents.head().max(contents.compacted),
-        leases: contents.leases.iter().map(|l| l.id).collect(),
+        applied: restored.head.max(snapshot.compacted),
+        leases: snapshot.leases.iter().map(|l| l.id).collect(),
     };
-    crate::snapshot::restore(target, contents).await?;
     report(Step::Restored {
         revision: copy.applied,
-        summary,
+        summary: restored.summary(&snapshot),
     });
+    let auth_revision = snapshot.auth.revision;
+    drop(snapshot);
+    drop(file);
 
     copy.follow(stop, report).await?;
 
@@ -506,11 +511,11 @@ impl Copy<'_> {
     /// Replaces the target's users and roles with those of a new snapshot of the source.
     async fn retake_auth(&self) -> anyhow::Result<()> {
         let file = self.source.snapshot(|_| {}).await?;
-        let contents = crate::snapshot::contents(crate::snapshot::database_of(&file, false)?)?;
+        let snapshot = crate::snapshot::open(crate::snapshot::database_of(&file, false)?)?;
         let generation = self.target.auth().await?.map_or(0, |(g, _)| g);
         if !self
             .target
-            .put_auth(generation, &prost::Message::encode_to_vec(&contents.auth))
+            .put_auth(generation, &prost::Message::encode_to_vec(&snapshot.auth))
             .await?
         {
             bail!(

@@ -222,17 +222,41 @@ impl Backend for Embedded {
         .await
     }
 
-    async fn restore(&self, entries: &[LogEntry], progress: Progress) -> Result<()> {
-        let rows = rows(entries);
+    async fn begin_restore(&self) -> Result<()> {
         self.commit(move |tx| {
             let mut meta = tx.open_table(META).map_err(storage)?;
-            let mut log = tx.open_table(LOG).map_err(storage)?;
+            let log = tx.open_table(LOG).map_err(storage)?;
             if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::EMPTY.head
                 || log.first().map_err(storage)?.is_some()
             {
                 return Err(BackendError::NotEmpty);
             }
-            insert(&mut log, &rows)?;
+            meta.insert("head", Progress::RESTORING as u64)
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
+        let rows = rows(entries);
+        self.commit(move |tx| {
+            let meta = tx.open_table(META).map_err(storage)?;
+            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
+                return Err(BackendError::NotRestoring);
+            }
+            let mut log = tx.open_table(LOG).map_err(storage)?;
+            insert(&mut log, &rows)
+        })
+        .await
+    }
+
+    async fn finish_restore(&self, progress: Progress) -> Result<()> {
+        self.commit(move |tx| {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
+                return Err(BackendError::NotRestoring);
+            }
             meta.insert("head", progress.head as u64).map_err(storage)?;
             meta.insert("compacted", progress.compacted as u64)
                 .map_err(storage)?;

@@ -35,6 +35,9 @@ impl Progress {
         head: 1,
         compacted: -1,
     };
+    /// The head of a store being restored (see [`Backend::begin_restore`]): no revision follows
+    /// it, and no server may use the store.
+    pub const RESTORING: i64 = 0;
 }
 
 /// The identity of this store, created with it and kept for its lifetime.
@@ -69,6 +72,8 @@ pub enum BackendError {
     OutOfOrder { head: i64, got: i64 },
     #[error("the store already holds data: restore only into a new one")]
     NotEmpty,
+    #[error("the store is not being restored")]
+    NotRestoring,
     /// The backend's stored layout is not one this binary can use.
     #[error("{0}")]
     Schema(String),
@@ -105,11 +110,18 @@ pub trait Backend: Send + Sync + 'static {
     /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
 
-    /// Fills an empty store with a history numbered elsewhere (an etcd snapshot's): `entries` in
-    /// revision order, with gaps where that history was compacted, after which the log stands at
-    /// `progress`. All or nothing; refused with [`BackendError::NotEmpty`] unless the store has
-    /// never been written.
-    async fn restore(&self, entries: &[LogEntry], progress: Progress) -> Result<()>;
+    /// Starts filling an empty store with a history numbered elsewhere (an etcd snapshot's),
+    /// refused with [`BackendError::NotEmpty`] unless the store has never been written. Until
+    /// [`Backend::finish_restore`] its head is [`Progress::RESTORING`]: a store left so by an
+    /// interrupted restore is to be deleted, and is refused for service.
+    async fn begin_restore(&self) -> Result<()>;
+
+    /// Adds revisions of the history being restored, after those added before, with gaps where
+    /// that history was compacted.
+    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()>;
+
+    /// Ends a restore: the log stands at `progress`.
+    async fn finish_restore(&self, progress: Progress) -> Result<()>;
 
     /// The key-values written at `revisions` (None where there is none: compacted, or a delete).
     async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>>;
@@ -336,12 +348,24 @@ pub(crate) mod conformance {
             head: 12,
             compacted: 7,
         };
-        b.restore(&history, progress).await.unwrap();
+        assert!(matches!(
+            b.restore_log(&history).await,
+            Err(BackendError::NotRestoring)
+        ));
+        b.begin_restore().await.unwrap();
+        assert_eq!(b.progress().await.unwrap().head, Progress::RESTORING);
+        b.restore_log(&history[..1]).await.unwrap();
+        b.restore_log(&history[1..]).await.unwrap();
+        b.finish_restore(progress).await.unwrap();
         assert_eq!(b.progress().await.unwrap(), progress);
         assert_eq!(b.read_log(1, 100).await.unwrap(), history);
         assert!(matches!(
-            b.restore(&history, progress).await,
+            b.begin_restore().await,
             Err(BackendError::NotEmpty)
+        ));
+        assert!(matches!(
+            b.finish_restore(progress).await,
+            Err(BackendError::NotRestoring)
         ));
         let next = LogEntry {
             revision: 13,

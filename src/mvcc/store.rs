@@ -808,6 +808,11 @@ struct Loaded {
 
 async fn load_index(backend: &dyn Backend) -> Result<(Loaded, crate::backend::Progress)> {
     let progress = backend.progress().await?;
+    if progress.head == crate::backend::Progress::RESTORING {
+        return Err(Error::Storage(
+            "the store holds a restore that did not finish: delete it and restore again".into(),
+        ));
+    }
     let mut index = Index::default();
     // Whatever another process appended meanwhile is caught up with later.
     visit_log(backend, progress.head, |e| restore(&mut index, e)).await?;
@@ -1507,12 +1512,17 @@ mod tests {
                 }
             }
         }
-        async fn restore(
+        async fn begin_restore(&self) -> crate::backend::Result<()> {
+            self.inner.begin_restore().await
+        }
+        async fn restore_log(&self, entries: &[LogEntry]) -> crate::backend::Result<()> {
+            self.inner.restore_log(entries).await
+        }
+        async fn finish_restore(
             &self,
-            entries: &[LogEntry],
             progress: crate::backend::Progress,
         ) -> crate::backend::Result<()> {
-            self.inner.restore(entries, progress).await
+            self.inner.finish_restore(progress).await
         }
         async fn read_log(&self, from: i64, max: usize) -> crate::backend::Result<Vec<LogEntry>> {
             self.inner.read_log(from, max).await

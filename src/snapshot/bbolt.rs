@@ -194,7 +194,8 @@ pub fn write(buckets: &Buckets) -> Vec<u8> {
     w.file
 }
 
-/// A bbolt database being read.
+/// A bbolt database being read, or an inline bucket's page within one.
+#[derive(Clone, Copy)]
 struct Reader<'a> {
     file: &'a [u8],
     page_size: usize,
@@ -210,9 +211,9 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     /// A page with its overflow, checked to lie inside the file.
-    fn page(&self, id: u64) -> Result<&[u8], FormatError> {
+    fn page(&self, id: u64) -> Result<&'a [u8], FormatError> {
         let start = (id as usize)
             .checked_mul(self.page_size)
             .filter(|s| s + PAGE_HEADER <= self.file.len())
@@ -230,26 +231,92 @@ impl Reader<'_> {
         Ok(&self.file[start..end])
     }
 
-    /// Every (key, value, flags) under the tree rooted at `id`, in order.
-    /// A page reached twice is an error: a damaged file must not send the walk round a cycle.
-    fn walk(
-        &self,
-        id: u64,
-        visited: &mut HashSet<u64>,
-        out: &mut Vec<(Vec<u8>, Vec<u8>, u32)>,
-    ) -> Result<(), FormatError> {
-        if !visited.insert(id) {
+    /// The tree rooted at page `root`, walked in key order.
+    fn walk(self, root: u64) -> Walk<'a> {
+        Walk {
+            reader: self,
+            root: Some(root),
+            stack: Vec::new(),
+            visited: HashSet::new(),
+            failed: false,
+        }
+    }
+
+    /// The entries of a bucket from its header (and inline page, if its root is 0).
+    fn bucket(self, header: &'a [u8]) -> Result<Walk<'a>, FormatError> {
+        if header.len() < BUCKET_HEADER {
+            return Err(FormatError::Corrupt("a bucket header is cut short".into()));
+        }
+        Ok(match u64_at(header, 0) {
+            0 => Reader {
+                file: &header[BUCKET_HEADER..],
+                page_size: header.len() - BUCKET_HEADER,
+            }
+            .walk(0),
+            root => self.walk(root),
+        })
+    }
+}
+
+/// A page on the way down a [`Walk`], and the next of its elements.
+struct Visit<'a> {
+    id: u64,
+    page: &'a [u8],
+    next: usize,
+}
+
+/// The (key, value, flags) of a tree in key order, each page read when the walk reaches it. A page
+/// reached twice is an error: a damaged file must not send the walk round a cycle. After an error
+/// the walk ends.
+pub struct Walk<'a> {
+    reader: Reader<'a>,
+    root: Option<u64>,
+    stack: Vec<Visit<'a>>,
+    visited: HashSet<u64>,
+    failed: bool,
+}
+
+/// A leaf element: key, value and flags.
+type Element<'a> = (&'a [u8], &'a [u8], u32);
+
+impl<'a> Walk<'a> {
+    fn enter(&mut self, id: u64) -> Result<(), FormatError> {
+        if !self.visited.insert(id) {
             return Err(FormatError::Corrupt(format!("page {id} is reached twice")));
         }
-        let page = self.page(id)?;
-        let (flags, count) = (u16_at(page, 8), u16_at(page, 10) as usize);
-        let slice = |from: usize, len: usize| {
-            page.get(from..from + len).ok_or_else(|| {
-                FormatError::Corrupt(format!("an element of page {id} lies outside it"))
-            })
-        };
-        for i in 0..count {
-            let at = PAGE_HEADER + i * ELEMENT;
+        let page = self.reader.page(id)?;
+        let flags = u16_at(page, 8);
+        if flags & (LEAF | BRANCH) == 0 {
+            return Err(FormatError::Corrupt(format!(
+                "page {id} is neither a branch nor a leaf (flags {flags:#x})"
+            )));
+        }
+        self.stack.push(Visit { id, page, next: 0 });
+        Ok(())
+    }
+
+    /// The next leaf element, going down branches as needed.
+    fn step(&mut self) -> Result<Option<Element<'a>>, FormatError> {
+        if let Some(root) = self.root.take() {
+            self.enter(root)?;
+        }
+        loop {
+            let Some(visit) = self.stack.last_mut() else {
+                return Ok(None);
+            };
+            let (id, page) = (visit.id, visit.page);
+            let (flags, count) = (u16_at(page, 8), u16_at(page, 10) as usize);
+            if visit.next == count {
+                self.stack.pop();
+                continue;
+            }
+            let at = PAGE_HEADER + visit.next * ELEMENT;
+            visit.next += 1;
+            let slice = |from: usize, len: usize| {
+                page.get(from..from + len).ok_or_else(|| {
+                    FormatError::Corrupt(format!("an element of page {id} lies outside it"))
+                })
+            };
             slice(at, ELEMENT)?;
             if flags & LEAF != 0 {
                 let (eflags, pos) = (u32_at(page, at), u32_at(page, at + 4) as usize);
@@ -257,94 +324,111 @@ impl Reader<'_> {
                     u32_at(page, at + 8) as usize,
                     u32_at(page, at + 12) as usize,
                 );
-                let key = slice(at + pos, ksize)?.to_vec();
-                let value = slice(at + pos + ksize, vsize)?.to_vec();
-                out.push((key, value, eflags));
-            } else if flags & BRANCH != 0 {
-                self.walk(u64_at(page, at + 8), visited, out)?;
-            } else {
-                return Err(FormatError::Corrupt(format!(
-                    "page {id} is neither a branch nor a leaf (flags {flags:#x})"
-                )));
+                let key = slice(at + pos, ksize)?;
+                let value = slice(at + pos + ksize, vsize)?;
+                return Ok(Some((key, value, eflags)));
             }
+            self.enter(u64_at(page, at + 8))?;
         }
-        Ok(())
-    }
-
-    /// The entries of a bucket from its header (and inline page, if its root is 0).
-    fn bucket(&self, header: &[u8]) -> Result<Entries, FormatError> {
-        if header.len() < BUCKET_HEADER {
-            return Err(FormatError::Corrupt("a bucket header is cut short".into()));
-        }
-        let mut entries = Vec::new();
-        match u64_at(header, 0) {
-            0 => {
-                let inline = Reader {
-                    file: &header[BUCKET_HEADER..],
-                    page_size: header.len() - BUCKET_HEADER,
-                };
-                inline.walk(0, &mut HashSet::new(), &mut entries)?;
-            }
-            root => self.walk(root, &mut HashSet::new(), &mut entries)?,
-        }
-        Ok(entries.into_iter().map(|(k, v, _)| (k, v)).collect())
     }
 }
 
-/// The buckets of a bbolt database (top-level buckets of plain keys, as etcd's).
-pub fn read(file: &[u8]) -> Result<Buckets, FormatError> {
-    /// What a valid meta page says.
-    struct Meta {
-        txid: u64,
-        root: u64,
-        page_size: usize,
-        pages: u64,
+impl<'a> Iterator for Walk<'a> {
+    type Item = Result<Element<'a>, FormatError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let step = self.step();
+        self.failed = step.is_err();
+        step.transpose()
     }
-    let meta = |at: usize| -> Option<Meta> {
-        let m = file.get(at + PAGE_HEADER..at + PAGE_HEADER + 64)?;
-        let valid =
-            u32_at(m, 0) == MAGIC && u32_at(m, 4) == VERSION && fnv64a(&m[..56]) == u64_at(m, 56);
-        valid.then(|| Meta {
-            txid: u64_at(m, 48),
-            root: u64_at(m, 16),
-            page_size: u32_at(m, 8) as usize,
-            pages: u64_at(m, 40),
-        })
-    };
-    let first = meta(0);
-    let second = meta(first.as_ref().map_or(PAGE_SIZE, |m| m.page_size).max(1024));
-    let newest = match (first, second) {
-        (Some(a), Some(b)) => {
-            if a.txid >= b.txid {
-                a
-            } else {
-                b
+}
+
+/// An opened bbolt database: its top-level buckets (of plain keys, as etcd's), each read when
+/// asked for.
+pub struct Database<'a> {
+    reader: Reader<'a>,
+    /// Each bucket's name and header.
+    buckets: Vec<(&'a [u8], &'a [u8])>,
+}
+
+impl<'a> Database<'a> {
+    pub fn open(file: &'a [u8]) -> Result<Database<'a>, FormatError> {
+        /// What a valid meta page says.
+        struct Meta {
+            txid: u64,
+            root: u64,
+            page_size: usize,
+            pages: u64,
+        }
+        let meta = |at: usize| -> Option<Meta> {
+            let m = file.get(at + PAGE_HEADER..at + PAGE_HEADER + 64)?;
+            let valid = u32_at(m, 0) == MAGIC
+                && u32_at(m, 4) == VERSION
+                && fnv64a(&m[..56]) == u64_at(m, 56);
+            valid.then(|| Meta {
+                txid: u64_at(m, 48),
+                root: u64_at(m, 16),
+                page_size: u32_at(m, 8) as usize,
+                pages: u64_at(m, 40),
+            })
+        };
+        let first = meta(0);
+        let second = meta(first.as_ref().map_or(PAGE_SIZE, |m| m.page_size).max(1024));
+        let newest = match (first, second) {
+            (Some(a), Some(b)) => {
+                if a.txid >= b.txid {
+                    a
+                } else {
+                    b
+                }
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(FormatError::NotBbolt(
+                    "neither meta page has bbolt's magic number, version and checksum".into(),
+                ))
+            }
+        };
+        let (root, page_size) = (newest.root, newest.page_size);
+        let expected = (newest.pages as usize).saturating_mul(page_size);
+        if file.len() < expected {
+            return Err(FormatError::Corrupt(format!(
+                "truncated: {} bytes where its meta page says {expected}",
+                file.len()
+            )));
+        }
+        let reader = Reader { file, page_size };
+        let mut buckets = Vec::new();
+        for element in reader.walk(root) {
+            let (name, header, flags) = element?;
+            if flags & BUCKET_ELEMENT != 0 {
+                buckets.push((name, header));
             }
         }
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => {
-            return Err(FormatError::NotBbolt(
-                "neither meta page has bbolt's magic number, version and checksum".into(),
-            ))
-        }
-    };
-    let (root, page_size) = (newest.root, newest.page_size);
-    let expected = (newest.pages as usize).saturating_mul(page_size);
-    if file.len() < expected {
-        return Err(FormatError::Corrupt(format!(
-            "truncated: {} bytes where its meta page says {expected}",
-            file.len()
-        )));
+        Ok(Database { reader, buckets })
     }
-    let reader = Reader { file, page_size };
-    let mut names = Vec::new();
-    reader.walk(root, &mut HashSet::new(), &mut names)?;
+
+    /// The entries of bucket `name`, in key order; None if there is no such bucket.
+    pub fn bucket(&self, name: &[u8]) -> Option<Result<Walk<'a>, FormatError>> {
+        let (_, header) = self.buckets.iter().find(|(n, _)| *n == name)?;
+        Some(self.reader.bucket(header))
+    }
+}
+
+/// The buckets of a bbolt database, read whole.
+pub fn read(file: &[u8]) -> Result<Buckets, FormatError> {
+    let database = Database::open(file)?;
     let mut buckets = Buckets::new();
-    for (name, header, flags) in names {
-        if flags & BUCKET_ELEMENT == 0 {
-            continue;
-        }
-        buckets.insert(name, reader.bucket(&header)?);
+    for (name, header) in &database.buckets {
+        let entries = database
+            .reader
+            .bucket(header)?
+            .map(|e| e.map(|(k, v, _)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        buckets.insert(name.to_vec(), entries);
     }
     Ok(buckets)
 }
@@ -419,10 +503,11 @@ mod tests {
             page_size: PAGE_SIZE,
         };
         let header = [0u8; BUCKET_HEADER + 4];
-        assert!(matches!(
-            reader.bucket(&header),
-            Err(FormatError::Corrupt(_))
-        ));
+        let walk = reader
+            .bucket(&header)
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>();
+        assert!(matches!(walk, Err(FormatError::Corrupt(_))));
     }
 
     #[test]

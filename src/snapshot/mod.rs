@@ -69,19 +69,6 @@ impl Contents {
     pub fn head(&self) -> i64 {
         self.log.last().map_or(1, |e| e.revision)
     }
-
-    /// What it holds, in a line.
-    pub fn summary(&self) -> String {
-        format!(
-            "{} revisions up to {} (compacted at {}), {} leases, {} users, {} roles",
-            self.log.len(),
-            self.head(),
-            self.compacted,
-            self.leases.len(),
-            self.auth.users.len(),
-            self.auth.roles.len()
-        )
-    }
 }
 
 /// A revision in etcd's bbolt key form.
@@ -206,74 +193,73 @@ pub fn database_of(file: &[u8], skip_hash_check: bool) -> Result<&[u8], ImportEr
     }
 }
 
-/// What an etcd database holds, read back from its buckets.
-pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
-    let buckets = bbolt::read(database)?;
-    let bucket = |name: &'static str| {
-        buckets
-            .get(name.as_bytes())
-            .ok_or(ImportError::MissingBucket(name))
-    };
-    let entry_error = |bucket: &'static str, key: &[u8], detail: String| ImportError::Entry {
+/// An etcd database opened for reading: what is small is read at once, the history as it is
+/// restored ([`Snapshot::history`]), so that a restore holds a part of it at a time.
+pub struct Snapshot<'a> {
+    database: bbolt::Database<'a>,
+    /// etcd's compaction revision (-1: never compacted).
+    pub compacted: i64,
+    pub leases: Vec<Lease>,
+    pub auth: AuthRecord,
+}
+
+fn entry_error(bucket: &'static str, key: &[u8], detail: String) -> ImportError {
+    ImportError::Entry {
         bucket,
         key: key.to_vec(),
         detail,
-    };
+    }
+}
 
-    let mut log: Vec<LogEntry> = Vec::new();
-    for (key, value) in bucket("key")? {
-        let (main, tombstone) = match key.len() {
-            17 if key[8] == b'_' => (key, false),
-            18 if key[8] == b'_' && key[17] == b't' => (key, true),
-            _ => {
-                return Err(entry_error(
-                    "key",
-                    key,
-                    "not a revision (8 bytes, '_', 8 bytes, and 't' for a deletion)".into(),
-                ))
+/// What is done with each entry of a bucket.
+type Visitor<'f> = dyn FnMut(&[u8], &[u8]) -> Result<(), ImportError> + 'f;
+
+/// Calls `f` with each entry of bucket `name`; a bucket that is not there is an error if
+/// `required`.
+fn each(
+    database: &bbolt::Database,
+    name: &'static str,
+    required: bool,
+    f: &mut Visitor,
+) -> Result<(), ImportError> {
+    match database.bucket(name.as_bytes()) {
+        Some(walk) => {
+            for element in walk? {
+                let (key, value, _) = element?;
+                f(key, value)?;
             }
-        };
-        let revision = i64::from_be_bytes(main[..8].try_into().expect("8 bytes"));
-        let mut kv = KeyValue::decode(value.as_slice())
-            .map_err(|e| entry_error("key", key, format!("not a KeyValue: {e}")))?;
-        let r#type = if tombstone {
-            kv.mod_revision = revision;
-            EventType::Delete
-        } else {
-            EventType::Put
-        };
-        let event = crate::proto::mvccpb::Event {
-            r#type: r#type as i32,
-            kv: Some(kv),
-            prev_kv: None,
-        };
-        match log.last_mut() {
-            Some(entry) if entry.revision == revision => entry.events.push(event),
-            _ => log.push(LogEntry {
-                revision,
-                events: vec![event],
-            }),
+            Ok(())
         }
+        None if required => Err(ImportError::MissingBucket(name)),
+        None => Ok(()),
+    }
+}
+
+/// Opens an etcd database: its compaction revision, leases and auth state.
+pub fn open(database: &[u8]) -> Result<Snapshot<'_>, ImportError> {
+    let database = bbolt::Database::open(database)?;
+    if database.bucket(b"key").is_none() {
+        return Err(ImportError::MissingBucket("key"));
     }
 
     let mut compacted = -1;
-    for (key, value) in bucket("meta")? {
+    each(&database, "meta", true, &mut |key, value| {
         if key == b"finishedCompactRev" || key == b"scheduledCompactRev" {
             let main = value
                 .get(..8)
                 .ok_or_else(|| entry_error("meta", key, "not a revision".into()))?;
             compacted = compacted.max(i64::from_be_bytes(main.try_into().expect("8 bytes")));
         }
-    }
+        Ok(())
+    })?;
 
     let mut leases = Vec::new();
-    if let Some(entries) = buckets.get(b"lease".as_slice()) {
-        for (key, value) in entries {
-            let lease = Lease::decode(value.as_slice())
-                .map_err(|e| entry_error("lease", key, format!("not a Lease: {e}")))?;
-            leases.push(lease);
-        }
-    }
+    each(&database, "lease", false, &mut |key, value| {
+        let lease = Lease::decode(value)
+            .map_err(|e| entry_error("lease", key, format!("not a Lease: {e}")))?;
+        leases.push(lease);
+        Ok(())
+    })?;
 
     let mut auth = AuthRecord {
         enabled: false,
@@ -281,53 +267,201 @@ pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
         users: Vec::new(),
         roles: Vec::new(),
     };
-    for (key, value) in buckets.get(b"auth".as_slice()).into_iter().flatten() {
-        match key.as_slice() {
-            b"authEnabled" => auth.enabled = value.as_slice() == [1],
+    each(&database, "auth", false, &mut |key, value| {
+        match key {
+            b"authEnabled" => auth.enabled = value == [1],
             b"authRevision" => {
                 let bytes: [u8; 8] = value
-                    .as_slice()
                     .try_into()
                     .map_err(|_| entry_error("auth", key, "not 8 bytes".into()))?;
                 auth.revision = u64::from_be_bytes(bytes);
             }
             _ => {}
         }
-    }
-    for (key, value) in buckets.get(b"authUsers".as_slice()).into_iter().flatten() {
-        let user = User::decode(value.as_slice())
+        Ok(())
+    })?;
+    each(&database, "authUsers", false, &mut |key, value| {
+        let user = User::decode(value)
             .map_err(|e| entry_error("authUsers", key, format!("not a User: {e}")))?;
         auth.users.push(user);
-    }
-    for (key, value) in buckets.get(b"authRoles".as_slice()).into_iter().flatten() {
-        let role = Role::decode(value.as_slice())
+        Ok(())
+    })?;
+    each(&database, "authRoles", false, &mut |key, value| {
+        let role = Role::decode(value)
             .map_err(|e| entry_error("authRoles", key, format!("not a Role: {e}")))?;
         auth.roles.push(role);
-    }
-    Ok(Contents {
-        log,
+        Ok(())
+    })?;
+    Ok(Snapshot {
+        database,
         compacted,
         leases,
         auth,
     })
 }
 
-/// Fills a new, empty store with `contents`: the history with its revisions, the leases and the
-/// auth state. The history goes in at once; if the restore is cut short after it, the store
-/// refuses a second restore and is to be deleted and restored again.
+impl<'a> Snapshot<'a> {
+    /// The history, in revision order.
+    pub fn history(&self) -> Result<History<'a>, ImportError> {
+        let walk = self
+            .database
+            .bucket(b"key")
+            .ok_or(ImportError::MissingBucket("key"))??;
+        Ok(History {
+            walk,
+            pending: None,
+        })
+    }
+}
+
+/// A snapshot's history, read a part at a time.
+pub struct History<'a> {
+    walk: bbolt::Walk<'a>,
+    /// The revision being read, whose events may go on.
+    pending: Option<LogEntry>,
+}
+
+impl History<'_> {
+    /// The next whole revisions, about `events` events of them; None after the last.
+    pub fn next_part(&mut self, events: usize) -> Result<Option<Vec<LogEntry>>, ImportError> {
+        let mut part = Vec::new();
+        let mut count = 0;
+        while count < events {
+            let Some(element) = self.walk.next() else {
+                part.extend(self.pending.take());
+                break;
+            };
+            let (key, value, _) = element?;
+            let (revision, event) = event_of(key, value)?;
+            match &mut self.pending {
+                Some(entry) if entry.revision == revision => entry.events.push(event),
+                pending => {
+                    let next = LogEntry {
+                        revision,
+                        events: vec![event],
+                    };
+                    if let Some(done) = pending.replace(next) {
+                        count += done.events.len();
+                        part.push(done);
+                    }
+                }
+            }
+        }
+        Ok((!part.is_empty()).then_some(part))
+    }
+}
+
+/// The change an entry of the `key` bucket records, and its revision.
+fn event_of(key: &[u8], value: &[u8]) -> Result<(i64, crate::proto::mvccpb::Event), ImportError> {
+    let tombstone = match key.len() {
+        17 if key[8] == b'_' => false,
+        18 if key[8] == b'_' && key[17] == b't' => true,
+        _ => {
+            return Err(entry_error(
+                "key",
+                key,
+                "not a revision (8 bytes, '_', 8 bytes, and 't' for a deletion)".into(),
+            ))
+        }
+    };
+    let revision = i64::from_be_bytes(key[..8].try_into().expect("8 bytes"));
+    let mut kv = KeyValue::decode(value)
+        .map_err(|e| entry_error("key", key, format!("not a KeyValue: {e}")))?;
+    let r#type = if tombstone {
+        kv.mod_revision = revision;
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    let event = crate::proto::mvccpb::Event {
+        r#type: r#type as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    };
+    Ok((revision, event))
+}
+
+/// Everything an etcd database holds, read whole.
+pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
+    let snapshot = open(database)?;
+    let mut history = snapshot.history()?;
+    let mut log = Vec::new();
+    while let Some(part) = history.next_part(usize::MAX)? {
+        log.extend(part);
+    }
+    Ok(Contents {
+        log,
+        compacted: snapshot.compacted,
+        leases: snapshot.leases,
+        auth: snapshot.auth,
+    })
+}
+
+/// Events a restore writes at a time.
+const RESTORE_EVENTS: usize = 20_000;
+
+/// What a restore wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct Restored {
+    pub revisions: usize,
+    /// The newest revision of the history (1 for none).
+    pub head: i64,
+}
+
+impl Restored {
+    /// What was restored from `snapshot`, in a line.
+    pub fn summary(&self, snapshot: &Snapshot) -> String {
+        format!(
+            "{} revisions up to {} (compacted at {}), {} leases, {} users, {} roles",
+            self.revisions,
+            self.head,
+            snapshot.compacted,
+            snapshot.leases.len(),
+            snapshot.auth.users.len(),
+            snapshot.auth.roles.len()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
+}
+
+/// Fills a new, empty store with `snapshot`: the history with its revisions, a part at a time
+/// (`progress` hears the revisions and the newest revision so far after each), then the leases
+/// and the auth state. A restore cut short leaves a store marked as being restored, which no
+/// server uses: delete it and restore again.
 pub async fn restore(
     backend: &dyn crate::backend::Backend,
-    contents: Contents,
-) -> Result<(), crate::backend::BackendError> {
-    let progress = crate::backend::Progress {
-        head: contents.head().max(contents.compacted),
-        compacted: contents.compacted,
+    snapshot: &Snapshot<'_>,
+    progress: &mut dyn FnMut(&Restored),
+) -> Result<Restored, RestoreError> {
+    let mut history = snapshot.history()?;
+    backend.begin_restore().await?;
+    let mut restored = Restored {
+        revisions: 0,
+        head: 1,
     };
-    backend.restore(&contents.log, progress).await?;
-    let leases: Vec<(i64, i64)> = contents.leases.iter().map(|l| (l.id, l.ttl)).collect();
+    while let Some(part) = history.next_part(RESTORE_EVENTS)? {
+        backend.restore_log(&part).await?;
+        restored.revisions += part.len();
+        restored.head = part.last().map_or(restored.head, |e| e.revision);
+        progress(&restored);
+    }
+    let leases: Vec<(i64, i64)> = snapshot.leases.iter().map(|l| (l.id, l.ttl)).collect();
     backend.put_leases(&leases).await?;
-    backend.put_auth(0, &contents.auth.encode_to_vec()).await?;
-    Ok(())
+    backend.put_auth(0, &snapshot.auth.encode_to_vec()).await?;
+    backend
+        .finish_restore(crate::backend::Progress {
+            head: restored.head.max(snapshot.compacted),
+            compacted: snapshot.compacted,
+        })
+        .await?;
+    Ok(restored)
 }
 
 /// The SHA-256 that follows the database in a snapshot.
@@ -447,6 +581,58 @@ mod tests {
         assert!(matches!(
             database_of(&file[..1000], false),
             Err(ImportError::Length(1000))
+        ));
+    }
+
+    /// A history read in parts gives whole revisions, and what a damaged entry late in the file
+    /// stops leaves the store marked as an unfinished restore, which no server opens.
+    #[tokio::test]
+    async fn a_restore_goes_in_parts_and_a_broken_one_is_never_served() {
+        let events = RESTORE_EVENTS + 10;
+        let mut keys: Vec<(Vec<u8>, Vec<u8>)> = (0..events as i64)
+            .map(|i| {
+                // Two events per revision.
+                let (main, sub) = (2 + i / 2, i % 2);
+                let kv = put(&format!("k{i}"), "v", main, 1).kv.unwrap();
+                (revision_key(main, sub, false), kv.encode_to_vec())
+            })
+            .collect();
+        let mut buckets = bbolt::Buckets::new();
+        buckets.insert(b"meta".to_vec(), Vec::new());
+        buckets.insert(b"key".to_vec(), keys.clone());
+        let whole = bbolt::write(&buckets);
+        let mut history = open(&whole).unwrap().history().unwrap();
+        let first = history.next_part(RESTORE_EVENTS).unwrap().unwrap();
+        assert_eq!(
+            first.iter().map(|e| e.events.len()).sum::<usize>(),
+            RESTORE_EVENTS
+        );
+        assert!(first.iter().all(|e| e.events.len() == 2));
+        let rest = history.next_part(RESTORE_EVENTS).unwrap().unwrap();
+        assert_eq!(rest[0].revision, first.last().unwrap().revision + 1);
+        assert_eq!(rest.iter().map(|e| e.events.len()).sum::<usize>(), 10);
+        assert!(history.next_part(RESTORE_EVENTS).unwrap().is_none());
+
+        keys.push((b"not a revision".to_vec(), Vec::new()));
+        buckets.insert(b"key".to_vec(), keys);
+        let broken = bbolt::write(&buckets);
+        let dir = tempfile::tempdir().unwrap();
+        let backend =
+            std::sync::Arc::new(crate::backend::embedded::Embedded::open(dir.path()).unwrap());
+        let snapshot = open(&broken).unwrap();
+        let failed = restore(backend.as_ref(), &snapshot, &mut |_| {}).await;
+        assert!(matches!(
+            failed,
+            Err(RestoreError::Import(ImportError::Entry { .. }))
+        ));
+        let opened = crate::mvcc::Store::open(backend.clone()).await;
+        assert!(opened.is_err_and(|e| e.to_string().contains("did not finish")));
+        let again = restore(backend.as_ref(), &open(&whole).unwrap(), &mut |_| {}).await;
+        assert!(matches!(
+            again,
+            Err(RestoreError::Backend(
+                crate::backend::BackendError::NotEmpty
+            ))
         ));
     }
 }

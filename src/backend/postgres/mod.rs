@@ -126,20 +126,25 @@ SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7:
                      $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
 WHERE EXISTS (SELECT 1 FROM moved)";
 
-/// A whole history into a database never written: all of it, or nothing if the log is not empty.
-const RESTORE: &str = "
-WITH moved AS (
-    UPDATE strata_meta SET head = $1, compacted = $2
-    WHERE id = 1 AND head = 1 AND NOT EXISTS (SELECT 1 FROM strata_log)
-    RETURNING head
-), inserted AS (
+/// Marks a database never written as being restored (its head 0).
+const BEGIN_RESTORE: &str = "
+UPDATE strata_meta SET head = 0
+WHERE id = 1 AND head = 1 AND NOT EXISTS (SELECT 1 FROM strata_log)
+RETURNING head";
+
+/// Rows of a history being restored, into a database marked so.
+const RESTORE_LOG: &str = "
+WITH inserted AS (
     INSERT INTO strata_log (revision, sub, deleted, key, create_revision, version, lease, value)
-    SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7::BIGINT[],
-                         $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
-    WHERE EXISTS (SELECT 1 FROM moved)
+    SELECT * FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BOOLEAN[], $4::BYTEA[], $5::BIGINT[],
+                         $6::BIGINT[], $7::BIGINT[], $8::BYTEA[])
+    WHERE EXISTS (SELECT 1 FROM strata_meta WHERE id = 1 AND head = 0)
     RETURNING 1
 )
-SELECT count(*) FROM moved";
+SELECT count(*) FROM inserted";
+
+const FINISH_RESTORE: &str = "
+UPDATE strata_meta SET head = $1, compacted = $2 WHERE id = 1 AND head = 0 RETURNING head";
 
 /// The columns of the log rows of `entries`, and about how much space they take.
 type LogRows = (
@@ -154,14 +159,19 @@ type LogRows = (
 );
 
 /// Two numbers, then the columns of `rows`: the parameters of APPEND and RESTORE.
+fn row_params(rows: &LogRows) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+    [
+        &rows.0, &rows.1, &rows.2, &rows.3, &rows.4, &rows.5, &rows.6, &rows.7,
+    ]
+}
+
 fn with_rows<'a>(
     one: &'a i64,
     two: &'a i64,
     rows: &'a LogRows,
 ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
-    [
-        one, two, &rows.0, &rows.1, &rows.2, &rows.3, &rows.4, &rows.5, &rows.6, &rows.7,
-    ]
+    let [a, b, c, d, e, f, g, h] = row_params(rows);
+    [one, two, a, b, c, d, e, f, g, h]
 }
 
 fn log_rows(entries: &[LogEntry]) -> (LogRows, i64) {
@@ -769,14 +779,34 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn restore(&self, entries: &[LogEntry], progress: Progress) -> Result<()> {
-        let (rows, bytes) = log_rows(entries);
-        let params = with_rows(&progress.head, &progress.compacted, &rows);
-        let restored = self.inner.write_rows(RESTORE, &params).await?;
-        if restored.first().map(|r| r.get::<_, i64>(0)) != Some(1) {
+    async fn begin_restore(&self) -> Result<()> {
+        let marked = self.inner.write_rows(BEGIN_RESTORE, &[]).await?;
+        if marked.is_empty() {
             return Err(BackendError::NotEmpty);
         }
+        Ok(())
+    }
+
+    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
+        let (rows, bytes) = log_rows(entries);
+        let inserted = self
+            .inner
+            .write_rows(RESTORE_LOG, &row_params(&rows))
+            .await?;
+        if inserted.first().map(|r| r.get::<_, i64>(0)) != Some(rows.0.len() as i64) {
+            return Err(BackendError::NotRestoring);
+        }
         self.inner.size.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn finish_restore(&self, progress: Progress) -> Result<()> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&progress.head, &progress.compacted];
+        let finished = self.inner.write_rows(FINISH_RESTORE, &params).await?;
+        if finished.is_empty() {
+            return Err(BackendError::NotRestoring);
+        }
         Ok(())
     }
 
