@@ -10,7 +10,7 @@ use strata::proto::etcdserverpb::compare::{
 use strata::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use strata::proto::etcdserverpb::*;
 
-async fn differential(ops: Vec<Op>) {
+pub(crate) async fn differential(ops: Vec<Op>) {
     let (etcd, strata) = start_both();
     let mut e = etcd.kv().await;
     let mut s = strata.kv().await;

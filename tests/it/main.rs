@@ -9,6 +9,7 @@ mod election;
 mod etcdctl;
 mod frontends;
 mod gateway;
+mod hostile;
 mod http;
 mod kubernetes;
 mod lease;
