@@ -4,7 +4,9 @@
 
 use crate::requests::*;
 use crate::snapshot::{history, same_answers};
-use crate::support::{free_port, on_postgres, postgres_database, Etcd, Process, Strata};
+use crate::support::{
+    enable_auth, free_port, on_postgres, postgres_database, Etcd, Process, Strata,
+};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -351,21 +353,7 @@ async fn a_migration_outlives_a_restart_of_its_source() {
 async fn a_source_with_auth_on_is_read_as_root() {
     let source = Strata::start();
     let head = history(&source).await;
-    let mut auth = AuthClient::new(source.channel().await);
-    auth.user_add(AuthUserAddRequest {
-        name: "root".into(),
-        password: "rootpw".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    auth.user_grant_role(AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    })
-    .await
-    .unwrap();
-    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    enable_auth(&source).await;
 
     let dir = tempfile::tempdir().unwrap();
     let refused = Migration::start(&source, &target(dir.path(), on_postgres()), &["--cutover"]);

@@ -406,3 +406,26 @@ pub fn start_both() -> (Etcd, Strata) {
         (etcd.join().unwrap(), strata.join().unwrap())
     })
 }
+
+/// Adds user `root` (password `rootpw`) with the root role to `server`, then turns auth on.
+pub async fn enable_auth(server: &Process) {
+    use strata::proto::etcdserverpb::auth_client::AuthClient;
+    use strata::proto::etcdserverpb::{
+        AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+    };
+    let mut auth = AuthClient::new(server.channel().await);
+    auth.user_add(AuthUserAddRequest {
+        name: "root".into(),
+        password: "rootpw".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    auth.user_grant_role(AuthUserGrantRoleRequest {
+        user: "root".into(),
+        role: "root".into(),
+    })
+    .await
+    .unwrap();
+    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+}

@@ -1,7 +1,7 @@
 //! TLS on https:// client URLs with etcd's flags: etcdctl with a client certificate gets in, one
 //! without is refused when --client-cert-auth is set; `strata snapshot save` connects with them too. Certificates are made by openssl for the test.
 
-use crate::support::{etcdctl_binary, Strata};
+use crate::support::{enable_auth, etcdctl_binary, Strata};
 use std::path::Path;
 use std::process::Command;
 
@@ -65,12 +65,10 @@ fn certificates(dir: &Path) {
     }
 }
 
-#[test]
-fn https_with_client_certificates() {
-    let dir = tempfile::tempdir().unwrap();
-    certificates(dir.path());
-    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let strata = Strata::start_with(&[
+/// Strata on https://, with the certificates of `dir`, requiring client certificates.
+fn requiring_client_certificates(dir: &Path) -> Strata {
+    let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    Strata::start_with(&[
         "--listen-client-urls",
         "https://127.0.0.1:0",
         "--cert-file",
@@ -80,23 +78,40 @@ fn https_with_client_certificates() {
         "--trusted-ca-file",
         &file("ca.pem"),
         "--client-cert-auth",
-    ]);
+    ])
+}
+
+/// etcdctl on `endpoint` trusting `ca`, with the client certificate of `client` if given.
+fn etcdctl_over_tls(endpoint: &str, ca: &Path, client: Option<&Path>) -> Command {
+    let mut command = Command::new(etcdctl_binary());
+    command
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--cacert"])
+        .arg(ca)
+        .args(["--dial-timeout", "3s", "--command-timeout", "3s"]);
+    if let Some(dir) = client {
+        command
+            .arg("--cert")
+            .arg(dir.join("client.pem"))
+            .arg("--key")
+            .arg(dir.join("client-key.pem"));
+    }
+    command
+}
+
+#[test]
+fn https_with_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path());
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let strata = requiring_client_certificates(dir.path());
     let endpoint = format!("https://{}", strata.address);
     let etcdctl = |with_client_cert: bool, args: &[&str]| {
-        let mut command = Command::new(etcdctl_binary());
-        command
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoint, "--cacert", &file("ca.pem")])
-            .args(["--dial-timeout", "3s", "--command-timeout", "3s"]);
-        if with_client_cert {
-            command.args([
-                "--cert",
-                &file("client.pem"),
-                "--key",
-                &file("client-key.pem"),
-            ]);
-        }
-        command.args(args).output().unwrap()
+        let client = with_client_cert.then_some(dir.path());
+        etcdctl_over_tls(&endpoint, &dir.path().join("ca.pem"), client)
+            .args(args)
+            .output()
+            .unwrap()
     };
     let put = etcdctl(true, &["put", "secure", "yes"]);
     assert!(put.status.success(), "{put:?}");
@@ -157,30 +172,10 @@ fn https_with_client_certificates() {
 fn the_client_certificate_names_the_user() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let strata = Strata::start_with(&[
-        "--listen-client-urls",
-        "https://127.0.0.1:0",
-        "--cert-file",
-        &file("server.pem"),
-        "--key-file",
-        &file("server-key.pem"),
-        "--trusted-ca-file",
-        &file("ca.pem"),
-        "--client-cert-auth",
-    ]);
+    let strata = requiring_client_certificates(dir.path());
     let endpoint = format!("https://{}", strata.address);
     let etcdctl = |args: &[&str]| {
-        let output = Command::new(etcdctl_binary())
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoint, "--cacert", &file("ca.pem")])
-            .args([
-                "--cert",
-                &file("client.pem"),
-                "--key",
-                &file("client-key.pem"),
-            ])
-            .args(["--dial-timeout", "3s", "--command-timeout", "3s"])
+        let output = etcdctl_over_tls(&endpoint, &dir.path().join("ca.pem"), Some(dir.path()))
             .args(args)
             .output()
             .unwrap();
@@ -217,24 +212,9 @@ fn the_client_certificate_names_the_user() {
 /// The header that carries a certificate's user inside the server cannot be sent from outside.
 #[tokio::test]
 async fn a_forged_certificate_user_is_ignored() {
-    use strata::proto::etcdserverpb::auth_client::AuthClient;
     use strata::proto::etcdserverpb::*;
     let strata = Strata::start();
-    let mut auth = AuthClient::new(strata.channel().await);
-    auth.user_add(AuthUserAddRequest {
-        name: "root".into(),
-        password: "rootpw".into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    auth.user_grant_role(AuthUserGrantRoleRequest {
-        user: "root".into(),
-        role: "root".into(),
-    })
-    .await
-    .unwrap();
-    auth.auth_enable(AuthEnableRequest {}).await.unwrap();
+    enable_auth(&strata).await;
     let mut forged = tonic::Request::new(RangeRequest {
         key: "k".into(),
         ..Default::default()
@@ -265,10 +245,7 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     ]);
     let endpoint = format!("https://{}", strata.address);
     let trusts = |ca: &str| {
-        Command::new(etcdctl_binary())
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &endpoint, "--cacert", ca])
-            .args(["--dial-timeout", "3s", "--command-timeout", "3s"])
+        etcdctl_over_tls(&endpoint, Path::new(ca), None)
             .args(["get", "anything"])
             .output()
             .unwrap()
