@@ -6,7 +6,7 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::sync::Arc;
 use strata::api::Server;
-use strata::auth::AuthStore;
+use strata::auth::{AuthStore, TokenProvider};
 use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
 use strata::backend::Backend;
@@ -51,12 +51,12 @@ async fn main() -> anyhow::Result<()> {
         config.advertise_client_urls.join(",")
     );
     let backend = open_backend(&config.backend, config.data_dir(), &member).await?;
-    let auth = AuthStore::open(
-        backend.clone(),
-        config.bcrypt_cost,
+    let tokens = TokenProvider::new(
+        &config.auth_token,
         std::time::Duration::from_secs(config.auth_token_ttl),
     )
-    .await?;
+    .map_err(anyhow::Error::msg)?;
+    let auth = AuthStore::open(backend.clone(), config.bcrypt_cost, tokens).await?;
     let store = Store::open(backend).await?;
     if let Some(policy) = auto_compaction {
         tracing::info!(?policy, "automatic compaction");

@@ -1,11 +1,12 @@
 //! etcd's authentication and role-based access control: users with bcrypt-hashed passwords, roles
-//! holding key permissions, simple tokens, and the answer to "may this user do that?".
+//! holding key permissions, simple or JWT tokens, and the answer to "may this user do that?".
 //!
 //! The state is small and changes rarely, so it is kept whole in memory and stored whole in the
 //! backend, each change replacing it only from the generation it was made from: frontends sharing
 //! a backend never lose each other's changes, and each picks up the others' within
 //! [`REFRESH_INTERVAL`]. Changes that etcd counts move the auth revision on, as etcd's do.
 
+mod jwt;
 pub mod permissions;
 mod tokens;
 
@@ -17,8 +18,74 @@ use permissions::Permissions;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 use tokens::Tokens;
+
+/// How tokens are made and checked (`--auth-token`).
+pub enum TokenProvider {
+    /// etcd's simple tokens, kept by the frontend that issued them.
+    Simple(Mutex<Tokens>),
+    /// Signed tokens, checked by any frontend that has the key.
+    Jwt(Box<jwt::Jwt>),
+}
+
+impl TokenProvider {
+    /// The provider `--auth-token` names; simple tokens expire after `ttl` of disuse.
+    pub fn new(option: &str, ttl: Duration) -> std::result::Result<TokenProvider, String> {
+        match option.split(',').next() {
+            Some("simple") => Ok(TokenProvider::Simple(Mutex::new(Tokens::new(ttl)))),
+            Some("jwt") => Ok(TokenProvider::Jwt(Box::new(jwt::Jwt::from_options(
+                option,
+            )?))),
+            _ => Err(format!(
+                "unknown token provider {option:?}: use simple, or jwt,priv-key=…,sign-method=…"
+            )),
+        }
+    }
+
+    /// A token for `user`, at auth revision `revision`.
+    fn assign(&self, user: &str, revision: u64) -> Result<String> {
+        match self {
+            TokenProvider::Simple(tokens) => tokens
+                .lock()
+                .expect("tokens lock")
+                .assign(user, Instant::now())
+                .map_err(|e| Error::Storage(format!("no randomness for a token: {e}"))),
+            TokenProvider::Jwt(jwt) => jwt
+                .assign(user, revision, SystemTime::now())
+                .map_err(Error::Storage),
+        }
+    }
+
+    /// Who a token stands for, and at which auth revision (a simple token: the current one).
+    fn info(&self, token: &str, current: u64) -> Option<AuthInfo> {
+        let (user, revision) = match self {
+            TokenProvider::Simple(tokens) => {
+                let user = tokens
+                    .lock()
+                    .expect("tokens lock")
+                    .user(token, Instant::now())?;
+                (user, current)
+            }
+            TokenProvider::Jwt(jwt) => jwt.verify(token, SystemTime::now())?,
+        };
+        Some(AuthInfo { user, revision })
+    }
+
+    /// Drops a user's simple tokens (a JWT token lives until it expires, or the auth revision
+    /// moves past it).
+    fn forget_user(&self, user: &str) {
+        if let TokenProvider::Simple(tokens) = self {
+            tokens.lock().expect("tokens lock").forget_user(user);
+        }
+    }
+
+    fn forget_all(&self) {
+        if let TokenProvider::Simple(tokens) = self {
+            tokens.lock().expect("tokens lock").forget_all();
+        }
+    }
+}
 
 const ROOT_USER: &str = "root";
 const ROOT_ROLE: &str = "root";
@@ -149,7 +216,7 @@ enum Change {
 pub struct AuthStore {
     backend: Arc<dyn Backend>,
     state: RwLock<Arc<State>>,
-    tokens: Mutex<Tokens>,
+    tokens: TokenProvider,
     bcrypt_cost: u32,
     /// This frontend's changes, one at a time.
     changes: tokio::sync::Mutex<()>,
@@ -160,7 +227,7 @@ impl AuthStore {
     pub async fn open(
         backend: Arc<dyn Backend>,
         bcrypt_cost: u32,
-        token_ttl: Duration,
+        tokens: TokenProvider,
     ) -> Result<Arc<AuthStore>> {
         let state = match backend.auth().await? {
             Some((generation, bytes)) => State::decode(generation, &bytes)?,
@@ -170,7 +237,7 @@ impl AuthStore {
         let store = Arc::new(AuthStore {
             backend,
             state: RwLock::new(Arc::new(state)),
-            tokens: Mutex::new(Tokens::new(token_ttl)),
+            tokens,
             bcrypt_cost: if (4..=31).contains(&bcrypt_cost) {
                 bcrypt_cost
             } else {
@@ -260,16 +327,11 @@ impl AuthStore {
             }
         };
         let token = token.strip_prefix("Bearer ").unwrap_or(token);
-        let user = self
+        let info = self
             .tokens
-            .lock()
-            .expect("tokens lock")
-            .user(token, Instant::now())
+            .info(token, state.revision)
             .ok_or(Error::InvalidAuthToken)?;
-        Ok(Some(AuthInfo {
-            user,
-            revision: state.revision,
-        }))
+        Ok(Some(info))
     }
 
     /// That a request names its user when auth is on (etcd's requireAuthInfo).
@@ -358,7 +420,7 @@ impl AuthStore {
             Ok(Change::Counted)
         })
         .await?;
-        self.tokens.lock().expect("tokens lock").forget_all();
+        self.tokens.forget_all();
         Ok(())
     }
 
@@ -396,11 +458,7 @@ impl AuthStore {
         if !matches {
             return Err(Error::AuthFailed);
         }
-        self.tokens
-            .lock()
-            .expect("tokens lock")
-            .assign(name, Instant::now())
-            .map_err(|e| Error::Storage(format!("no randomness for a token: {e}")))
+        self.tokens.assign(name, state.revision)
     }
 
     /// A bcrypt hash of `password` in the form etcd stores ("$2a$…").
@@ -453,7 +511,7 @@ impl AuthStore {
             Ok(Change::Counted)
         })
         .await?;
-        self.tokens.lock().expect("tokens lock").forget_user(name);
+        self.tokens.forget_user(name);
         Ok(())
     }
 
@@ -482,7 +540,7 @@ impl AuthStore {
             Ok(Change::Counted)
         })
         .await?;
-        self.tokens.lock().expect("tokens lock").forget_user(name);
+        self.tokens.forget_user(name);
         Ok(())
     }
 
@@ -645,9 +703,8 @@ mod tests {
     use crate::proto::authpb::permission::Type;
 
     async fn store(backend: Arc<dyn Backend>) -> Arc<AuthStore> {
-        AuthStore::open(backend, 4, Duration::from_secs(300))
-            .await
-            .unwrap()
+        let tokens = TokenProvider::new("simple", Duration::from_secs(300)).unwrap();
+        AuthStore::open(backend, 4, tokens).await.unwrap()
     }
 
     fn perm(t: Type, key: &str, end: &str) -> Option<Permission> {

@@ -228,3 +228,99 @@ async fn watches_leases_and_maintenance_with_tokens() {
         }
     }
 }
+
+/// A JWT token of `--auth-token jwt,...` (its key made by openssl with `generate`): it outlives a
+/// restart of the server that signed it, and is refused once the auth revision moves past it.
+async fn jwt_tokens_with(method: &str, generate: &[&str]) {
+    use crate::support::{enable_auth, Strata};
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("jwt.key");
+    let made = std::process::Command::new("openssl")
+        .args(generate)
+        .arg("-out")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let option = format!(
+        "jwt,priv-key={},sign-method={method},ttl=10m",
+        key.display()
+    );
+    let data = tempfile::tempdir().unwrap();
+    let mut strata = Strata::start_in(data.path(), &["--auth-token", &option]);
+    enable_auth(&strata).await;
+    let token = AuthClient::new(strata.channel().await)
+        .authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let header = token.split('.').next().unwrap();
+    let header = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header);
+    let header: serde_json::Value = serde_json::from_slice(&header.unwrap()).unwrap();
+    assert_eq!(header["alg"], method);
+
+    strata.kill();
+    let strata = Strata::start_in(data.path(), &["--auth-token", &option]);
+    let put = |token: &str| {
+        let request = with_token(put_request(), Some(token));
+        let endpoint = strata.endpoint();
+        async move {
+            let mut kv = strata::proto::etcdserverpb::kv_client::KvClient::connect(endpoint)
+                .await
+                .unwrap();
+            kv.put(request).await
+        }
+    };
+    put(&token).await.unwrap();
+    AuthClient::new(strata.channel().await)
+        .role_add(with_token(
+            AuthRoleAddRequest { name: "r".into() },
+            Some(&token),
+        ))
+        .await
+        .unwrap();
+    let old = put(&token).await.unwrap_err();
+    assert_eq!(old.message(), "etcdserver: revision of auth store is old");
+    // The signature's first character changed.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let other = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{signed}.{other}{}", &signature[1..]);
+    let refused = put(&forged).await.unwrap_err();
+    assert_eq!(refused.message(), "etcdserver: invalid auth token");
+}
+
+fn put_request() -> PutRequest {
+    PutRequest {
+        key: "k".into(),
+        value: "v".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn jwt_tokens_rs256() {
+    let generate = [
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+    ];
+    jwt_tokens_with("RS256", &generate).await;
+}
+
+#[tokio::test]
+async fn jwt_tokens_es256() {
+    let generate = [
+        "genpkey",
+        "-algorithm",
+        "EC",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    jwt_tokens_with("ES256", &generate).await;
+}
