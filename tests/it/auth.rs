@@ -232,7 +232,7 @@ async fn watches_leases_and_maintenance_with_tokens() {
 /// A JWT token of `--auth-token jwt,...` (its key made by openssl with `generate`): it outlives a
 /// restart of the server that signed it, and is refused once the auth revision moves past it.
 async fn jwt_tokens_with(method: &str, generate: &[&str]) {
-    use crate::support::{enable_auth, Strata};
+    use crate::support::{enable_auth, root_token, Strata};
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("jwt.key");
     let made = std::process::Command::new("openssl")
@@ -249,15 +249,7 @@ async fn jwt_tokens_with(method: &str, generate: &[&str]) {
     let data = tempfile::tempdir().unwrap();
     let mut strata = Strata::start_in(data.path(), &["--auth-token", &option]);
     enable_auth(&strata).await;
-    let token = AuthClient::new(strata.channel().await)
-        .authenticate(AuthenticateRequest {
-            name: "root".into(),
-            password: "rootpw".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let token = root_token(&strata).await;
     let header = token.split('.').next().unwrap();
     let header = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header);
     let header: serde_json::Value = serde_json::from_slice(&header.unwrap()).unwrap();

@@ -5,7 +5,7 @@
 use crate::requests::*;
 use crate::snapshot::{history, same_answers};
 use crate::support::{
-    enable_auth, free_port, on_postgres, postgres_database, Etcd, Process, Strata,
+    enable_auth, free_port, on_postgres, postgres_database, root_token, Etcd, Process, Strata,
 };
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -371,35 +371,26 @@ async fn a_source_with_auth_on_is_read_as_root() {
         "{printed}"
     );
     let copy = serve_copy(dir.path(), on_postgres());
-    let everything = |server: &Process| {
-        let endpoint = server.endpoint();
-        async move {
-            let channel = tonic::transport::Channel::from_shared(endpoint)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap();
-            let token = AuthClient::new(channel.clone())
-                .authenticate(AuthenticateRequest {
-                    name: "root".into(),
-                    password: "rootpw".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token;
-            let mut request = tonic::Request::new(RangeRequest {
-                key: "\0".into(),
-                range_end: "\0".into(),
-                ..Default::default()
-            });
-            request
-                .metadata_mut()
-                .insert("token", token.parse().unwrap());
-            let kv = strata::proto::etcdserverpb::kv_client::KvClient::new(channel);
-            kv.clone().range(request).await.unwrap().into_inner().kvs
-        }
-    };
+    /// Every key, read as root.
+    async fn everything(server: &Process) -> Vec<strata::proto::mvccpb::KeyValue> {
+        let token = root_token(server).await;
+        let mut request = tonic::Request::new(RangeRequest {
+            key: "\0".into(),
+            range_end: "\0".into(),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("token", token.parse().unwrap());
+        server
+            .kv()
+            .await
+            .range(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+    }
     assert_eq!(everything(&copy).await, everything(&source).await);
     let anonymous = copy.kv().await.range(get("k1")).await.unwrap_err();
     assert_eq!(anonymous.message(), "etcdserver: user name is empty");

@@ -429,3 +429,18 @@ pub async fn enable_auth(server: &Process) {
     .unwrap();
     auth.auth_enable(AuthEnableRequest {}).await.unwrap();
 }
+
+/// A token for the root user [`enable_auth`] made.
+pub async fn root_token(server: &Process) -> String {
+    use strata::proto::etcdserverpb::auth_client::AuthClient;
+    use strata::proto::etcdserverpb::AuthenticateRequest;
+    AuthClient::new(server.channel().await)
+        .authenticate(AuthenticateRequest {
+            name: "root".into(),
+            password: "rootpw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
