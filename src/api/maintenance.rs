@@ -18,18 +18,13 @@ use tonic::{Request, Response, Status};
 
 pub struct MaintenanceService(pub(super) Context);
 
+/// Snapshot messages read ahead of the client.
+const SNAPSHOT_READ_AHEAD: usize = 8;
+
 type SnapshotStream =
     std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 impl MaintenanceService {
-    /// The database etcd would hold for this store now (see [`crate::snapshot`]).
-    async fn snapshot_database(&self) -> Result<Vec<u8>, Status> {
-        let contents = snapshot::Contents::capture(&self.0.store, &self.0.auth).await?;
-        tokio::task::spawn_blocking(move || snapshot::database(&contents))
-            .await
-            .map_err(|_| Status::from(Error::Stopped))
-    }
-
     /// That the sender has the root role. etcd's Defragment, Hash, HashKV and Snapshot pass a
     /// refusal on unconverted, so their clients see the auth store's own message with code
     /// Unknown.
@@ -164,27 +159,41 @@ impl Maintenance for MaintenanceService {
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin_unconverted(&req)?;
-        let database = self.snapshot_database().await?;
-        let checksum = snapshot::checksum(&database);
-        let total = database.len();
+        let (file, total) = snapshot::export(&self.0.store, &self.0.auth).await?;
         // As etcd streams it: the database in chunks, each saying how much is left, then its
-        // SHA-256 in a message of its own. etcd's snapshot messages carry no header.
-        let mut messages: Vec<Result<SnapshotResponse, Status>> = database
-            .chunks(snapshot::CHUNK_BYTES)
-            .scan(0, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(SnapshotResponse {
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: Bytes::copy_from_slice(chunk),
+        // SHA-256 in a message of its own. etcd's snapshot messages carry no header. Read from
+        // the file as the client takes them.
+        let (messages, stream) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD);
+        tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+            let mut left = total;
+            while left > 0 {
+                let mut chunk = vec![0; snapshot::CHUNK_BYTES.min(left as usize)];
+                if let Err(e) = std::io::Read::read_exact(&mut file, &mut chunk) {
+                    let failed = Error::Storage(format!("snapshot file: {e}"));
+                    let _ = messages.blocking_send(Err(Status::from(failed)));
+                    return;
+                }
+                digest.update(&chunk);
+                left -= chunk.len() as u64;
+                let message = SnapshotResponse {
+                    remaining_bytes: left,
+                    blob: chunk.into(),
                     ..Default::default()
-                }))
-            })
-            .collect();
-        messages.push(Ok(SnapshotResponse {
-            blob: checksum.into(),
-            ..Default::default()
-        }));
-        Ok(Response::new(Box::pin(tokio_stream::iter(messages))))
+                };
+                if messages.blocking_send(Ok(message)).is_err() {
+                    return;
+                }
+            }
+            let _ = messages.blocking_send(Ok(SnapshotResponse {
+                blob: Bytes::copy_from_slice(digest.finish().as_ref()),
+                ..Default::default()
+            }));
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(stream),
+        )))
     }
 
     /// A single member leads already: moving leadership to itself succeeds at once, to any other

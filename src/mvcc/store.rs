@@ -492,16 +492,11 @@ impl Store {
         }
     }
 
-    /// The whole log kept, from the oldest revision to the head as of the call: what a snapshot
-    /// holds of the key-value store.
-    pub async fn history(&self) -> Result<Vec<LogEntry>> {
+    /// Calls `visit` with each revision of the log kept, from the oldest to the head as of the
+    /// call: what a snapshot holds of the key-value store, read a part at a time.
+    pub async fn visit_history(&self, visit: impl FnMut(LogEntry)) -> Result<()> {
         self.sync_with_head().await?;
-        let mut log = Vec::new();
-        visit_log(self.backend.as_ref(), self.revision(), |entry| {
-            log.push(entry)
-        })
-        .await?;
-        Ok(log)
+        visit_log(self.backend.as_ref(), self.revision(), visit).await
     }
 
     /// The keys attached to a lease, as this frontend's index has them.

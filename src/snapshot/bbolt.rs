@@ -16,6 +16,7 @@
 //! Every integer is little-endian, as bbolt writes them on the machines etcd runs on.
 
 use std::collections::{BTreeMap, HashSet};
+use std::io::{Seek, SeekFrom, Write};
 
 pub const PAGE_SIZE: usize = 4096;
 const PAGE_HEADER: usize = 16;
@@ -54,72 +55,81 @@ fn fnv64a(bytes: &[u8]) -> u64 {
     hash
 }
 
-/// A file being laid out, page by page.
-struct Writer {
-    file: Vec<u8>,
+/// A database being written page by page to `out`, trees in key order. Meta pages are written
+/// last, in the space kept for them at the start, so `out` must seek.
+pub struct Writer<W: Write + Seek> {
+    out: W,
+    pages: u64,
 }
 
-impl Writer {
-    fn next_page(&self) -> u64 {
-        (self.file.len() / PAGE_SIZE) as u64
-    }
+/// A tree being written, a leaf at a time: its elements come in key order.
+pub struct Tree {
+    /// The leaf being filled: its elements' bytes and their count.
+    leaf: Vec<(Vec<u8>, Vec<u8>, u32)>,
+    size: usize,
+    /// Each leaf written: its first key and page.
+    leaves: Vec<(Vec<u8>, u64)>,
+}
 
-    /// Appends a page (and its overflow) with `body` after the header; returns its id.
-    fn page(&mut self, flags: u16, count: usize, body: &[u8]) -> u64 {
-        let id = self.next_page();
-        let pages = (PAGE_HEADER + body.len()).div_ceil(PAGE_SIZE).max(1);
-        let start = self.file.len();
-        self.file.resize(start + pages * PAGE_SIZE, 0);
-        let page = &mut self.file[start..];
-        page[0..8].copy_from_slice(&id.to_le_bytes());
-        page[8..10].copy_from_slice(&flags.to_le_bytes());
-        page[10..12].copy_from_slice(&(count as u16).to_le_bytes());
-        page[12..16].copy_from_slice(&((pages - 1) as u32).to_le_bytes());
-        page[PAGE_HEADER..PAGE_HEADER + body.len()].copy_from_slice(body);
-        id
+/// The body of a leaf page holding `elements`.
+fn leaf_body(elements: &[(Vec<u8>, Vec<u8>, u32)]) -> Vec<u8> {
+    let mut body = vec![0u8; elements.len() * ELEMENT];
+    for (i, (k, v, flags)) in elements.iter().enumerate() {
+        let at = i * ELEMENT;
+        let pos = body.len() - at;
+        body[at..at + 4].copy_from_slice(&flags.to_le_bytes());
+        body[at + 4..at + 8].copy_from_slice(&(pos as u32).to_le_bytes());
+        body[at + 8..at + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
+        body[at + 12..at + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        body.extend_from_slice(k);
+        body.extend_from_slice(v);
     }
+    body
+}
 
-    /// Writes a tree of `elements` (key, value, leaf flags) in key order; returns its root page.
-    fn tree(&mut self, elements: &[(&[u8], &[u8], u32)]) -> u64 {
-        // Leaves, each filled up to a page (an element too large for one gets a page of its own,
-        // with overflow).
-        let mut level: Vec<(Vec<u8>, u64)> = Vec::new();
-        let mut start = 0;
-        loop {
-            let mut end = start;
-            let mut size = PAGE_HEADER;
-            while end < elements.len() {
-                let (k, v, _) = elements[end];
-                let grown = size + ELEMENT + k.len() + v.len();
-                if end > start && grown > PAGE_SIZE {
-                    break;
-                }
-                size = grown;
-                end += 1;
-            }
-            let chunk = &elements[start..end];
-            let mut body = vec![0u8; chunk.len() * ELEMENT];
-            for (i, (k, v, flags)) in chunk.iter().enumerate() {
-                let at = i * ELEMENT;
-                let pos = body.len() - at;
-                body[at..at + 4].copy_from_slice(&flags.to_le_bytes());
-                body[at + 4..at + 8].copy_from_slice(&(pos as u32).to_le_bytes());
-                body[at + 8..at + 12].copy_from_slice(&(k.len() as u32).to_le_bytes());
-                body[at + 12..at + 16].copy_from_slice(&(v.len() as u32).to_le_bytes());
-                body.extend_from_slice(k);
-                body.extend_from_slice(v);
-            }
-            let first = chunk
-                .first()
-                .map(|(k, _, _)| k.to_vec())
-                .unwrap_or_default();
-            level.push((first, self.page(LEAF, chunk.len(), &body)));
-            start = end;
-            if start >= elements.len() {
-                break;
-            }
+impl Default for Tree {
+    fn default() -> Tree {
+        Tree {
+            leaf: Vec::new(),
+            size: PAGE_HEADER,
+            leaves: Vec::new(),
         }
-        // Branch levels until one page holds them all.
+    }
+}
+
+impl Tree {
+    /// Adds an element after those added before (a larger key); writes the leaf it fills.
+    pub fn push<W: Write + Seek>(
+        &mut self,
+        w: &mut Writer<W>,
+        key: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> std::io::Result<()> {
+        let grown = self.size + ELEMENT + key.len() + value.len();
+        if !self.leaf.is_empty() && grown > PAGE_SIZE {
+            self.write_leaf(w)?;
+        }
+        self.size += ELEMENT + key.len() + value.len();
+        self.leaf.push((key.to_vec(), value.to_vec(), flags));
+        Ok(())
+    }
+
+    fn write_leaf<W: Write + Seek>(&mut self, w: &mut Writer<W>) -> std::io::Result<()> {
+        let first = self.leaf.first().map(|e| e.0.clone()).unwrap_or_default();
+        let id = w.page(LEAF, self.leaf.len(), &leaf_body(&self.leaf))?;
+        self.leaves.push((first, id));
+        self.leaf.clear();
+        self.size = PAGE_HEADER;
+        Ok(())
+    }
+
+    /// Writes the last leaf and the branches above the leaves; returns the root page.
+    pub fn finish<W: Write + Seek>(mut self, w: &mut Writer<W>) -> std::io::Result<u64> {
+        if !self.leaf.is_empty() || self.leaves.is_empty() {
+            self.write_leaf(w)?;
+        }
+        let mut level = self.leaves;
         while level.len() > 1 {
             let mut upper = Vec::new();
             for chunk in level.chunks(branch_fanout(&level)) {
@@ -132,14 +142,73 @@ impl Writer {
                     body[at + 8..at + 16].copy_from_slice(&child.to_le_bytes());
                     body.extend_from_slice(k);
                 }
-                upper.push((chunk[0].0.clone(), self.page(BRANCH, chunk.len(), &body)));
+                upper.push((chunk[0].0.clone(), w.page(BRANCH, chunk.len(), &body)?));
             }
             level = upper;
         }
-        level[0].1
+        Ok(level[0].1)
+    }
+}
+
+impl<W: Write + Seek> Writer<W> {
+    /// Starts a database: room for the two meta pages, then the (empty) freelist.
+    pub fn new(mut out: W) -> std::io::Result<Writer<W>> {
+        out.write_all(&[0; 2 * PAGE_SIZE])?;
+        let mut w = Writer { out, pages: 2 };
+        w.page(FREELIST, 0, &[])?;
+        Ok(w)
     }
 
-    fn meta(&mut self, id: u64, root: u64, high_water: u64, txid: u64) {
+    /// Appends a page (and its overflow) with `body` after the header; returns its id.
+    fn page(&mut self, flags: u16, count: usize, body: &[u8]) -> std::io::Result<u64> {
+        let id = self.pages;
+        let pages = (PAGE_HEADER + body.len()).div_ceil(PAGE_SIZE).max(1);
+        let mut header = [0u8; PAGE_HEADER];
+        header[0..8].copy_from_slice(&id.to_le_bytes());
+        header[8..10].copy_from_slice(&flags.to_le_bytes());
+        header[10..12].copy_from_slice(&(count as u16).to_le_bytes());
+        header[12..16].copy_from_slice(&((pages - 1) as u32).to_le_bytes());
+        self.out.write_all(&header)?;
+        self.out.write_all(body)?;
+        self.out
+            .write_all(&vec![0; pages * PAGE_SIZE - PAGE_HEADER - body.len()])?;
+        self.pages += pages as u64;
+        Ok(id)
+    }
+
+    /// Writes a whole tree of `elements` (in any order); returns its root page.
+    pub fn tree(&mut self, elements: &[(Vec<u8>, Vec<u8>)]) -> std::io::Result<u64> {
+        let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = elements.iter().collect();
+        sorted.sort_unstable_by_key(|(k, _)| k);
+        let mut tree = Tree::default();
+        for (k, v) in sorted {
+            tree.push(self, k, v, 0)?;
+        }
+        tree.finish(self)
+    }
+
+    /// Ends the database: the root bucket, naming each bucket (name → root page, in any order),
+    /// then the meta pages. Returns `out` and the database's length.
+    pub fn finish(mut self, buckets: &[(Vec<u8>, u64)]) -> std::io::Result<(W, u64)> {
+        let mut sorted: Vec<&(Vec<u8>, u64)> = buckets.iter().collect();
+        sorted.sort_unstable_by_key(|(name, _)| name);
+        let mut root = Tree::default();
+        for (name, page) in sorted {
+            let mut header = page.to_le_bytes().to_vec();
+            header.extend_from_slice(&0u64.to_le_bytes());
+            root.push(&mut self, name, &header, BUCKET_ELEMENT)?;
+        }
+        let root = root.finish(&mut self)?;
+        let high_water = self.pages;
+        self.meta(0, root, high_water, 2)?;
+        self.meta(1, root, high_water, 1)?;
+        self.out
+            .seek(SeekFrom::Start(high_water * PAGE_SIZE as u64))?;
+        self.out.flush()?;
+        Ok((self.out, high_water * PAGE_SIZE as u64))
+    }
+
+    fn meta(&mut self, id: u64, root: u64, high_water: u64, txid: u64) -> std::io::Result<()> {
         let mut meta = Vec::with_capacity(64);
         meta.extend_from_slice(&MAGIC.to_le_bytes());
         meta.extend_from_slice(&VERSION.to_le_bytes());
@@ -152,10 +221,12 @@ impl Writer {
         meta.extend_from_slice(&txid.to_le_bytes());
         let checksum = fnv64a(&meta);
         meta.extend_from_slice(&checksum.to_le_bytes());
-        let page = &mut self.file[id as usize * PAGE_SIZE..(id as usize + 1) * PAGE_SIZE];
-        page[0..8].copy_from_slice(&id.to_le_bytes());
-        page[8..10].copy_from_slice(&META.to_le_bytes());
-        page[PAGE_HEADER..PAGE_HEADER + meta.len()].copy_from_slice(&meta);
+        let mut header = [0u8; PAGE_HEADER];
+        header[0..8].copy_from_slice(&id.to_le_bytes());
+        header[8..10].copy_from_slice(&META.to_le_bytes());
+        self.out.seek(SeekFrom::Start(id * PAGE_SIZE as u64))?;
+        self.out.write_all(&header)?;
+        self.out.write_all(&meta)
     }
 }
 
@@ -165,33 +236,17 @@ fn branch_fanout(level: &[(Vec<u8>, u64)]) -> usize {
     ((PAGE_SIZE - PAGE_HEADER) / (ELEMENT + longest)).max(2)
 }
 
-/// A bbolt database holding `buckets`.
+/// A bbolt database holding `buckets`, in memory.
 pub fn write(buckets: &Buckets) -> Vec<u8> {
-    let mut w = Writer {
-        file: vec![0; 2 * PAGE_SIZE],
-    };
-    w.page(FREELIST, 0, &[]);
-    let mut headers = Vec::new();
-    for (name, entries) in buckets {
-        let mut elements: Vec<(&[u8], &[u8], u32)> = entries
-            .iter()
-            .map(|(k, v)| (k.as_slice(), v.as_slice(), 0))
-            .collect();
-        elements.sort_unstable_by_key(|(k, _, _)| *k);
-        let root = w.tree(&elements);
-        let mut header = root.to_le_bytes().to_vec();
-        header.extend_from_slice(&0u64.to_le_bytes());
-        headers.push((name.as_slice(), header));
-    }
-    let elements: Vec<(&[u8], &[u8], u32)> = headers
-        .iter()
-        .map(|(name, header)| (*name, header.as_slice(), BUCKET_ELEMENT))
-        .collect();
-    let root = w.tree(&elements);
-    let high_water = w.next_page();
-    w.meta(0, root, high_water, 2);
-    w.meta(1, root, high_water, 1);
-    w.file
+    let written = (|| {
+        let mut w = Writer::new(std::io::Cursor::new(Vec::new()))?;
+        let mut roots = Vec::new();
+        for (name, entries) in buckets {
+            roots.push((name.clone(), w.tree(entries)?));
+        }
+        w.finish(&roots)
+    })();
+    written.expect("writing to memory").0.into_inner()
 }
 
 /// A bbolt database being read, or an inline bucket's page within one.

@@ -33,44 +33,6 @@ pub struct Lease {
     pub remaining_ttl: i64,
 }
 
-/// Everything a snapshot holds.
-pub struct Contents {
-    /// The log, in revision order, as far as the snapshot's revision.
-    pub log: Vec<LogEntry>,
-    /// etcd's compaction revision (-1: never compacted).
-    pub compacted: i64,
-    pub leases: Vec<Lease>,
-    pub auth: AuthRecord,
-}
-
-impl Contents {
-    /// What `store` and `auth` hold now.
-    pub async fn capture(store: &Store, auth: &AuthStore) -> crate::error::Result<Contents> {
-        let log = store.history().await?;
-        let mut leases = Vec::new();
-        for id in store.lease_ids().await? {
-            if let Some((remaining_ttl, ttl, _)) = store.lease_time_to_live(id, false).await? {
-                leases.push(Lease {
-                    id,
-                    ttl,
-                    remaining_ttl,
-                });
-            }
-        }
-        Ok(Contents {
-            log,
-            compacted: store.compacted(),
-            leases,
-            auth: auth.export(),
-        })
-    }
-
-    /// The newest revision the history holds (1 for none).
-    pub fn head(&self) -> i64 {
-        self.log.last().map_or(1, |e| e.revision)
-    }
-}
-
 /// A revision in etcd's bbolt key form.
 fn revision_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
     let mut key = Vec::with_capacity(18);
@@ -83,47 +45,40 @@ fn revision_key(main: i64, sub: i64, tombstone: bool) -> Vec<u8> {
     key
 }
 
-/// The database etcd would hold for `contents`.
-pub fn database(contents: &Contents) -> Vec<u8> {
-    let mut buckets = bbolt::Buckets::new();
-    let mut keys = Vec::new();
-    for entry in &contents.log {
-        for (sub, event) in entry.events.iter().enumerate() {
-            let mut value = event.kv.clone().unwrap_or_default();
-            let tombstone = event.r#type == EventType::Delete as i32;
-            if tombstone {
-                value = KeyValue {
-                    key: value.key,
-                    ..Default::default()
-                };
-            }
-            keys.push((
-                revision_key(entry.revision, sub as i64, tombstone),
-                value.encode_to_vec(),
-            ));
-        }
+/// The entry of etcd's `key` bucket for change `sub` of revision `revision`.
+fn key_entry(revision: i64, sub: usize, event: &crate::proto::mvccpb::Event) -> (Vec<u8>, Vec<u8>) {
+    let mut value = event.kv.clone().unwrap_or_default();
+    let tombstone = event.r#type == EventType::Delete as i32;
+    if tombstone {
+        value = KeyValue {
+            key: value.key,
+            ..Default::default()
+        };
     }
-    buckets.insert(b"key".to_vec(), keys);
+    (
+        revision_key(revision, sub as i64, tombstone),
+        value.encode_to_vec(),
+    )
+}
 
+/// etcd's buckets other than `key`, for a history up to `head` compacted at `compacted`.
+fn other_buckets(head: i64, compacted: i64, leases: &[Lease], auth: &AuthRecord) -> bbolt::Buckets {
+    let mut buckets = bbolt::Buckets::new();
     let mut meta = vec![(
         b"consistent_index".to_vec(),
-        (contents.head() as u64).to_be_bytes().to_vec(),
+        (head as u64).to_be_bytes().to_vec(),
     )];
-    if contents.compacted > 0 {
-        let at = revision_key(contents.compacted, 0, false);
+    if compacted > 0 {
+        let at = revision_key(compacted, 0, false);
         meta.push((b"finishedCompactRev".to_vec(), at.clone()));
         meta.push((b"scheduledCompactRev".to_vec(), at));
     }
     buckets.insert(b"meta".to_vec(), meta);
-
-    let leases = contents
-        .leases
+    let leases = leases
         .iter()
         .map(|l| (l.id.to_be_bytes().to_vec(), l.encode_to_vec()))
         .collect();
     buckets.insert(b"lease".to_vec(), leases);
-
-    let auth = &contents.auth;
     buckets.insert(
         b"auth".to_vec(),
         vec![
@@ -149,7 +104,73 @@ pub fn database(contents: &Contents) -> Vec<u8> {
     for empty in ["members", "members_removed", "cluster", "alarm"] {
         buckets.insert(empty.as_bytes().to_vec(), Vec::new());
     }
-    bbolt::write(&buckets)
+    buckets
+}
+
+/// A file of this process's own in the temporary directory, gone from it already (it lives
+/// while open, and nothing is left behind by a crash).
+fn unnamed_file() -> std::io::Result<std::fs::File> {
+    let path = std::env::temp_dir().join(format!(
+        "strata-snapshot-{}-{:x}",
+        std::process::id(),
+        crate::backend::random_id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(file)
+}
+
+/// Bytes written to the export's file at a time.
+const EXPORT_BUFFER: usize = 1 << 20;
+
+/// Writes the database etcd would hold for what `store` and `auth` hold now to an unnamed
+/// temporary file, the history a leaf page at a time; returns the file, at its start, and the
+/// database's length.
+pub async fn export(store: &Store, auth: &AuthStore) -> crate::error::Result<(std::fs::File, u64)> {
+    let io = |e: std::io::Error| crate::error::Error::Storage(format!("snapshot file: {e}"));
+    let compacted = store.compacted();
+    let mut leases = Vec::new();
+    for id in store.lease_ids().await? {
+        if let Some((remaining_ttl, ttl, _)) = store.lease_time_to_live(id, false).await? {
+            leases.push(Lease {
+                id,
+                ttl,
+                remaining_ttl,
+            });
+        }
+    }
+    let file = std::io::BufWriter::with_capacity(EXPORT_BUFFER, unnamed_file().map_err(io)?);
+    let mut w = bbolt::Writer::new(file).map_err(io)?;
+    let mut keys = bbolt::Tree::default();
+    let mut head = 1;
+    let mut failed = None;
+    store
+        .visit_history(|entry| {
+            head = entry.revision;
+            for (sub, event) in entry.events.iter().enumerate() {
+                let (key, value) = key_entry(entry.revision, sub, event);
+                if let Err(e) = keys.push(&mut w, &key, &value, 0) {
+                    failed.get_or_insert(e);
+                }
+            }
+        })
+        .await?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    let mut roots = vec![(b"key".to_vec(), keys.finish(&mut w).map_err(io)?)];
+    for (name, entries) in other_buckets(head, compacted, &leases, &auth.export()) {
+        let root = w.tree(&entries).map_err(io)?;
+        roots.push((name, root));
+    }
+    let (out, length) = w.finish(&roots).map_err(io)?;
+    let mut file = out.into_inner().map_err(|e| io(e.into_error()))?;
+    std::io::Seek::rewind(&mut file).map_err(io)?;
+    Ok((file, length))
 }
 
 /// Why a snapshot file cannot be restored.
@@ -381,22 +402,6 @@ fn event_of(key: &[u8], value: &[u8]) -> Result<(i64, crate::proto::mvccpb::Even
     Ok((revision, event))
 }
 
-/// Everything an etcd database holds, read whole.
-pub fn contents(database: &[u8]) -> Result<Contents, ImportError> {
-    let snapshot = open(database)?;
-    let mut history = snapshot.history()?;
-    let mut log = Vec::new();
-    while let Some(part) = history.next_part(usize::MAX)? {
-        log.extend(part);
-    }
-    Ok(Contents {
-        log,
-        compacted: snapshot.compacted,
-        leases: snapshot.leases,
-        auth: snapshot.auth,
-    })
-}
-
 /// Events a restore writes at a time.
 const RESTORE_EVENTS: usize = 20_000;
 
@@ -475,6 +480,50 @@ pub fn checksum(database: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::backend::conformance::{delete, put};
+
+    /// Everything a snapshot holds.
+    struct Contents {
+        /// The log, in revision order, as far as the snapshot's revision.
+        pub log: Vec<LogEntry>,
+        /// etcd's compaction revision (-1: never compacted).
+        pub compacted: i64,
+        pub leases: Vec<Lease>,
+        pub auth: AuthRecord,
+    }
+
+    /// Everything an etcd database holds, read whole.
+    fn read_whole(database: &[u8]) -> Result<Contents, ImportError> {
+        let snapshot = open(database)?;
+        let mut history = snapshot.history()?;
+        let mut log = Vec::new();
+        while let Some(part) = history.next_part(usize::MAX)? {
+            log.extend(part);
+        }
+        Ok(Contents {
+            log,
+            compacted: snapshot.compacted,
+            leases: snapshot.leases,
+            auth: snapshot.auth,
+        })
+    }
+
+    /// The database etcd would hold for `contents`, in memory.
+    fn database(contents: &Contents) -> Vec<u8> {
+        let head = contents.log.last().map_or(1, |e| e.revision);
+        let mut buckets = other_buckets(head, contents.compacted, &contents.leases, &contents.auth);
+        let keys = contents
+            .log
+            .iter()
+            .flat_map(|e| {
+                e.events
+                    .iter()
+                    .enumerate()
+                    .map(move |(sub, event)| key_entry(e.revision, sub, event))
+            })
+            .collect();
+        buckets.insert(b"key".to_vec(), keys);
+        bbolt::write(&buckets)
+    }
 
     #[test]
     fn keys_are_etcds_revisions() {
@@ -561,7 +610,7 @@ mod tests {
         let database = database(&contents);
         let mut file = database.clone();
         file.extend(checksum(&database));
-        let back = super::contents(database_of(&file, false).unwrap()).unwrap();
+        let back = read_whole(database_of(&file, false).unwrap()).unwrap();
         assert_eq!(back.log, contents.log);
         assert_eq!(back.compacted, 5);
         assert_eq!((back.leases[0].id, back.leases[0].ttl), (9, 30));
