@@ -704,3 +704,90 @@ fn kube_apiserver_moves_from_etcd_to_strata() {
         "2"
     );
 }
+
+/// A cluster writing 100 events a second keeps a bounded number of event keys and leases: each
+/// event lives for the event TTL on a lease shared by the events of its reuse window, so both
+/// level off after one TTL. Runs for `KUBE_EVENTS_SECONDS` seconds (at least 3 TTLs of 20 s; the
+/// hour of the issue is the same steady state, longer); skipped without it.
+#[test]
+fn events_stay_bounded() {
+    let Some(binary) = binary() else { return };
+    let Some(seconds) = std::env::var("KUBE_EVENTS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        eprintln!("skipped: set KUBE_EVENTS_SECONDS (60 or more) to run it");
+        return;
+    };
+    const TTL: u64 = 20;
+    const REUSE: u64 = 2;
+    // kube-apiserver reuses a lease for the reuse duration or 5 % of the TTL, the shorter, and
+    // grants it for the TTL plus that.
+    let window = REUSE.min(TTL / 20);
+    const PER_SECOND: usize = 100;
+    let strata = Strata::start();
+    let ttl = format!("--event-ttl={TTL}s");
+    let reuse = format!("--lease-reuse-duration-seconds={REUSE}");
+    let k = start_with(&binary, &strata.endpoint(), &[&ttl, &reuse]);
+    k.ok(&["create", "namespace", "ev"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut batch = 0;
+    while start.elapsed() < Duration::from_secs(seconds) {
+        let second = Instant::now();
+        let events: String = (0..PER_SECOND)
+            .map(|i| {
+                format!(
+                    "- apiVersion: v1\n  kind: Event\n  metadata: {{name: e{batch}-{i}, \
+                     namespace: ev}}\n  involvedObject: {{kind: Namespace, name: ev, namespace: ev}}\n  \
+                     reason: Load\n  message: event {i}\n  type: Normal\n"
+                )
+            })
+            .collect();
+        k.ok_with_input(
+            &["create", "-f", "-"],
+            &format!("apiVersion: v1\nkind: List\nitems:\n{events}"),
+        );
+        batch += 1;
+        if batch % 10 == 0 {
+            let (keys, leases) = runtime.block_on(events_and_leases(&strata));
+            let event_leases = leases
+                .iter()
+                .filter(|(granted, _)| *granted == (TTL + window) as i64)
+                .count();
+            eprintln!(
+                "{:>4} s: {} events written, {keys} event keys, {event_leases} event leases",
+                start.elapsed().as_secs(),
+                batch * PER_SECOND
+            );
+            samples.push((start.elapsed(), keys, event_leases));
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    // After the first TTL and a few of kube-apiserver's windows, neither grows: at most one TTL
+    // and one reuse window of events (and of their leases) are alive, plus the expiry in flight.
+    let steady: Vec<_> = samples
+        .iter()
+        .filter(|(at, _, _)| *at > Duration::from_secs(2 * TTL))
+        .collect();
+    assert!(!steady.is_empty(), "run for more than {} s", 2 * TTL);
+    let rate = (batch * PER_SECOND) as f64 / start.elapsed().as_secs_f64();
+    let most_keys = (rate * (TTL + 2 * window + 5) as f64) as i64;
+    let most_leases = ((TTL + window) / window + 4) as usize;
+    for (at, keys, leases) in steady {
+        assert!(
+            *keys <= most_keys,
+            "{keys} event keys at {at:?}, expected at most {most_keys}"
+        );
+        assert!(
+            *leases <= most_leases,
+            "{leases} leases at {at:?}, expected at most {most_leases}"
+        );
+    }
+}
