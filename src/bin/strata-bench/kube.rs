@@ -17,7 +17,7 @@
 //! previous one, through the `compact_rev_key` txn kube-apiserver's compactor uses. Reports every
 //! operation (a kube-apiserver call, of one or two requests) and each kind's latencies apart.
 
-use super::{drive, key, spread, Args, Report};
+use super::{drive, if_mod, key, op, spread, Args, Report};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use strata::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
@@ -29,7 +29,7 @@ use strata::proto::etcdserverpb::watch_client::WatchClient;
 use strata::proto::etcdserverpb::watch_request::RequestUnion;
 use strata::proto::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, PutRequest, RangeRequest,
-    RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -67,22 +67,6 @@ fn end_of(prefix: &str) -> bytes::Bytes {
 fn pod(args: &Args, n: u64) -> bytes::Bytes {
     let name = key(args, n);
     format!("{PODS}ns-{}/{}", n % 10, String::from_utf8_lossy(&name)).into()
-}
-
-fn if_mod(key: &bytes::Bytes, revision: i64) -> Compare {
-    Compare {
-        key: key.clone(),
-        target: CompareTarget::Mod as i32,
-        result: CompareResult::Equal as i32,
-        target_union: Some(TargetUnion::ModRevision(revision)),
-        range_end: bytes::Bytes::new(),
-    }
-}
-
-fn op(request: Request) -> RequestOp {
-    RequestOp {
-        request: Some(request),
-    }
 }
 
 fn get(key: &bytes::Bytes) -> RangeRequest {

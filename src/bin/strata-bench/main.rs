@@ -205,26 +205,35 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
                 .into_inner();
             let seen = current.kvs.first().map_or(0, |kv| kv.mod_revision);
             kv.txn(TxnRequest {
-                compare: vec![Compare {
-                    key: k.clone(),
-                    target: CompareTarget::Mod as i32,
-                    result: CompareResult::Equal as i32,
-                    target_union: Some(TargetUnion::ModRevision(seen)),
-                    range_end: bytes::Bytes::new(),
-                }],
-                success: vec![RequestOp {
-                    request: Some(Request::RequestPut(PutRequest {
-                        key: k,
-                        value,
-                        ..Default::default()
-                    })),
-                }],
+                compare: vec![if_mod(&k, seen)],
+                success: vec![op(Request::RequestPut(PutRequest {
+                    key: k,
+                    value,
+                    ..Default::default()
+                }))],
                 failure: Vec::new(),
             })
             .await?;
         }
     }
     Ok(())
+}
+
+/// A compare: `key`'s mod revision is `revision` (0: the key does not exist).
+fn if_mod(key: &bytes::Bytes, revision: i64) -> Compare {
+    Compare {
+        key: key.clone(),
+        target: CompareTarget::Mod as i32,
+        result: CompareResult::Equal as i32,
+        target_union: Some(TargetUnion::ModRevision(revision)),
+        range_end: bytes::Bytes::new(),
+    }
+}
+
+fn op(request: Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
 }
 
 struct Report {
