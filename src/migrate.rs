@@ -236,6 +236,39 @@ impl Incoming {
         });
         Incoming { responses, reader }
     }
+
+    /// The events of the next response and of those received meanwhile (whole responses, up to
+    /// about [`APPLY_EVENTS`]), for one append; and how the watch ended, if it did after them.
+    /// Only its first step waits, so it can be dropped while waiting without losing anything.
+    async fn batch(&mut self) -> (Vec<Event>, Option<Ended>) {
+        let mut events = Vec::new();
+        let mut next = self.responses.recv().await;
+        loop {
+            match next {
+                Some(Ok(response)) if response.canceled => {
+                    return (events, Some(Ended::Canceled(response)))
+                }
+                Some(Ok(response)) => events.extend(response.events),
+                Some(Err(status)) => return (events, Some(Ended::Lost(Some(status)))),
+                None => return (events, Some(Ended::Lost(None))),
+            }
+            if events.len() >= APPLY_EVENTS {
+                return (events, None);
+            }
+            match self.responses.try_recv() {
+                Ok(response) => next = Some(response),
+                Err(_) => return (events, None),
+            }
+        }
+    }
+}
+
+/// How a watch ended.
+enum Ended {
+    /// The source cancelled it, saying why.
+    Canceled(WatchResponse),
+    /// The stream broke (with the error, if there was one).
+    Lost(Option<tonic::Status>),
 }
 
 impl Drop for Incoming {
@@ -376,36 +409,22 @@ impl Copy<'_> {
                     report(Step::CuttingOver(head));
                     until = Some(head);
                 }
-                first = incoming.responses.recv() => {
-                    // Everything received meanwhile goes into one append.
-                    let mut events = Vec::new();
-                    let mut next = first;
-                    let ended = loop {
-                        match next {
-                            Some(Ok(response)) if response.canceled => {
-                                self.apply(events).await?;
-                                return Err(refusal(&response, self.applied + 1));
-                            }
-                            Some(Ok(response)) => events.extend(response.events),
-                            ended => break Some(ended),
-                        }
-                        if events.len() >= APPLY_EVENTS {
-                            break None;
-                        }
-                        match incoming.responses.try_recv() {
-                            Ok(response) => next = Some(response),
-                            Err(_) => break None,
-                        }
-                    };
+                (events, ended) = incoming.batch() => {
                     self.apply(events).await?;
-                    let Some(ended) = ended else {
-                        lost = 0;
-                        continue;
+                    let failure = match ended {
+                        None => {
+                            lost = 0;
+                            continue;
+                        }
+                        Some(Ended::Canceled(response)) => {
+                            return Err(refusal(&response, self.applied + 1));
+                        }
+                        Some(Ended::Lost(failure)) => failure,
                     };
                     if lost == RECONNECTS {
-                        match ended {
-                            Some(Err(status)) => bail!("the watch on the source failed: {}", status.message()),
-                            _ => bail!("the source ended the watch"),
+                        match failure {
+                            Some(status) => bail!("the watch on the source failed: {}", status.message()),
+                            None => bail!("the source ended the watch"),
                         }
                     }
                     lost += 1;
