@@ -13,7 +13,6 @@ use crate::proto::etcdserverpb::{
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 use crate::snapshot;
-use bytes::Bytes;
 use tonic::{Request, Response, Status};
 
 pub struct MaintenanceService(pub(super) Context);
@@ -160,36 +159,19 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         self.admin_unconverted(&req)?;
         let (file, total) = snapshot::export(&self.0.store, &self.0.auth).await?;
-        // As etcd streams it: the database in chunks, each saying how much is left, then its
-        // SHA-256 in a message of its own. etcd's snapshot messages carry no header. Read from
-        // the file as the client takes them.
+        // Read from the file as the client takes the messages; etcd's carry no header.
         let (messages, stream) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD);
         tokio::task::spawn_blocking(move || {
-            let mut file = file;
-            let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-            let mut left = total;
-            while left > 0 {
-                let mut chunk = vec![0; snapshot::CHUNK_BYTES.min(left as usize)];
-                if let Err(e) = std::io::Read::read_exact(&mut file, &mut chunk) {
-                    let failed = Error::Storage(format!("snapshot file: {e}"));
-                    let _ = messages.blocking_send(Err(Status::from(failed)));
-                    return;
-                }
-                digest.update(&chunk);
-                left -= chunk.len() as u64;
-                let message = SnapshotResponse {
-                    remaining_bytes: left,
-                    blob: chunk.into(),
-                    ..Default::default()
-                };
-                if messages.blocking_send(Ok(message)).is_err() {
-                    return;
-                }
-            }
-            let _ = messages.blocking_send(Ok(SnapshotResponse {
-                blob: Bytes::copy_from_slice(digest.finish().as_ref()),
-                ..Default::default()
-            }));
+            snapshot::stream(file, total, |part| {
+                let message = part
+                    .map(|(blob, remaining_bytes)| SnapshotResponse {
+                        remaining_bytes,
+                        blob,
+                        ..Default::default()
+                    })
+                    .map_err(|e| Status::from(Error::Storage(format!("snapshot file: {e}"))));
+                messages.blocking_send(message).is_ok()
+            })
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(stream),

@@ -469,6 +469,34 @@ pub async fn restore(
     Ok(restored)
 }
 
+/// Reads an exported database (`total` bytes of `file`) as etcd streams it: in [`CHUNK_BYTES`]
+/// chunks, each handed to `send` with the bytes left after it, then the database's SHA-256 with
+/// nothing left. Stops when `send` answers false (the receiver is gone) or after an error.
+pub fn stream(
+    mut file: std::fs::File,
+    total: u64,
+    mut send: impl FnMut(std::io::Result<(bytes::Bytes, u64)>) -> bool,
+) {
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut left = total;
+    while left > 0 {
+        let mut chunk = vec![0; CHUNK_BYTES.min(left as usize)];
+        if let Err(e) = std::io::Read::read_exact(&mut file, &mut chunk) {
+            send(Err(e));
+            return;
+        }
+        digest.update(&chunk);
+        left -= chunk.len() as u64;
+        if !send(Ok((chunk.into(), left))) {
+            return;
+        }
+    }
+    send(Ok((
+        bytes::Bytes::copy_from_slice(digest.finish().as_ref()),
+        0,
+    )));
+}
+
 /// The SHA-256 that follows the database in a snapshot.
 pub fn checksum(database: &[u8]) -> Vec<u8> {
     ring::digest::digest(&ring::digest::SHA256, database)
