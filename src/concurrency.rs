@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 const SESSION_TTL: i64 = 60;
 
 /// The end of the range of keys starting with `prefix`.
-fn prefix_end(prefix: &[u8]) -> Bytes {
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
         if last < 0xff {

@@ -74,7 +74,7 @@ pub struct Config {
 
     /// Auth token provider: `simple` (etcd's default; tokens live in the frontend that issued them),
     /// or `jwt,priv-key=FILE,sign-method=METHOD[,ttl=DURATION]` (signed tokens any frontend checks).
-    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = parse_auth_token)]
+    #[arg(long, env = "ETCD_AUTH_TOKEN", default_value = "simple", value_parser = crate::auth::check_token_provider)]
     pub auth_token: String,
 
     /// Seconds a simple token stays valid after its last use.
@@ -132,19 +132,13 @@ pub struct Config {
     pub log_level: String,
 }
 
+/// The data directory of a member named `name` when none is given, as etcd names it.
+pub fn default_data_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("{name}.strata"))
+}
+
 /// etcd's default quota when `--quota-backend-bytes` is 0.
 pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
-
-/// Accepts etcd's token providers: `simple`, or `jwt,` followed by its options (checked when the
-/// provider is made, as the key files are read).
-fn parse_auth_token(text: &str) -> Result<String, String> {
-    match text.split(',').next() {
-        Some("simple" | "jwt") => Ok(text.to_owned()),
-        _ => Err(format!(
-            "unknown token provider {text:?}: use simple, or jwt,priv-key=…,sign-method=…"
-        )),
-    }
-}
 
 /// Parses a duration as Go's time.ParseDuration writes them: numbers with units, summed ("1m30s").
 pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
@@ -234,7 +228,7 @@ impl Config {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)))
+            .unwrap_or_else(|| default_data_dir(&self.name))
     }
 
     pub fn quota_bytes(&self) -> u64 {
@@ -262,8 +256,8 @@ mod tests {
         assert_eq!(parse(&[]).auth_token, "simple");
         assert_eq!(parse(&["--auth-token", "simple"]).auth_token, "simple");
         let jwt = "jwt,pub-key=k,priv-key=k,sign-method=RS256";
-        assert_eq!(parse_auth_token(jwt).unwrap(), jwt);
-        assert!(parse_auth_token("nonsense").is_err());
+        assert_eq!(crate::auth::check_token_provider(jwt).unwrap(), jwt);
+        assert!(crate::auth::check_token_provider("nonsense").is_err());
     }
 
     #[test]

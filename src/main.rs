@@ -119,7 +119,7 @@ impl Target {
     fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)))
+            .unwrap_or_else(|| strata::config::default_data_dir(&self.name))
     }
 
     /// Where the data went, for the operator.

@@ -164,7 +164,7 @@ const CODES: [&str; 17] = [
 #[derive(Default)]
 struct MethodCounts {
     started: u64,
-    handled: [u64; 17],
+    handled: [u64; CODES.len()],
 }
 
 /// A gRPC call to `path` (`/package.Service/Method`) began.

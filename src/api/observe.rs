@@ -81,7 +81,8 @@ impl http_body::Body for Counted {
                 self.bytes.add(data.len() as u64);
             } else if let Some(trailers) = frame.trailers_ref() {
                 if let Some(path) = self.call.take() {
-                    metrics::grpc_handled(&path, status(trailers).unwrap_or(2));
+                    let code = status(trailers).unwrap_or(tonic::Code::Unknown as usize);
+                    metrics::grpc_handled(&path, code);
                 }
             }
         }
@@ -100,7 +101,7 @@ impl http_body::Body for Counted {
 impl Drop for Counted {
     fn drop(&mut self) {
         if let Some(path) = self.call.take() {
-            metrics::grpc_handled(&path, 1);
+            metrics::grpc_handled(&path, tonic::Code::Cancelled as usize);
         }
     }
 }

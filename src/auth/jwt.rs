@@ -12,6 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::{hmac, rand, signature};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::PrivateKeyDer;
 
 /// etcd's default token lifetime.
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -34,22 +36,6 @@ pub struct Jwt {
     signer: Signer,
     ttl: Duration,
     random: rand::SystemRandom,
-}
-
-/// The DER inside the first PEM block of `pem`, with the block's label.
-fn pem_block(pem: &[u8]) -> Option<(String, Vec<u8>)> {
-    let text = std::str::from_utf8(pem).ok()?;
-    let start = text.find("-----BEGIN ")?;
-    let rest = &text[start + 11..];
-    let label_end = rest.find("-----")?;
-    let label = rest[..label_end].to_owned();
-    let body = &rest[label_end + 5..];
-    let end = body.find("-----END ")?;
-    let base64: String = body[..end].split_whitespace().collect();
-    let der = base64::engine::general_purpose::STANDARD
-        .decode(base64)
-        .ok()?;
-    Some((label, der))
 }
 
 impl Jwt {
@@ -80,26 +66,32 @@ impl Jwt {
             "JWT tokens need priv-key: every Strata frontend signs the tokens it hands out",
         )?;
         let random = rand::SystemRandom::new();
+        let pem = || {
+            PrivateKeyDer::from_pem_slice(&private)
+                .map_err(|e| format!("the JWT key is not a PEM private key: {e:?}"))
+        };
         let rsa = |encoding, parameters| -> Result<Signer, String> {
-            let (label, der) = pem_block(&private).ok_or("the JWT key is not PEM")?;
-            let pair = match label.as_str() {
-                "RSA PRIVATE KEY" => signature::RsaKeyPair::from_der(&der),
-                "PRIVATE KEY" => signature::RsaKeyPair::from_pkcs8(&der),
-                other => return Err(format!("the JWT key is a {other}, not an RSA private key")),
+            let pair = match pem()? {
+                PrivateKeyDer::Pkcs1(der) => {
+                    signature::RsaKeyPair::from_der(der.secret_pkcs1_der())
+                }
+                PrivateKeyDer::Pkcs8(der) => {
+                    signature::RsaKeyPair::from_pkcs8(der.secret_pkcs8_der())
+                }
+                _ => return Err("the JWT key is not an RSA private key".to_owned()),
             }
             .map_err(|e| format!("the JWT key is not an RSA key ring can use: {e}"))?;
             Ok(Signer::Rsa(pair, encoding, parameters))
         };
         let ecdsa = |signing, verifying| -> Result<Signer, String> {
-            let (label, der) = pem_block(&private).ok_or("the JWT key is not PEM")?;
-            if label != "PRIVATE KEY" {
-                return Err(format!(
-                    "the JWT key is a {label}: give it as PKCS#8 \
-                     (openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8)"
-                ));
-            }
-            let pair = signature::EcdsaKeyPair::from_pkcs8(signing, &der, &random)
-                .map_err(|e| format!("the JWT key is not an ECDSA key of {method}: {e}"))?;
+            let PrivateKeyDer::Pkcs8(der) = pem()? else {
+                return Err("the JWT key is not PKCS#8: convert it \
+                            (openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8)"
+                    .to_owned());
+            };
+            let pair =
+                signature::EcdsaKeyPair::from_pkcs8(signing, der.secret_pkcs8_der(), &random)
+                    .map_err(|e| format!("the JWT key is not an ECDSA key of {method}: {e}"))?;
             Ok(Signer::Ecdsa(pair, verifying))
         };
         let signer = match method.as_str() {

@@ -29,18 +29,26 @@ pub enum TokenProvider {
     Jwt(Box<jwt::Jwt>),
 }
 
+/// Whether `--auth-token` names a provider etcd has: `simple`, or `jwt,` and its options (those
+/// are checked when the provider is made, as the key files are read). Answers `option`.
+pub fn check_token_provider(option: &str) -> std::result::Result<String, String> {
+    match option.split(',').next() {
+        Some("simple" | "jwt") => Ok(option.to_owned()),
+        _ => Err(format!(
+            "unknown token provider {option:?}: use simple, or jwt,priv-key=…,sign-method=…"
+        )),
+    }
+}
+
 impl TokenProvider {
     /// The provider `--auth-token` names; simple tokens expire after `ttl` of disuse.
     pub fn new(option: &str, ttl: Duration) -> std::result::Result<TokenProvider, String> {
-        match option.split(',').next() {
-            Some("simple") => Ok(TokenProvider::Simple(Mutex::new(Tokens::new(ttl)))),
-            Some("jwt") => Ok(TokenProvider::Jwt(Box::new(jwt::Jwt::from_options(
-                option,
-            )?))),
-            _ => Err(format!(
-                "unknown token provider {option:?}: use simple, or jwt,priv-key=…,sign-method=…"
-            )),
-        }
+        check_token_provider(option)?;
+        Ok(if option.split(',').next() == Some("simple") {
+            TokenProvider::Simple(Mutex::new(Tokens::new(ttl)))
+        } else {
+            TokenProvider::Jwt(Box::new(jwt::Jwt::from_options(option)?))
+        })
     }
 
     /// A token for `user`, at auth revision `revision`.

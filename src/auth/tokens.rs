@@ -30,7 +30,8 @@ impl Tokens {
     pub fn assign(&mut self, user: &str, now: Instant) -> std::io::Result<String> {
         self.live.retain(|_, (_, expires)| *expires > now);
         let mut random = [0u8; PREFIX_LETTERS];
-        getrandom::fill(&mut random).map_err(std::io::Error::other)?;
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+            .map_err(|_| std::io::Error::other("the system has no randomness to give"))?;
         let prefix: String = random
             .iter()
             .map(|b| LETTERS[*b as usize % LETTERS.len()] as char)

@@ -31,6 +31,7 @@ fn fetches_everything(r: &RangeRequest) -> bool {
 
 /// Selects the keys of `request` as of the view revision `view` (the newest revision visible to it).
 pub fn select(index: &Index, request: &RangeRequest, view: i64) -> Result<PendingRange> {
+    crate::metrics::RANGES.inc();
     let at = index.check_revision(request.revision, view)?;
     // One more than the limit tells whether there is more.
     let wanted = match request.limit {

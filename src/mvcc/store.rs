@@ -322,7 +322,6 @@ impl Store {
     /// Answers a Range at the newest durable revision, or at the one it asks for. On a shared
     /// backend a linearizable Range first catches up with every write committed before it began.
     pub async fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
-        crate::metrics::RANGES.inc();
         if !req.serializable {
             self.sync_with_head().await?;
         }

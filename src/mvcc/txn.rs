@@ -117,7 +117,6 @@ impl<'a> TxnWrite<'a> {
     }
 
     fn range(&self, req: &RangeRequest) -> Result<PendingRange> {
-        crate::metrics::RANGES.inc();
         range::select(self.index, req, self.view())
     }
 

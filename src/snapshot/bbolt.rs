@@ -237,6 +237,7 @@ fn branch_fanout(level: &[(Vec<u8>, u64)]) -> usize {
 }
 
 /// A bbolt database holding `buckets`, in memory.
+#[cfg(test)]
 pub fn write(buckets: &Buckets) -> Vec<u8> {
     let written = (|| {
         let mut w = Writer::new(std::io::Cursor::new(Vec::new()))?;
@@ -474,6 +475,7 @@ impl<'a> Database<'a> {
 }
 
 /// The buckets of a bbolt database, read whole.
+#[cfg(test)]
 pub fn read(file: &[u8]) -> Result<Buckets, FormatError> {
     let database = Database::open(file)?;
     let mut buckets = Buckets::new();

@@ -20,6 +20,7 @@
 use super::{drive, if_mod, key, op, spread, Args, Report};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use strata::concurrency::prefix_end;
 use strata::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use strata::proto::etcdserverpb::kv_client::KvClient;
 use strata::proto::etcdserverpb::lease_client::LeaseClient;
@@ -44,7 +45,18 @@ const COMPACT_KEY: &str = "compact_rev_key";
 /// How long after the load the watches may take to deliver its last write.
 const WATCH_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The kinds of operation, in the order they are reported.
+/// A kind of operation; its number indexes [`KINDS`].
+enum Kind {
+    Update,
+    Event,
+    Create,
+    Delete,
+    List,
+    Count,
+    Compact,
+}
+
+/// The kinds of operation, in the order they are reported (as [`Kind`] numbers them).
 const KINDS: [&str; 7] = [
     "update", "event", "create", "delete", "list", "count", "compact",
 ];
@@ -55,12 +67,6 @@ struct Shared {
     /// The revision seen at the last compaction, and `compact_rev_key`'s version then.
     compactor: Mutex<(i64, i64)>,
     events: AtomicU64,
-}
-
-fn end_of(prefix: &str) -> bytes::Bytes {
-    let mut end = prefix.as_bytes().to_vec();
-    *end.last_mut().expect("a prefix") += 1;
-    end.into()
 }
 
 /// The pod numbered `n`, in one of ten namespaces.
@@ -106,7 +112,7 @@ pub async fn run(args: Arc<Args>, channels: &[Channel]) -> anyhow::Result<Report
             .send(WatchRequest {
                 request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
                     key: prefix.into(),
-                    range_end: end_of(prefix),
+                    range_end: prefix_end(prefix.as_bytes()),
                     start_revision: head + 1,
                     prev_kv: true,
                     ..Default::default()
@@ -184,7 +190,7 @@ pub async fn run(args: Arc<Args>, channels: &[Channel]) -> anyhow::Result<Report
     Ok(report)
 }
 
-/// Operation `i`; answers with its kind (an index into [`KINDS`]).
+/// Operation `i`; answers with its [`Kind`].
 async fn operation(
     args: &Args,
     shared: &Shared,
@@ -195,7 +201,7 @@ async fn operation(
     let value = bytes::Bytes::from(vec![b'v'; args.val_size]);
     if i > 0 && i % args.compact_every.max(1) == 0 {
         compact(shared, &mut kv).await?;
-        return Ok(6);
+        return Ok(Kind::Compact as usize);
     }
     let n = spread(i, args.key_space);
     match spread(i ^ 0x5eed, 100) {
@@ -209,7 +215,7 @@ async fn operation(
                 ..Default::default()
             });
             kv.txn(guarded(&key, revision, put)).await?;
-            Ok(0)
+            Ok(Kind::Update as usize)
         }
         50..65 => {
             let lease = event_lease(shared, channel).await?;
@@ -221,7 +227,7 @@ async fn operation(
                 ..Default::default()
             });
             kv.txn(guarded(&key, 0, put)).await?;
-            Ok(1)
+            Ok(Kind::Event as usize)
         }
         65..75 => {
             let key: bytes::Bytes = format!("{CONFIGMAPS}ns-{}/cm-{n}", n % 10).into();
@@ -231,7 +237,7 @@ async fn operation(
                 ..Default::default()
             });
             kv.txn(guarded(&key, 0, put)).await?;
-            Ok(2)
+            Ok(Kind::Create as usize)
         }
         75..85 => {
             let key: bytes::Bytes = format!("{CONFIGMAPS}ns-{}/cm-{n}", n % 10).into();
@@ -243,27 +249,27 @@ async fn operation(
                 });
                 kv.txn(guarded(&key, found.mod_revision, delete)).await?;
             }
-            Ok(3)
+            Ok(Kind::Delete as usize)
         }
         85..95 => {
             kv.range(RangeRequest {
                 key: PODS.into(),
-                range_end: end_of(PODS),
+                range_end: prefix_end(PODS.as_bytes()),
                 limit: args.limit,
                 ..Default::default()
             })
             .await?;
-            Ok(4)
+            Ok(Kind::List as usize)
         }
         _ => {
             kv.range(RangeRequest {
                 key: PODS.into(),
-                range_end: end_of(PODS),
+                range_end: prefix_end(PODS.as_bytes()),
                 count_only: true,
                 ..Default::default()
             })
             .await?;
-            Ok(5)
+            Ok(Kind::Count as usize)
         }
     }
 }
