@@ -66,15 +66,12 @@ impl PendingRange {
 
     /// Reads the values held only in the backend. A value gone means compaction overtook this read.
     pub async fn load(&mut self, backend: &dyn Backend) -> Result<()> {
-        if self.stored.is_empty() {
-            return Ok(());
-        }
-        let revisions: Vec<Revision> = self.stored.iter().map(|(_, r)| *r).collect();
-        let values = backend.read_values(&revisions).await?;
-        for ((i, _), value) in self.stored.drain(..).zip(values) {
-            let stored = value.ok_or(Error::Compacted)?;
-            self.kvs[i].value = stored.value;
-            self.kvs[i].lease = stored.lease;
+        let stored = std::mem::take(&mut self.stored);
+        if !load_stored(backend, &mut self.kvs, &stored)
+            .await?
+            .is_empty()
+        {
+            return Err(Error::Compacted);
         }
         Ok(())
     }
@@ -115,6 +112,32 @@ impl PendingRange {
             count: self.count,
         }
     }
+}
+
+/// Reads, in one backend call, the values of `kvs` held only in the backend (`stored`: the
+/// position in `kvs` and the revision that wrote it); answers the positions whose value is gone
+/// (compaction overtook the read).
+pub async fn load_stored(
+    backend: &dyn Backend,
+    kvs: &mut [KeyValue],
+    stored: &[(usize, Revision)],
+) -> Result<Vec<usize>> {
+    if stored.is_empty() {
+        return Ok(Vec::new());
+    }
+    let revisions: Vec<Revision> = stored.iter().map(|(_, r)| *r).collect();
+    let values = backend.read_values(&revisions).await?;
+    let mut gone = Vec::new();
+    for ((i, _), value) in stored.iter().zip(values) {
+        match value {
+            Some(value) => {
+                kvs[*i].value = value.value;
+                kvs[*i].lease = value.lease;
+            }
+            None => gone.push(*i),
+        }
+    }
+    Ok(gone)
 }
 
 /// Sorts as etcd does: a target without an order sorts ascending; KEY without an order keeps the

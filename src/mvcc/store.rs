@@ -286,7 +286,11 @@ impl Store {
             (compacted, current, at, index.keep(at))
         };
         let mut hasher = KvHasher::new(compacted, keep);
-        visit_log(self.backend.as_ref(), at, |entry| hasher.write(&entry)).await?;
+        visit_log(self.backend.as_ref(), at, |entry| {
+            hasher.write(&entry);
+            Ok(())
+        })
+        .await?;
         Ok((hasher.sum(), compacted, current))
     }
 
@@ -297,7 +301,11 @@ impl Store {
         let _compacting = self.compacting.read().await;
         let head = self.revision();
         let mut hasher = KvHasher::new(-1, Default::default());
-        visit_log(self.backend.as_ref(), head, |entry| hasher.write(&entry)).await?;
+        visit_log(self.backend.as_ref(), head, |entry| {
+            hasher.write(&entry);
+            Ok(())
+        })
+        .await?;
         for (id, ttl) in self.backend.leases().await? {
             hasher.write_lease(id, ttl);
         }
@@ -493,7 +501,7 @@ impl Store {
 
     /// Calls `visit` with each revision of the log kept, from the oldest to the head as of the
     /// call: what a snapshot holds of the key-value store, read a part at a time.
-    pub async fn visit_history(&self, visit: impl FnMut(LogEntry)) -> Result<()> {
+    pub async fn visit_history(&self, visit: impl FnMut(LogEntry) -> Result<()>) -> Result<()> {
         self.sync_with_head().await?;
         visit_log(self.backend.as_ref(), self.revision(), visit).await
     }
@@ -547,10 +555,10 @@ impl Store {
     /// watchers that ask for it: nothing for a creation, or when that revision is compacted.
     pub async fn fill_prev_kvs(&self, events: &mut [Event]) {
         // Found in the index at once; the values no longer newest read in one backend call.
-        let mut stored = Vec::new();
+        let (mut owners, mut prevs, mut stored) = (Vec::new(), Vec::new(), Vec::new());
         {
             let index = self.index.read().expect("index lock");
-            for (i, event) in events.iter_mut().enumerate() {
+            for (i, event) in events.iter().enumerate() {
                 let Some(kv) = &event.kv else {
                     continue;
                 };
@@ -565,25 +573,19 @@ impl Store {
                 };
                 let found = index.found(key, kr, newest);
                 if let Some(revision) = found.stored {
-                    stored.push((i, revision));
+                    stored.push((prevs.len(), revision));
                 }
-                event.prev_kv = Some(found.kv);
+                owners.push(i);
+                prevs.push(found.kv);
             }
         }
-        if stored.is_empty() {
-            return;
-        }
-        let revisions: Vec<_> = stored.iter().map(|(_, r)| *r).collect();
-        let values = self.backend.read_values(&revisions).await;
-        for (n, (i, _)) in stored.into_iter().enumerate() {
-            // A value gone (compaction overtook the read) or unreadable: no previous key-value.
-            let value = values.as_ref().ok().and_then(|v| v[n].as_ref());
-            match (value, events[i].prev_kv.as_mut()) {
-                (Some(value), Some(prev)) => {
-                    prev.value = value.value.clone();
-                    prev.lease = value.lease;
-                }
-                _ => events[i].prev_kv = None,
+        // A value gone (compaction overtook the read) or unreadable: no previous key-value.
+        let gone = range::load_stored(self.backend.as_ref(), &mut prevs, &stored)
+            .await
+            .unwrap_or_else(|_| stored.iter().map(|(n, _)| *n).collect());
+        for (n, (owner, prev)) in owners.into_iter().zip(prevs).enumerate() {
+            if !gone.contains(&n) {
+                events[owner].prev_kv = Some(prev);
             }
         }
     }
@@ -776,7 +778,7 @@ async fn follow(
 async fn visit_log(
     backend: &dyn Backend,
     upto: i64,
-    mut visit: impl FnMut(LogEntry),
+    mut visit: impl FnMut(LogEntry) -> Result<()>,
 ) -> Result<()> {
     let mut from = 1;
     while from <= upto {
@@ -785,10 +787,9 @@ async fn visit_log(
             break;
         };
         from = last.revision + 1;
-        entries
-            .into_iter()
-            .filter(|e| e.revision <= upto)
-            .for_each(&mut visit);
+        for entry in entries.into_iter().filter(|e| e.revision <= upto) {
+            visit(entry)?;
+        }
     }
     Ok(())
 }
@@ -809,7 +810,11 @@ async fn load_index(backend: &dyn Backend) -> Result<(Loaded, crate::backend::Pr
     }
     let mut index = Index::default();
     // Whatever another process appended meanwhile is caught up with later.
-    visit_log(backend, progress.head, |e| restore(&mut index, e)).await?;
+    visit_log(backend, progress.head, |e| {
+        restore(&mut index, e);
+        Ok(())
+    })
+    .await?;
     index.current = progress.head;
     index.committed = progress.head;
     let leftover = index.compact(progress.compacted);

@@ -147,21 +147,16 @@ pub async fn export(store: &Store, auth: &AuthStore) -> crate::error::Result<(st
     let mut w = bbolt::Writer::new(file).map_err(io)?;
     let mut keys = bbolt::Tree::default();
     let mut head = 1;
-    let mut failed = None;
     store
         .visit_history(|entry| {
             head = entry.revision;
             for (sub, event) in entry.events.iter().enumerate() {
                 let (key, value) = key_entry(entry.revision, sub, event);
-                if let Err(e) = keys.push(&mut w, &key, &value, 0) {
-                    failed.get_or_insert(e);
-                }
+                keys.push(&mut w, &key, &value, 0).map_err(io)?;
             }
+            Ok(())
         })
         .await?;
-    if let Some(e) = failed {
-        return Err(io(e));
-    }
     let mut roots = vec![(b"key".to_vec(), keys.finish(&mut w).map_err(io)?)];
     for (name, entries) in other_buckets(head, compacted, &leases, &auth.export()) {
         let root = w.tree(&entries).map_err(io)?;
