@@ -93,6 +93,20 @@ pub struct Config {
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
 
+    /// Most concurrent streams (calls) one client connection may have open.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+
+    /// How often the server pings an idle client connection to check that it is alive (a Go
+    /// duration; 0 turns the pings off).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h", value_parser = parse_go_duration)]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed (0: 20s, as etcd's gRPC
+    /// layer takes it).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_go_duration)]
+    pub grpc_keepalive_timeout: Duration,
+
     /// Backend size at which writes are refused with "database space exceeded" (0: 2 GiB, etcd's
     /// default).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
@@ -146,6 +160,10 @@ pub fn parse_go_duration(text: &str) -> Result<Duration, String> {
     let mut rest = text;
     if rest.is_empty() {
         return Err("empty duration".to_owned());
+    }
+    // Go takes a bare zero without a unit.
+    if rest == "0" {
+        return Ok(total);
     }
     while !rest.is_empty() {
         let digits = rest

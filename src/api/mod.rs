@@ -56,6 +56,9 @@ const RAFT_TERM: u64 = 1;
 /// timeout (5 s plus twice its 1 s election timeout), which bounds its graceful stop the same way.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(7);
 
+/// Idle time before TCP probes a client connection, and the time between probes.
+const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// What every service needs: the store, who may do what, the limits, and how to fill a response
 /// header.
 #[derive(Clone)]
@@ -215,14 +218,26 @@ impl Server {
         for (listener, secure) in listeners {
             let mut stopped = stopped.clone();
             // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
+            let interval = config.grpc_keepalive_interval;
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)
+                .max_concurrent_streams(config.max_concurrent_streams)
+                .http2_keepalive_interval((!interval.is_zero()).then_some(interval))
+                .http2_keepalive_timeout(
+                    Some(config.grpc_keepalive_timeout).filter(|t| !t.is_zero()),
+                )
                 .add_routes(routes.clone());
-            // Replies are small and latency-bound: Nagle's algorithm would hold each one back
-            // until the client's delayed acknowledgement (tens of milliseconds).
             let incoming = TcpListenerStream::new(listener).map(|stream| {
                 if let Ok(s) = &stream {
+                    // Replies are small and latency-bound: Nagle's algorithm would hold each one
+                    // back until the client's delayed acknowledgement (tens of milliseconds).
                     let _ = s.set_nodelay(true);
+                    // A client whose machine went away is found by TCP in a few minutes, as by
+                    // etcd (Go's listeners probe every 15 s).
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(TCP_KEEPALIVE)
+                        .with_interval(TCP_KEEPALIVE);
+                    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
                 }
                 stream
             });

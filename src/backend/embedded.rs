@@ -1,8 +1,14 @@
-//! The embedded backend: the log in one local redb file, every append one fsynced commit.
+//! The embedded backend: the log in one local redb file, with a write-ahead log beside it.
+//!
+//! An append is durable once its record is synced in the write-ahead log (`strata.wal`, see
+//! [`super::wal`]); the database takes it in the same call with a commit that is not synced. A
+//! commit that is synced (any other change, or the start of a new cycle of the write-ahead log when
+//! it is full) makes everything before it durable in the database too. Opening the store replays
+//! the records the database lacks.
 //!
 //! Tables:
 //! - `log`: (main, sub) → an encoded `mvccpb::Event`, one row per change.
-//! - `meta`: "head", "compacted", "cluster_id", "member_id" → u64.
+//! - `meta`: "head", "compacted", "cluster_id", "member_id", "wal_cycle" → u64.
 //! - `leases`: lease id → TTL in seconds.
 //! - `alarms`: (member id, alarm type) → nothing.
 //! - `auth`: generation → the auth state, one row.
@@ -10,12 +16,13 @@
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
 
+use super::wal::Wal;
 use super::{random_id, Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use prost::Message;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -28,10 +35,19 @@ const AUTH: TableDefinition<u64, &[u8]> = TableDefinition::new("auth");
 /// Rows removed per commit during physical compaction, so that appends are never held up for long.
 const REMOVE_BATCH: usize = 10_000;
 
+/// A row of the `log` table: (revision, sub-revision) and the encoded event.
+type Row = ((i64, i64), Vec<u8>);
+
 pub struct Embedded {
     path: Option<PathBuf>,
-    db: Arc<Mutex<Option<Database>>>,
+    store: Arc<Mutex<Option<Store>>>,
     identity: Identity,
+}
+
+/// The open database, and the write-ahead log of a store on disk.
+struct Store {
+    db: Database,
+    wal: Option<Wal>,
 }
 
 impl From<redb::Error> for BackendError {
@@ -51,7 +67,7 @@ impl Embedded {
             BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("strata.redb");
-        Self::init(create(&path)?, Some(path))
+        Self::init(open_store(&path)?, Some(path))
     }
 
     /// A store in memory only, for tests.
@@ -59,11 +75,11 @@ impl Embedded {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        Self::init(db, None)
+        Self::init(Store { db, wal: None }, None)
     }
 
-    fn init(db: Database, path: Option<PathBuf>) -> Result<Self> {
-        let tx = db.begin_write().map_err(storage)?;
+    fn init(store: Store, path: Option<PathBuf>) -> Result<Self> {
+        let tx = store.db.begin_write().map_err(storage)?;
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
             tx.open_table(LEASES).map_err(storage)?;
@@ -86,32 +102,34 @@ impl Embedded {
         tx.commit().map_err(storage)?;
         Ok(Embedded {
             path,
-            db: Arc::new(Mutex::new(Some(db))),
+            store: Arc::new(Mutex::new(Some(store))),
             identity,
         })
     }
 
-    /// Runs `f` on the database on a blocking thread, reopening it first if a commit failed. One
-    /// call at a time: defragmentation needs the database to itself.
-    async fn with_db<T: Send + 'static>(
+    /// Runs `f` on the store on a blocking thread, reopening it first if a commit failed. One
+    /// call at a time: appends keep the write-ahead log in step with the database, and
+    /// defragmentation needs the database to itself.
+    async fn with_store<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Database) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let db = self.db.clone();
+        let store = self.store.clone();
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = db.lock().expect("redb mutex poisoned");
+            let mut guard = store.lock().expect("store mutex poisoned");
             if guard.is_none() {
                 let Some(path) = &path else {
                     return Err(BackendError::Storage(
                         "in-memory store lost after a failed commit".into(),
                     ));
                 };
-                *guard = Some(create(path)?);
+                *guard = Some(open_store(path)?);
             }
-            let result = f(guard.as_mut().expect("database is open"));
+            let result = f(guard.as_mut().expect("store is open"));
             if matches!(result, Err(BackendError::Storage(_))) {
-                // redb refuses writes after a failed commit until reopened; reopen on next use.
+                // redb refuses writes after a failed commit until reopened, and a failed append may
+                // have left a record in the write-ahead log: reopen (and replay) on next use.
                 if path.is_some() {
                     *guard = None;
                 }
@@ -120,6 +138,14 @@ impl Embedded {
         })
         .await
         .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
+    }
+
+    /// Runs `f` on the database alone.
+    async fn with_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.with_store(move |store| f(&mut store.db)).await
     }
 
     /// Runs `f` in one write transaction and commits it: durable when this returns Ok.
@@ -137,7 +163,7 @@ impl Embedded {
     }
 }
 
-fn insert(log: &mut redb::Table<(i64, i64), &[u8]>, rows: &[((i64, i64), Vec<u8>)]) -> Result<()> {
+fn insert(log: &mut redb::Table<(i64, i64), &[u8]>, rows: &[Row]) -> Result<()> {
     for (key, value) in rows {
         log.insert(key, value.as_slice()).map_err(storage)?;
     }
@@ -145,7 +171,7 @@ fn insert(log: &mut redb::Table<(i64, i64), &[u8]>, rows: &[((i64, i64), Vec<u8>
 }
 
 /// The log rows of `entries`: (revision, sub) → the encoded event.
-fn rows(entries: &[LogEntry]) -> Vec<((i64, i64), Vec<u8>)> {
+fn rows(entries: &[LogEntry]) -> Vec<Row> {
     entries
         .iter()
         .flat_map(|e| {
@@ -167,6 +193,101 @@ fn create(path: &Path) -> Result<Database> {
         .set_cache_size(CACHE_BYTES)
         .create(path)
         .map_err(storage)
+}
+
+/// Opens the store at `path` with its write-ahead log beside it, replaying the log's records that
+/// the database lacks, and starts the log's next cycle.
+fn open_store(path: &Path) -> Result<Store> {
+    let db = create(path)?;
+    let cycle = {
+        let tx = db.begin_read().map_err(storage)?;
+        match tx.open_table(META) {
+            Ok(meta) => meta
+                .get("wal_cycle")
+                .map_err(storage)?
+                .map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(storage(e)),
+        }
+    };
+    let (mut wal, records) = Wal::open(&path.with_extension("wal"), cycle)
+        .map_err(|e| BackendError::Storage(format!("cannot open the write-ahead log: {e}")))?;
+    let tx = db.begin_write().map_err(storage)?;
+    {
+        let mut meta = tx.open_table(META).map_err(storage)?;
+        let mut log = tx.open_table(LOG).map_err(storage)?;
+        let mut head = meta_value(&meta, "head", Progress::EMPTY.head)?;
+        for record in &records {
+            let rows = decode_rows(record)?;
+            let (Some(((first, _), _)), Some(((last, _), _))) = (rows.first(), rows.last()) else {
+                continue;
+            };
+            // Records the database took in before a synced commit are in it already.
+            if *last <= head {
+                continue;
+            }
+            if *first != head + 1 {
+                return Err(BackendError::Corrupt {
+                    revision: *first,
+                    detail: format!("the write-ahead log goes on from {first} after {head}"),
+                });
+            }
+            insert(&mut log, &rows)?;
+            head = *last;
+        }
+        meta.insert("head", head as u64).map_err(storage)?;
+        meta.insert("wal_cycle", cycle + 1).map_err(storage)?;
+    }
+    tx.commit().map_err(storage)?;
+    wal.restart(cycle + 1);
+    Ok(Store { db, wal: Some(wal) })
+}
+
+/// Makes everything the database took in durable, and starts the write-ahead log's next cycle.
+fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
+    let next = wal.cycle() + 1;
+    let tx = db.begin_write().map_err(storage)?;
+    tx.open_table(META)
+        .map_err(storage)?
+        .insert("wal_cycle", next)
+        .map_err(storage)?;
+    tx.commit().map_err(storage)?;
+    wal.restart(next);
+    Ok(())
+}
+
+/// A record of the write-ahead log: each log row as its revision, sub-revision, length and
+/// encoded event.
+fn encode_rows(rows: &[Row]) -> Vec<u8> {
+    let mut record = Vec::with_capacity(rows.iter().map(|(_, v)| 20 + v.len()).sum());
+    for ((main, sub), value) in rows {
+        record.extend_from_slice(&main.to_le_bytes());
+        record.extend_from_slice(&sub.to_le_bytes());
+        record.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        record.extend_from_slice(value);
+    }
+    record
+}
+
+fn decode_rows(mut record: &[u8]) -> Result<Vec<Row>> {
+    fn take<'a>(record: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+        if record.len() < n {
+            return Err(BackendError::Storage(
+                "a write-ahead log record that passed its checksum does not decode".into(),
+            ));
+        }
+        let (head, rest) = record.split_at(n);
+        *record = rest;
+        Ok(head)
+    }
+    let mut rows = Vec::new();
+    while !record.is_empty() {
+        let main = i64::from_le_bytes(take(&mut record, 8)?.try_into().expect("8 bytes"));
+        let sub = i64::from_le_bytes(take(&mut record, 8)?.try_into().expect("8 bytes"));
+        let length = u32::from_le_bytes(take(&mut record, 4)?.try_into().expect("4 bytes"));
+        rows.push(((main, sub), take(&mut record, length as usize)?.to_vec()));
+    }
+    Ok(rows)
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
@@ -208,16 +329,38 @@ impl Backend for Embedded {
         let first = first.revision;
         let last = entries.last().expect("non-empty").revision;
         let rows = rows(entries);
-        self.commit(move |tx| {
-            let mut meta = tx.open_table(META).map_err(storage)?;
-            let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
-            if first != head + 1 {
-                return Err(BackendError::OutOfOrder { head, got: first });
+        self.with_store(move |store| {
+            // A record larger than the whole write-ahead log is committed by the database alone.
+            let record = store
+                .wal
+                .as_ref()
+                .map(|_| encode_rows(&rows))
+                .filter(|r| Wal::can_hold(r));
+            if let (Some(wal), Some(record)) = (&mut store.wal, &record) {
+                if !wal.fits(record) {
+                    new_cycle(&store.db, wal)?;
+                }
             }
-            let mut log = tx.open_table(LOG).map_err(storage)?;
-            insert(&mut log, &rows)?;
-            meta.insert("head", last as u64).map_err(storage)?;
-            Ok(())
+            let mut tx = store.db.begin_write().map_err(storage)?;
+            if record.is_some() {
+                tx.set_durability(Durability::None).map_err(storage)?;
+            }
+            {
+                let mut meta = tx.open_table(META).map_err(storage)?;
+                let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
+                if first != head + 1 {
+                    return Err(BackendError::OutOfOrder { head, got: first });
+                }
+                if let (Some(wal), Some(record)) = (&mut store.wal, &record) {
+                    wal.append(record).map_err(|e| {
+                        BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
+                    })?;
+                }
+                let mut log = tx.open_table(LOG).map_err(storage)?;
+                insert(&mut log, &rows)?;
+                meta.insert("head", last as u64).map_err(storage)?;
+            }
+            tx.commit().map_err(storage)
         })
         .await
     }
@@ -440,8 +583,12 @@ impl Backend for Embedded {
     }
 
     async fn defragment(&self) -> Result<()> {
-        self.with_db(|db| {
-            while db.compact().map_err(storage)? {}
+        self.with_store(|store| {
+            // Compaction moves only what is durable in the database.
+            if let Some(wal) = &mut store.wal {
+                new_cycle(&store.db, wal)?;
+            }
+            while store.db.compact().map_err(storage)? {}
             Ok(())
         })
         .await
@@ -474,6 +621,63 @@ mod tests {
         conformance::auth_changes_only_from_the_stored_generation(&Embedded::in_memory().unwrap())
             .await;
         conformance::restore_takes_a_history_with_gaps(&Embedded::in_memory().unwrap()).await;
+    }
+
+    /// Records the database lacks (as after a crash that came before its next synced commit)
+    /// are replayed at open; a record that does not follow the head is refused.
+    #[tokio::test]
+    async fn open_replays_the_write_ahead_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Embedded::open(dir.path()).unwrap();
+        conformance::append_and_read_back(&b).await;
+        let written = b.read_log(1, 100).await.unwrap();
+        drop(b);
+        let renumbered = |from: i64| -> Vec<LogEntry> {
+            (written.iter().zip(from..))
+                .map(|(e, revision)| LogEntry {
+                    revision,
+                    events: e.events.clone(),
+                })
+                .collect()
+        };
+        let path = dir.path().join("strata.redb");
+        let cycle = {
+            let db = create(&path).unwrap();
+            let tx = db.begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            meta.get("wal_cycle").unwrap().unwrap().value()
+        };
+        let (mut wal, records) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
+        // The two appends above, in the database already; then one more record of revisions it
+        // has, and three it lacks.
+        assert_eq!(records.len(), 2);
+        for record in [renumbered(2), renumbered(5)] {
+            wal.append(&encode_rows(&rows(&record))).unwrap();
+        }
+        drop(wal);
+        let b = Embedded::open(dir.path()).unwrap();
+        assert_eq!(b.progress().await.unwrap().head, 7);
+        assert_eq!(b.read_log(5, 100).await.unwrap(), renumbered(5));
+        assert_eq!(b.read_log(2, 100).await.unwrap()[..3], written[..]);
+        b.append(&renumbered(8)[..1]).await.unwrap();
+        drop(b);
+        // A record that skips revisions means the log and the database disagree.
+        let b = Embedded::open(dir.path()).unwrap();
+        drop(b);
+        let cycle = {
+            let db = create(&path).unwrap();
+            let tx = db.begin_read().unwrap();
+            let meta = tx.open_table(META).unwrap();
+            meta.get("wal_cycle").unwrap().unwrap().value()
+        };
+        let (mut wal, _) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
+        wal.append(&encode_rows(&rows(&renumbered(20)))).unwrap();
+        drop(wal);
+        let refused = Embedded::open(dir.path()).err().expect("a gap is refused");
+        assert!(
+            matches!(refused, BackendError::Corrupt { revision: 20, .. }),
+            "{refused}"
+        );
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 
 pub mod embedded;
 pub mod postgres;
+mod wal;
 
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{Event, KeyValue};

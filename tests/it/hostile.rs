@@ -173,3 +173,74 @@ async fn many_streams_and_one_that_stops_reading() {
     );
     drop(stall);
 }
+
+/// The frame types a server sent on a raw HTTP/2 connection until it closed it.
+async fn frames_until_closed(connection: &mut tokio::net::TcpStream) -> Vec<(u8, u8)> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match connection.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let mut frames = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        frames.push((rest[3], rest[4]));
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    frames
+}
+
+/// A client that finished the HTTP/2 handshake and then answers nothing is pinged after
+/// --grpc-keepalive-interval and its connection closed after --grpc-keepalive-timeout more, as
+/// etcd's gRPC server does; a client that answers pings keeps its connection and its streams.
+#[tokio::test]
+async fn connections_that_answer_no_ping_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+    let strata = Strata::start_with(&[
+        "--grpc-keepalive-interval",
+        "1s",
+        "--grpc-keepalive-timeout",
+        "1s",
+    ]);
+    let channel = strata.channel().await;
+    let (requests, queue) = tokio::sync::mpsc::channel(1);
+    requests.send(watch_hot()).await.unwrap();
+    let mut watch = WatchClient::new(channel.clone())
+        .watch(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(watch.message().await.unwrap().unwrap().created);
+
+    let address = strata.endpoint().trim_start_matches("http://").to_owned();
+    let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
+    // The client's connection preface and an empty SETTINGS frame; nothing after.
+    silent
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let frames = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        frames_until_closed(&mut silent),
+    )
+    .await
+    .expect("the connection that answers no ping is still open after a minute");
+    assert!(
+        frames.contains(&(PING, 0)),
+        "closed without a ping first: {frames:?}"
+    );
+    assert!(!frames.contains(&(PING, ACK)), "{frames:?}");
+
+    // The answering client sat idle as long, and its stream still carries events.
+    strata.kv().await.put(put("hot", "after")).await.unwrap();
+    let event = watch.message().await.unwrap().unwrap();
+    assert_eq!(event.events[0].kv.as_ref().unwrap().value, &b"after"[..]);
+    drop(requests);
+}

@@ -80,7 +80,8 @@ impl Migration {
     fn finish(mut self) -> (String, Vec<String>) {
         let child = self.child.take().expect("not waited for yet");
         let output = child.wait_with_output().expect("the migration ends");
-        self.said.extend(self.lines.try_iter());
+        // Until the reader has passed on the last line: it ends at the pipe's end.
+        self.said.extend(self.lines.iter());
         assert!(output.status.success(), "{output:?} {:#?}", self.said);
         (
             String::from_utf8(output.stdout).unwrap(),
