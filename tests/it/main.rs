@@ -8,6 +8,7 @@ mod durability;
 mod election;
 mod etcdctl;
 mod frontends;
+mod fuzz;
 mod gateway;
 mod hostile;
 mod http;

@@ -99,7 +99,7 @@ fn clear(header: &mut Option<ResponseHeader>) {
     }
 }
 
-fn clear_txn(t: &mut TxnResponse) {
+pub fn clear_txn(t: &mut TxnResponse) {
     clear(&mut t.header);
     for op in &mut t.responses {
         match &mut op.response {
