@@ -109,14 +109,22 @@ fn watch_hot() -> WatchRequest {
     }
 }
 
-/// 1,000 watch streams over four connections, and one more stream whose client never reads:
-/// every reading stream gets every event in order, and the stalled one holds up neither them nor
-/// the writes.
+/// Watch streams over four connections (1,000; `STRATA_HOSTILE_STREAMS` sets how many), and one
+/// more stream whose client never reads: every reading stream gets every event in order, the
+/// stalled one holds up neither them nor the writes, and the server's memory per stream stays
+/// bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_streams_and_one_that_stops_reading() {
-    const STREAMS: usize = 1000;
+    /// Server memory a watch stream may take, its watcher and its share of the event buffers
+    /// included: etcd's takes about 3 KiB a watcher and more a stream (BENCHMARKS.md).
+    const MOST_BYTES_PER_STREAM: u64 = 32 << 10;
+    let streams: usize = std::env::var("STRATA_HOSTILE_STREAMS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000);
     const PUTS: usize = 200;
     let strata = Strata::start();
+    let before = strata.resident_bytes();
     let mut channels = Vec::new();
     for _ in 0..4 {
         channels.push(strata.channel().await);
@@ -130,7 +138,7 @@ async fn many_streams_and_one_that_stops_reading() {
         .await
         .unwrap();
     let mut readers = Vec::new();
-    for i in 0..STREAMS {
+    for i in 0..streams {
         let mut client = WatchClient::new(channels[i % channels.len()].clone());
         let (send, requests) = tokio::sync::mpsc::channel(1);
         send.send(watch_hot()).await.unwrap();
@@ -140,6 +148,14 @@ async fn many_streams_and_one_that_stops_reading() {
             .unwrap()
             .into_inner();
         assert!(stream.message().await.unwrap().unwrap().created);
+        if i + 1 == streams {
+            let per_stream = strata.resident_bytes().saturating_sub(before) / streams as u64;
+            eprintln!("{streams} watch streams: {per_stream} bytes of server memory each");
+            assert!(
+                per_stream <= MOST_BYTES_PER_STREAM,
+                "{per_stream} bytes a stream"
+            );
+        }
         readers.push(tokio::spawn(async move {
             let _open = send;
             let mut values = Vec::new();
@@ -243,4 +259,35 @@ async fn connections_that_answer_no_ping_are_closed() {
     let event = watch.message().await.unwrap().unwrap();
     assert_eq!(event.events[0].kv.as_ref().unwrap().value, &b"after"[..]);
     drop(requests);
+}
+
+/// With --max-concurrent-streams, a connection holds at most that many calls open at once: the
+/// next waits until one ends (the client's HTTP/2 layer holds it back, as the server announced).
+#[tokio::test]
+async fn concurrent_streams_per_connection_are_capped() {
+    const MOST: usize = 4;
+    let strata = Strata::start_with(&["--max-concurrent-streams", "4"]);
+    let channel = strata.channel().await;
+    let mut open = Vec::new();
+    for _ in 0..MOST {
+        let (requests, queue) = tokio::sync::mpsc::channel(1);
+        requests.send(watch_hot()).await.unwrap();
+        let mut stream = WatchClient::new(channel.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(queue))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(stream.message().await.unwrap().unwrap().created);
+        open.push((requests, stream));
+    }
+    let mut kv = strata::proto::etcdserverpb::kv_client::KvClient::new(channel.clone());
+    let mut waiting = Box::pin(kv.range(get("hot")));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), &mut waiting)
+            .await
+            .is_err(),
+        "a fifth call went through on a connection capped at four"
+    );
+    drop(open.pop());
+    waiting.await.unwrap();
 }
