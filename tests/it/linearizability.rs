@@ -5,7 +5,7 @@
 //! alongside must see exactly the committed writes of their key, in revision order.
 
 use crate::requests::*;
-use crate::support::{Process, Strata};
+use crate::support::{free_port, Process, Strata};
 use crate::watch::{create, Stream};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,23 +13,31 @@ use std::time::Instant;
 use strata::proto::etcdserverpb::compare::{
     CompareResult as R, CompareTarget as T, TargetUnion as U,
 };
+use strata::proto::etcdserverpb::kv_client::KvClient;
 use strata::proto::etcdserverpb::watch_request::RequestUnion;
+use strata::proto::mvccpb::event::EventType;
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
 
 /// What a call did to, or saw of, one register.
 #[derive(Clone, Debug, PartialEq)]
 enum Call {
     Put(u32),
+    Delete,
     /// The value read (None: no key).
     Get(Option<u32>),
-    /// Compare-and-swap from `from` to `to`, and whether it swapped.
+    /// Compare-and-swap from `from` to `to`, and whether it swapped (None: the call failed, so
+    /// nobody knows).
     Cas {
         from: u32,
         to: u32,
-        swapped: bool,
+        swapped: Option<bool>,
     },
 }
 
-/// A call on one key, from its invocation to its response (in nanoseconds since the start).
+/// A call on one key, from its invocation to its response (in nanoseconds since the start). A
+/// write that failed may still have happened: it has no end ([`NEVER`]), so the search may place
+/// it anywhere after its start, the very end (where it changes nothing anyone saw) included.
 #[derive(Clone, Debug)]
 struct Recorded {
     call: Call,
@@ -37,15 +45,19 @@ struct Recorded {
     ended: u128,
 }
 
+/// The end of a call that never answered.
+const NEVER: u128 = u128::MAX;
+
 impl Call {
     /// The register after this call from `state`, if the call could have returned what it did.
     fn step(&self, state: Option<u32>) -> Option<Option<u32>> {
         match *self {
             Call::Put(v) => Some(Some(v)),
+            Call::Delete => Some(None),
             Call::Get(seen) => (seen == state).then_some(state),
             Call::Cas { from, to, swapped } => match (state == Some(from), swapped) {
-                (true, true) => Some(Some(to)),
-                (false, false) => Some(state),
+                (true, Some(true) | None) => Some(Some(to)),
+                (false, Some(false) | None) => Some(state),
                 _ => None,
             },
         }
@@ -109,6 +121,25 @@ fn the_checker_tells_linearizable_histories_apart() {
         r(Call::Get(Some(2)), 20, 21),
         r(Call::Get(Some(1)), 30, 31),
     ]));
+    // A put that failed may have happened: before a read that saw it, or not at all.
+    assert!(linearizable(&[
+        r(Call::Put(1), 0, NEVER),
+        r(Call::Get(Some(1)), 5, 6),
+    ]));
+    assert!(linearizable(&[
+        r(Call::Put(1), 0, NEVER),
+        r(Call::Get(None), 5, 6),
+    ]));
+    // Not before it began, though; and a delete empties the register.
+    assert!(!linearizable(&[
+        r(Call::Get(Some(1)), 0, 1),
+        r(Call::Put(1), 5, NEVER),
+    ]));
+    assert!(!linearizable(&[
+        r(Call::Put(1), 0, 1),
+        r(Call::Delete, 2, 3),
+        r(Call::Get(Some(1)), 5, 6),
+    ]));
     // Two swaps from the same value cannot both succeed.
     assert!(!linearizable(&[
         r(Call::Put(1), 0, 1),
@@ -116,7 +147,7 @@ fn the_checker_tells_linearizable_histories_apart() {
             Call::Cas {
                 from: 1,
                 to: 2,
-                swapped: true
+                swapped: Some(true)
             },
             2,
             10
@@ -125,7 +156,7 @@ fn the_checker_tells_linearizable_histories_apart() {
             Call::Cas {
                 from: 1,
                 to: 3,
-                swapped: true
+                swapped: Some(true)
             },
             2,
             10
@@ -211,7 +242,7 @@ pub async fn check_history(servers: &[&Process]) {
                             Call::Cas {
                                 from,
                                 to: value,
-                                swapped,
+                                swapped: Some(swapped),
                             },
                             swapped.then_some(rev),
                         )
@@ -245,7 +276,7 @@ pub async fn check_history(servers: &[&Process]) {
         .values()
         .flatten()
         .filter_map(|r| match r.call {
-            Call::Cas { swapped, .. } => Some(swapped),
+            Call::Cas { swapped, .. } => swapped,
             _ => None,
         })
         .collect();
@@ -279,4 +310,267 @@ pub async fn check_history(servers: &[&Process]) {
         }
         assert_eq!(seen, expected, "watcher of lin/{k}");
     }
+}
+
+/// The value that ends a watcher's run.
+const END: u32 = u32::MAX;
+
+/// Watches `lin/{k}` from now on, through restarts: when the stream breaks it waits for the next
+/// server and watches again from the revision after the last event it saw. Returns every event as
+/// (revision, value; None for a delete), up to the put of [`END`].
+async fn watch_through_restarts(
+    channel: Channel,
+    k: u32,
+    mut generation: tokio::sync::watch::Receiver<usize>,
+    ready: Arc<Semaphore>,
+) -> Vec<(i64, Option<u32>)> {
+    use strata::proto::etcdserverpb::watch_client::WatchClient;
+    use strata::proto::etcdserverpb::WatchRequest;
+    let mut seen = Vec::new();
+    let mut next = 0;
+    loop {
+        let now = *generation.borrow_and_update();
+        let create = WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(create(
+                &format!("lin/{k}"),
+                "",
+                next,
+            ))),
+        };
+        let requests =
+            tokio_stream::StreamExt::chain(tokio_stream::once(create), tokio_stream::pending());
+        if let Ok(stream) = WatchClient::new(channel.clone()).watch(requests).await {
+            let mut stream = stream.into_inner();
+            while let Ok(Some(response)) = stream.message().await {
+                if response.created {
+                    if next == 0 {
+                        next = response.header.unwrap().revision + 1;
+                        ready.add_permits(1);
+                    }
+                    continue;
+                }
+                for e in response.events {
+                    let kv = e.kv.unwrap();
+                    let value = (e.r#type == EventType::Put as i32)
+                        .then(|| std::str::from_utf8(&kv.value).unwrap().parse().unwrap());
+                    seen.push((kv.mod_revision, value));
+                    next = kv.mod_revision + 1;
+                    if value == Some(END) {
+                        return seen;
+                    }
+                }
+            }
+        }
+        generation.wait_for(|g| *g > now).await.unwrap();
+    }
+}
+
+/// Clients put, get, delete and compare-and-swap while the server is killed with SIGKILL and
+/// restarted twice on the same port. A call that failed may or may not have happened (see
+/// [`Recorded`]); with that, each key's history must be linearizable. Each watcher, opened again
+/// from the revision after the last event it saw, must see every acknowledged write of its key
+/// exactly once, in revision order, and nothing that no call tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_through_kill_9_and_restarts() {
+    const RESTARTS: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let args = ["--listen-client-urls", url.as_str()];
+    let mut server = Strata::start_in(dir.path(), &args);
+    let channel = Channel::from_shared(url.clone()).unwrap().connect_lazy();
+    // Moved on after each restart; whoever saw a call fail waits for the next one.
+    let (up, generation) = tokio::sync::watch::channel(0usize);
+    let start = Instant::now();
+    let history: Shared<Recorded> = Arc::default();
+    let acknowledged: Shared<(i64, Option<u32>)> = Arc::default();
+    let tried: Shared<Option<u32>> = Arc::default();
+    let answered = Arc::new(Semaphore::new(0));
+
+    let ready = Arc::new(Semaphore::new(0));
+    let watchers: Vec<_> = (0..KEYS)
+        .map(|k| {
+            tokio::spawn(watch_through_restarts(
+                channel.clone(),
+                k,
+                generation.clone(),
+                ready.clone(),
+            ))
+        })
+        .collect();
+    ready.acquire_many(KEYS).await.unwrap().forget();
+
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let mut kv = KvClient::new(channel.clone());
+        let mut generation = generation.clone();
+        let (history, acknowledged, tried, answered) = (
+            history.clone(),
+            acknowledged.clone(),
+            tried.clone(),
+            answered.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            for i in 0..CALLS_PER_CLIENT {
+                let k = ((c * 7 + i * 3) as u32) % KEYS;
+                let key = format!("lin/{k}");
+                let value = (c * 1000 + i) as u32;
+                let now = *generation.borrow_and_update();
+                let began = start.elapsed().as_nanos();
+                // The call, what it wrote if it was acknowledged, and whether it was.
+                let (call, written, ok) = match i % 4 {
+                    0 => {
+                        tried
+                            .lock()
+                            .unwrap()
+                            .entry(k)
+                            .or_default()
+                            .push(Some(value));
+                        match kv.put(put(&key, &value.to_string())).await {
+                            Ok(r) => {
+                                let rev = r.into_inner().header.unwrap().revision;
+                                (Some(Call::Put(value)), Some((rev, Some(value))), true)
+                            }
+                            Err(_) => (Some(Call::Put(value)), None, false),
+                        }
+                    }
+                    1 => match kv.range(get(&key)).await {
+                        Ok(r) => {
+                            let r = r.into_inner();
+                            let seen = r
+                                .kvs
+                                .first()
+                                .map(|kv| std::str::from_utf8(&kv.value).unwrap().parse().unwrap());
+                            (Some(Call::Get(seen)), None, true)
+                        }
+                        // A read that failed did nothing.
+                        Err(_) => (None, None, false),
+                    },
+                    2 => {
+                        tried
+                            .lock()
+                            .unwrap()
+                            .entry(k)
+                            .or_default()
+                            .push(Some(value));
+                        let from = ((c + 2) % CLIENTS * 1000 + i.saturating_sub(4)) as u32;
+                        let t = txn(
+                            vec![cmp(
+                                &key,
+                                T::Value,
+                                R::Equal,
+                                U::Value(b(&from.to_string())),
+                            )],
+                            vec![op::put(&key, &value.to_string())],
+                            vec![],
+                        );
+                        let cas = |swapped| Call::Cas {
+                            from,
+                            to: value,
+                            swapped,
+                        };
+                        match kv.txn(t).await {
+                            Ok(r) => {
+                                let r = r.into_inner();
+                                let rev = r.header.unwrap().revision;
+                                let written = r.succeeded.then_some((rev, Some(value)));
+                                (Some(cas(Some(r.succeeded))), written, true)
+                            }
+                            Err(_) => (Some(cas(None)), None, false),
+                        }
+                    }
+                    _ => {
+                        tried.lock().unwrap().entry(k).or_default().push(None);
+                        match kv.delete_range(del(&key, "")).await {
+                            Ok(r) => {
+                                let r = r.into_inner();
+                                let rev = r.header.unwrap().revision;
+                                // Deleting nothing takes no revision and makes no event.
+                                let written = (r.deleted > 0).then_some((rev, None));
+                                (Some(Call::Delete), written, true)
+                            }
+                            Err(_) => (Some(Call::Delete), None, false),
+                        }
+                    }
+                };
+                let ended = if ok {
+                    start.elapsed().as_nanos()
+                } else {
+                    NEVER
+                };
+                if let Some(call) = call {
+                    history
+                        .lock()
+                        .unwrap()
+                        .entry(k)
+                        .or_default()
+                        .push(Recorded { call, began, ended });
+                }
+                if let Some(w) = written {
+                    acknowledged.lock().unwrap().entry(k).or_default().push(w);
+                }
+                if ok {
+                    answered.add_permits(1);
+                } else {
+                    generation.wait_for(|g| *g > now).await.unwrap();
+                }
+            }
+        }));
+    }
+    for restart in 1..=RESTARTS {
+        let calls = CLIENTS * CALLS_PER_CLIENT / (RESTARTS + 1);
+        answered.acquire_many(calls as u32).await.unwrap().forget();
+        server.kill();
+        server = Strata::start_in(dir.path(), &args);
+        up.send(restart).unwrap();
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let mut kv = KvClient::new(channel.clone());
+    for k in 0..KEYS {
+        kv.put(put(&format!("lin/{k}"), &END.to_string()))
+            .await
+            .unwrap();
+    }
+
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    let unknown = history
+        .values()
+        .flatten()
+        .filter(|r| r.ended == NEVER)
+        .count();
+    assert!(
+        unknown > 0,
+        "no call failed: the server was never killed under load"
+    );
+    eprintln!(
+        "{} calls through {RESTARTS} kills, {unknown} of them failed (outcome unknown)",
+        history.values().map(Vec::len).sum::<usize>()
+    );
+    for (k, calls) in history.iter() {
+        assert!(
+            linearizable(calls),
+            "the history of lin/{k} is not linearizable: {calls:?}"
+        );
+    }
+    for (k, watcher) in watchers.into_iter().enumerate() {
+        let k = k as u32;
+        let mut seen = watcher.await.unwrap();
+        assert_eq!(seen.pop().map(|(_, v)| v), Some(Some(END)));
+        assert!(
+            seen.windows(2).all(|w| w[0].0 < w[1].0),
+            "lin/{k}: events out of order or twice: {seen:?}"
+        );
+        for write in acknowledged.lock().unwrap().remove(&k).unwrap_or_default() {
+            assert!(seen.contains(&write), "lin/{k}: {write:?} never seen");
+        }
+        let tried = tried.lock().unwrap().remove(&k).unwrap_or_default();
+        for (revision, value) in &seen {
+            assert!(
+                tried.contains(value),
+                "lin/{k}: {value:?} at {revision} was never written"
+            );
+        }
+    }
+    drop(server);
 }
