@@ -4,7 +4,7 @@
 
 use crate::lease::leased;
 use crate::requests::*;
-use crate::support::{OwnPostgres, Strata};
+use crate::support::{postgres_database, OwnPostgres, Strata};
 use crate::watch::{create, Stream};
 use strata::proto::etcdserverpb::cluster_client::ClusterClient;
 use strata::proto::etcdserverpb::kv_client::KvClient;
@@ -128,6 +128,26 @@ async fn two_frontends_are_linearizable() {
 /// Leases are the cluster's, not a frontend's: granted through one, they are used, kept alive,
 /// queried and revoked through another; one keeper expires them, and when it dies another takes
 /// over without expiring a lease that was kept alive.
+/// Two frontends, each killed with SIGKILL and restarted in turn under clients and watchers spread
+/// over both: the history stays linearizable and the watchers see every acknowledged write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_frontends_are_linearizable_through_kill_9() {
+    use crate::linearizability::{check_history_through_restarts, Restartable};
+    let dir = tempfile::tempdir().unwrap();
+    let frontends = ["a", "b"]
+        .map(|name| {
+            let backend = postgres_database(dir.path());
+            Restartable::new(move |url| {
+                let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+                command.args(["--name", name, "--backend", &backend]);
+                command.args(["--listen-client-urls", url]);
+                Strata::start_command(command)
+            })
+        })
+        .into();
+    check_history_through_restarts(frontends).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_shared_and_outlive_their_keeper() {
     let dir = tempfile::tempdir().unwrap();

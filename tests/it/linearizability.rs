@@ -365,6 +365,31 @@ async fn watch_through_restarts(
     }
 }
 
+/// A server that a test kills and starts again at the same URL.
+pub struct Restartable {
+    pub url: String,
+    pub start: Box<dyn Fn(&str) -> Strata + Send>,
+    pub server: Strata,
+}
+
+impl Restartable {
+    /// Starts a server with `start` on a free loopback port.
+    pub fn new(start: impl Fn(&str) -> Strata + Send + 'static) -> Restartable {
+        let url = format!("http://127.0.0.1:{}", free_port());
+        let server = start(&url);
+        Restartable {
+            url,
+            start: Box::new(start),
+            server,
+        }
+    }
+
+    fn kill_and_restart(&mut self) {
+        self.server.kill();
+        self.server = (self.start)(&self.url);
+    }
+}
+
 /// Clients put, get, delete and compare-and-swap while the server is killed with SIGKILL and
 /// restarted twice on the same port. A call that failed may or may not have happened (see
 /// [`Recorded`]); with that, each key's history must be linearizable. Each watcher, opened again
@@ -372,12 +397,22 @@ async fn watch_through_restarts(
 /// exactly once, in revision order, and nothing that no call tried.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn linearizable_through_kill_9_and_restarts() {
-    const RESTARTS: usize = 2;
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("http://127.0.0.1:{}", free_port());
-    let args = ["--listen-client-urls", url.as_str()];
-    let mut server = Strata::start_in(dir.path(), &args);
-    let channel = Channel::from_shared(url.clone()).unwrap().connect_lazy();
+    let data = dir.path().to_owned();
+    let server =
+        Restartable::new(move |url| Strata::start_in(&data, &["--listen-client-urls", url]));
+    check_history_through_restarts(vec![server]).await;
+}
+
+/// The history of clients and watchers spread over `servers` (frontends of one cluster) while
+/// they are killed and restarted in turn, twice in all: see the test above.
+pub async fn check_history_through_restarts(mut servers: Vec<Restartable>) {
+    const RESTARTS: usize = 2;
+    let channels: Vec<Channel> = servers
+        .iter()
+        .map(|s| Channel::from_shared(s.url.clone()).unwrap().connect_lazy())
+        .collect();
+    let channel = |i: usize| channels[i % channels.len()].clone();
     // Moved on after each restart; whoever saw a call fail waits for the next one.
     let (up, generation) = tokio::sync::watch::channel(0usize);
     let start = Instant::now();
@@ -390,7 +425,7 @@ async fn linearizable_through_kill_9_and_restarts() {
     let watchers: Vec<_> = (0..KEYS)
         .map(|k| {
             tokio::spawn(watch_through_restarts(
-                channel.clone(),
+                channel(k as usize),
                 k,
                 generation.clone(),
                 ready.clone(),
@@ -401,7 +436,7 @@ async fn linearizable_through_kill_9_and_restarts() {
 
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
-        let mut kv = KvClient::new(channel.clone());
+        let mut kv = KvClient::new(channel(c));
         let mut generation = generation.clone();
         let (history, acknowledged, tried, answered) = (
             history.clone(),
@@ -519,14 +554,14 @@ async fn linearizable_through_kill_9_and_restarts() {
     for restart in 1..=RESTARTS {
         let calls = CLIENTS * CALLS_PER_CLIENT / (RESTARTS + 1);
         answered.acquire_many(calls as u32).await.unwrap().forget();
-        server.kill();
-        server = Strata::start_in(dir.path(), &args);
+        let victim = restart % servers.len();
+        servers[victim].kill_and_restart();
         up.send(restart).unwrap();
     }
     for c in clients {
         c.await.unwrap();
     }
-    let mut kv = KvClient::new(channel.clone());
+    let mut kv = KvClient::new(channel(0));
     for k in 0..KEYS {
         kv.put(put(&format!("lin/{k}"), &END.to_string()))
             .await
@@ -544,8 +579,10 @@ async fn linearizable_through_kill_9_and_restarts() {
         "no call failed: the server was never killed under load"
     );
     eprintln!(
-        "{} calls through {RESTARTS} kills, {unknown} of them failed (outcome unknown)",
-        history.values().map(Vec::len).sum::<usize>()
+        "{} calls through {RESTARTS} kills over {} servers, {unknown} of them failed (outcome \
+         unknown)",
+        history.values().map(Vec::len).sum::<usize>(),
+        servers.len()
     );
     for (k, calls) in history.iter() {
         assert!(
@@ -572,5 +609,4 @@ async fn linearizable_through_kill_9_and_restarts() {
             );
         }
     }
-    drop(server);
 }
