@@ -1,10 +1,10 @@
 //! The embedded backend: the log in one local redb file, with a write-ahead log beside it.
 //!
-//! An append is durable once its record is synced in the write-ahead log (`strata.wal`, see
-//! [`super::wal`]); the database takes it in the same call with a commit that is not synced. A
-//! commit that is synced (any other change, or the start of a new cycle of the write-ahead log when
-//! it is full) makes everything before it durable in the database too. Opening the store replays
-//! the records the database lacks.
+//! An append, a lease granted or a lease forgotten is durable once its record is synced in the
+//! write-ahead log (`strata.wal`, see [`super::wal`]); the database takes it in the same call with
+//! a commit that is not synced. A commit that is synced (the rarer changes, or the start of a new
+//! cycle of the write-ahead log when it is full) makes everything before it durable in the
+//! database too. Opening the store replays the records the database lacks.
 //!
 //! Tables:
 //! - `log`: (main, sub) → an encoded `mvccpb::Event`, one row per change.
@@ -216,9 +216,24 @@ fn open_store(path: &Path) -> Result<Store> {
     {
         let mut meta = tx.open_table(META).map_err(storage)?;
         let mut log = tx.open_table(LOG).map_err(storage)?;
+        let mut leases = tx.open_table(LEASES).map_err(storage)?;
         let mut head = meta_value(&meta, "head", Progress::EMPTY.head)?;
         for record in &records {
-            let rows = decode_rows(record)?;
+            // Lease changes are taken again in order: the last change of each lease wins, as it
+            // did when they were made.
+            let rows = match Record::decode(record)? {
+                Record::Log(rows) => rows,
+                Record::Leases(granted) => {
+                    for (id, ttl) in granted {
+                        leases.insert(id, ttl).map_err(storage)?;
+                    }
+                    continue;
+                }
+                Record::LeaseRemoved(id) => {
+                    leases.remove(id).map_err(storage)?;
+                    continue;
+                }
+            };
             let (Some(((first, _), _)), Some(((last, _), _))) = (rows.first(), rows.last()) else {
                 continue;
             };
@@ -256,38 +271,121 @@ fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
     Ok(())
 }
 
-/// A record of the write-ahead log: each log row as its revision, sub-revision, length and
-/// encoded event.
-fn encode_rows(rows: &[Row]) -> Vec<u8> {
-    let mut record = Vec::with_capacity(rows.iter().map(|(_, v)| 20 + v.len()).sum());
-    for ((main, sub), value) in rows {
-        record.extend_from_slice(&main.to_le_bytes());
-        record.extend_from_slice(&sub.to_le_bytes());
-        record.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        record.extend_from_slice(value);
-    }
-    record
+/// What a record of the write-ahead log holds: a change the database takes in without a sync.
+enum Record {
+    /// Whole revisions appended to the log.
+    Log(Vec<Row>),
+    /// Leases granted, as (id, TTL).
+    Leases(Vec<(i64, i64)>),
+    /// A lease forgotten.
+    LeaseRemoved(i64),
 }
 
-fn decode_rows(mut record: &[u8]) -> Result<Vec<Row>> {
-    fn take<'a>(record: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
-        if record.len() < n {
-            return Err(BackendError::Storage(
-                "a write-ahead log record that passed its checksum does not decode".into(),
-            ));
+impl Record {
+    /// A kind byte, then: each log row as its revision, sub-revision, length and encoded event;
+    /// or each lease as its id and TTL; or the forgotten lease's id.
+    fn encode(&self) -> Vec<u8> {
+        let mut record = Vec::new();
+        match self {
+            Record::Log(rows) => {
+                record.reserve(1 + rows.iter().map(|(_, v)| 20 + v.len()).sum::<usize>());
+                record.push(0);
+                for ((main, sub), value) in rows {
+                    record.extend_from_slice(&main.to_le_bytes());
+                    record.extend_from_slice(&sub.to_le_bytes());
+                    record.extend_from_slice(&(value.len() as u32).to_le_bytes());
+                    record.extend_from_slice(value);
+                }
+            }
+            Record::Leases(granted) => {
+                record.push(1);
+                for (id, ttl) in granted {
+                    record.extend_from_slice(&id.to_le_bytes());
+                    record.extend_from_slice(&ttl.to_le_bytes());
+                }
+            }
+            Record::LeaseRemoved(id) => {
+                record.push(2);
+                record.extend_from_slice(&id.to_le_bytes());
+            }
         }
-        let (head, rest) = record.split_at(n);
-        *record = rest;
-        Ok(head)
+        record
     }
-    let mut rows = Vec::new();
-    while !record.is_empty() {
-        let main = i64::from_le_bytes(take(&mut record, 8)?.try_into().expect("8 bytes"));
-        let sub = i64::from_le_bytes(take(&mut record, 8)?.try_into().expect("8 bytes"));
-        let length = u32::from_le_bytes(take(&mut record, 4)?.try_into().expect("4 bytes"));
-        rows.push(((main, sub), take(&mut record, length as usize)?.to_vec()));
+
+    fn decode(mut record: &[u8]) -> Result<Record> {
+        fn take<'a>(record: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
+            if record.len() < n {
+                return Err(BackendError::Storage(
+                    "a write-ahead log record that passed its checksum does not decode".into(),
+                ));
+            }
+            let (head, rest) = record.split_at(n);
+            *record = rest;
+            Ok(head)
+        }
+        fn number(record: &mut &[u8]) -> Result<i64> {
+            Ok(i64::from_le_bytes(take(record, 8)?.try_into().expect("8 bytes")))
+        }
+        let kind = take(&mut record, 1)?[0];
+        match kind {
+            0 => {
+                let mut rows = Vec::new();
+                while !record.is_empty() {
+                    let main = number(&mut record)?;
+                    let sub = number(&mut record)?;
+                    let length = u32::from_le_bytes(take(&mut record, 4)?.try_into().expect("4"));
+                    rows.push(((main, sub), take(&mut record, length as usize)?.to_vec()));
+                }
+                Ok(Record::Log(rows))
+            }
+            1 => {
+                let mut granted = Vec::new();
+                while !record.is_empty() {
+                    granted.push((number(&mut record)?, number(&mut record)?));
+                }
+                Ok(Record::Leases(granted))
+            }
+            2 => Ok(Record::LeaseRemoved(number(&mut record)?)),
+            _ => Err(BackendError::Storage(format!(
+                "a write-ahead log record of unknown kind {kind}"
+            ))),
+        }
     }
-    Ok(rows)
+}
+
+/// Runs `f` in one write transaction and makes its changes durable: by syncing the record `f`
+/// returns for them in the write-ahead log and committing the database without a sync (None:
+/// nothing changed); or, for a store without a log or a record its cycle has no room for, by a
+/// synced commit, after which the log starts its next cycle.
+fn commit_logged<T>(
+    store: &mut Store,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Option<Record>)>,
+) -> Result<T> {
+    let mut tx = store.db.begin_write().map_err(storage)?;
+    let (answer, record) = f(&tx)?;
+    let mut full = false;
+    let synced_elsewhere = match (&mut store.wal, record) {
+        (Some(wal), Some(record)) => {
+            let record = record.encode();
+            full = !wal.fits(&record);
+            if !full {
+                wal.append(&record).map_err(|e| {
+                    BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
+                })?;
+            }
+            !full
+        }
+        (_, None) => true,
+        (None, Some(_)) => false,
+    };
+    if synced_elsewhere {
+        tx.set_durability(Durability::None).map_err(storage)?;
+    }
+    tx.commit().map_err(storage)?;
+    if let (true, Some(wal)) = (full, &mut store.wal) {
+        new_cycle(&store.db, wal)?;
+    }
+    Ok(answer)
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
@@ -330,37 +428,17 @@ impl Backend for Embedded {
         let last = entries.last().expect("non-empty").revision;
         let rows = rows(entries);
         self.with_store(move |store| {
-            // A record larger than the whole write-ahead log is committed by the database alone.
-            let record = store
-                .wal
-                .as_ref()
-                .map(|_| encode_rows(&rows))
-                .filter(|r| Wal::can_hold(r));
-            if let (Some(wal), Some(record)) = (&mut store.wal, &record) {
-                if !wal.fits(record) {
-                    new_cycle(&store.db, wal)?;
-                }
-            }
-            let mut tx = store.db.begin_write().map_err(storage)?;
-            if record.is_some() {
-                tx.set_durability(Durability::None).map_err(storage)?;
-            }
-            {
+            commit_logged(store, |tx| {
                 let mut meta = tx.open_table(META).map_err(storage)?;
                 let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
                 if first != head + 1 {
                     return Err(BackendError::OutOfOrder { head, got: first });
                 }
-                if let (Some(wal), Some(record)) = (&mut store.wal, &record) {
-                    wal.append(record).map_err(|e| {
-                        BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
-                    })?;
-                }
                 let mut log = tx.open_table(LOG).map_err(storage)?;
                 insert(&mut log, &rows)?;
                 meta.insert("head", last as u64).map_err(storage)?;
-            }
-            tx.commit().map_err(storage)
+                Ok(((), Some(Record::Log(rows))))
+            })
         })
         .await
     }
@@ -479,28 +557,35 @@ impl Backend for Embedded {
 
     async fn put_leases(&self, granted: &[(i64, i64)]) -> Result<Vec<bool>> {
         let granted = granted.to_vec();
-        self.commit(move |tx| {
-            let mut leases = tx.open_table(LEASES).map_err(storage)?;
-            let mut recorded = Vec::with_capacity(granted.len());
-            for (id, ttl) in granted {
-                let exists = leases.get(id).map_err(storage)?.is_some();
-                if !exists {
-                    leases.insert(id, ttl).map_err(storage)?;
+        self.with_store(move |store| {
+            commit_logged(store, |tx| {
+                let mut leases = tx.open_table(LEASES).map_err(storage)?;
+                let mut recorded = Vec::with_capacity(granted.len());
+                let mut new = Vec::new();
+                for (id, ttl) in granted {
+                    let exists = leases.get(id).map_err(storage)?.is_some();
+                    if !exists {
+                        leases.insert(id, ttl).map_err(storage)?;
+                        new.push((id, ttl));
+                    }
+                    recorded.push(!exists);
                 }
-                recorded.push(!exists);
-            }
-            Ok(recorded)
+                let record = (!new.is_empty()).then_some(Record::Leases(new));
+                Ok((recorded, record))
+            })
         })
         .await
     }
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
-        self.commit(move |tx| {
-            tx.open_table(LEASES)
-                .map_err(storage)?
-                .remove(id)
-                .map_err(storage)?;
-            Ok(())
+        self.with_store(move |store| {
+            commit_logged(store, |tx| {
+                tx.open_table(LEASES)
+                    .map_err(storage)?
+                    .remove(id)
+                    .map_err(storage)?;
+                Ok(((), Some(Record::LeaseRemoved(id))))
+            })
         })
         .await
     }
@@ -652,11 +737,20 @@ mod tests {
         // has, and three it lacks.
         assert_eq!(records.len(), 2);
         for record in [renumbered(2), renumbered(5)] {
-            wal.append(&encode_rows(&rows(&record))).unwrap();
+            wal.append(&Record::Log(rows(&record)).encode()).unwrap();
+        }
+        // Lease changes are taken again in order.
+        for record in [
+            Record::Leases(vec![(1, 10), (2, 20)]),
+            Record::LeaseRemoved(1),
+            Record::LeaseRemoved(3),
+        ] {
+            wal.append(&record.encode()).unwrap();
         }
         drop(wal);
         let b = Embedded::open(dir.path()).unwrap();
         assert_eq!(b.progress().await.unwrap().head, 7);
+        assert_eq!(b.leases().await.unwrap(), vec![(2, 20)]);
         assert_eq!(b.read_log(5, 100).await.unwrap(), renumbered(5));
         assert_eq!(b.read_log(2, 100).await.unwrap()[..3], written[..]);
         b.append(&renumbered(8)[..1]).await.unwrap();
@@ -671,7 +765,7 @@ mod tests {
             meta.get("wal_cycle").unwrap().unwrap().value()
         };
         let (mut wal, _) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
-        wal.append(&encode_rows(&rows(&renumbered(20)))).unwrap();
+        wal.append(&Record::Log(rows(&renumbered(20))).encode()).unwrap();
         drop(wal);
         let refused = Embedded::open(dir.path()).err().expect("a gap is refused");
         assert!(

@@ -96,11 +96,6 @@ impl Wal {
         self.offset + (HEADER + payload.len()) as u64 <= WAL_BYTES
     }
 
-    /// Whether a record of `payload` fits in a cycle at all.
-    pub fn can_hold(payload: &[u8]) -> bool {
-        (HEADER + payload.len()) as u64 <= WAL_BYTES
-    }
-
     /// Writes a record and syncs it: durable when this returns Ok. The caller has checked that it
     /// [`fits`](Wal::fits).
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
@@ -180,7 +175,7 @@ mod tests {
         let (wal, records) = Wal::open(&path, 1).unwrap();
         assert_eq!(records, vec![b"kept".to_vec()]);
         assert!(wal.fits(&vec![0; 1 << 20]));
-        assert!(!Wal::can_hold(&vec![0; WAL_BYTES as usize]));
+        assert!(!wal.fits(&vec![0; WAL_BYTES as usize]));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), WAL_BYTES);
     }
 }
