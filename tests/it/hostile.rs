@@ -21,6 +21,10 @@ async fn odd_and_oversized_requests_answer_as_etcd() {
         // A value at the limit less the request's own framing fits; one byte over it does not.
         put("big", &"v".repeat(MAX_REQUEST - 64)).into(),
         put("big", &"v".repeat(MAX_REQUEST + 1)).into(),
+        // The same for a key: one of nearly the limit, read back; one over it.
+        put(&"k".repeat(MAX_REQUEST - 64), "v").into(),
+        get(&"k".repeat(MAX_REQUEST - 64)).into(),
+        put(&"k".repeat(MAX_REQUEST + 1), "v").into(),
         PutRequest {
             key: binary.clone(),
             value: binary.clone(),
