@@ -324,7 +324,9 @@ impl Record {
             Ok(head)
         }
         fn number(record: &mut &[u8]) -> Result<i64> {
-            Ok(i64::from_le_bytes(take(record, 8)?.try_into().expect("8 bytes")))
+            Ok(i64::from_le_bytes(
+                take(record, 8)?.try_into().expect("8 bytes"),
+            ))
         }
         let kind = take(&mut record, 1)?[0];
         match kind {
@@ -708,6 +710,14 @@ mod tests {
         conformance::restore_takes_a_history_with_gaps(&Embedded::in_memory().unwrap()).await;
     }
 
+    /// The write-ahead log's current cycle, as the closed store at `path` records it.
+    fn wal_cycle(path: &Path) -> u64 {
+        let db = create(path).unwrap();
+        let tx = db.begin_read().unwrap();
+        let meta = tx.open_table(META).unwrap();
+        meta.get("wal_cycle").unwrap().unwrap().value()
+    }
+
     /// Records the database lacks (as after a crash that came before its next synced commit)
     /// are replayed at open; a record that does not follow the head is refused.
     #[tokio::test]
@@ -726,12 +736,7 @@ mod tests {
                 .collect()
         };
         let path = dir.path().join("strata.redb");
-        let cycle = {
-            let db = create(&path).unwrap();
-            let tx = db.begin_read().unwrap();
-            let meta = tx.open_table(META).unwrap();
-            meta.get("wal_cycle").unwrap().unwrap().value()
-        };
+        let cycle = wal_cycle(&path);
         let (mut wal, records) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
         // The two appends above, in the database already; then one more record of revisions it
         // has, and three it lacks.
@@ -758,14 +763,10 @@ mod tests {
         // A record that skips revisions means the log and the database disagree.
         let b = Embedded::open(dir.path()).unwrap();
         drop(b);
-        let cycle = {
-            let db = create(&path).unwrap();
-            let tx = db.begin_read().unwrap();
-            let meta = tx.open_table(META).unwrap();
-            meta.get("wal_cycle").unwrap().unwrap().value()
-        };
+        let cycle = wal_cycle(&path);
         let (mut wal, _) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
-        wal.append(&Record::Log(rows(&renumbered(20))).encode()).unwrap();
+        wal.append(&Record::Log(rows(&renumbered(20))).encode())
+            .unwrap();
         drop(wal);
         let refused = Embedded::open(dir.path()).err().expect("a gap is refused");
         assert!(

@@ -125,6 +125,72 @@ struct Acked {
     count: Arc<Semaphore>,
 }
 
+impl Default for Acked {
+    fn default() -> Acked {
+        Acked {
+            keys: Default::default(),
+            count: Arc::new(Semaphore::new(0)),
+        }
+    }
+}
+
+/// Kill-and-restart cycles a crash test runs: 4, or `STRATA_CRASH_CYCLES`.
+fn crash_cycles() -> usize {
+    std::env::var("STRATA_CRASH_CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(4)
+}
+
+/// Starts `n` [`writer`]s through `channel`.
+fn writers(
+    channel: &Channel,
+    n: usize,
+    cycle: usize,
+    acked: &Acked,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n)
+        .map(|client| {
+            tokio::spawn(writer(
+                KvClient::new(channel.clone()),
+                client,
+                cycle,
+                acked.clone(),
+            ))
+        })
+        .collect()
+}
+
+impl Acked {
+    /// Asserts that every acknowledged write is among `found` (key → mod revision).
+    fn all_in(&self, found: &BTreeMap<String, i64>, cycle: usize) {
+        for (key, revision) in self.keys.lock().unwrap().iter() {
+            assert_eq!(
+                found.get(key),
+                Some(revision),
+                "acknowledged {key}, after cycle {cycle}"
+            );
+        }
+    }
+}
+
+/// The head revision, and every live key with its mod revision.
+async fn live_keys(server: &Strata) -> (i64, BTreeMap<String, i64>) {
+    let all = server
+        .kv()
+        .await
+        .range(range("\u{0}", "\u{0}"))
+        .await
+        .unwrap()
+        .into_inner();
+    let found = all
+        .kvs
+        .iter()
+        .map(|kv| (String::from_utf8(kv.key.to_vec()).unwrap(), kv.mod_revision))
+        .collect();
+    (all.header.unwrap().revision, found)
+}
+
 /// Writes fresh keys as fast as it can until the server dies: plain puts, and txns that create two
 /// keys atomically when the first does not exist yet.
 async fn writer(mut kv: KvClient<Channel>, client: usize, cycle: usize, acked: Acked) {
@@ -168,29 +234,13 @@ fn random_below(n: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_write() {
-    let cycles: usize = std::env::var("STRATA_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
-    let acked = Acked {
-        keys: Default::default(),
-        count: Arc::new(Semaphore::new(0)),
-    };
+    let acked = Acked::default();
     let mut hashes: Vec<(i64, u32)> = Vec::new();
-    for cycle in 0..cycles {
+    for cycle in 0..crash_cycles() {
         let mut server = Strata::start_in(dir.path(), &[]);
         let channel = server.channel().await;
-        let writers: Vec<_> = (0..16)
-            .map(|client| {
-                tokio::spawn(writer(
-                    KvClient::new(channel.clone()),
-                    client,
-                    cycle,
-                    acked.clone(),
-                ))
-            })
-            .collect();
+        let writers = writers(&channel, 16, cycle, &acked);
         // Let some writes be acknowledged, then kill at a random instant.
         acked.count.acquire_many(50).await.unwrap().forget();
         tokio::time::sleep(Duration::from_millis(random_below(200))).await;
@@ -210,25 +260,8 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
                 "history up to {revision}"
             );
         }
-        let mut kv = server.kv().await;
-        let all = kv
-            .range(range("\u{0}", "\u{0}"))
-            .await
-            .unwrap()
-            .into_inner();
-        let head = all.header.unwrap().revision;
-        let found: BTreeMap<String, i64> = all
-            .kvs
-            .iter()
-            .map(|kv| (String::from_utf8(kv.key.to_vec()).unwrap(), kv.mod_revision))
-            .collect();
-        for (key, revision) in acked.keys.lock().unwrap().iter() {
-            assert_eq!(
-                found.get(key),
-                Some(revision),
-                "acknowledged {key} in cycle {cycle}"
-            );
-        }
+        let (head, found) = live_keys(&server).await;
+        acked.all_in(&found, cycle);
         for (key, revision) in &found {
             let base = key.strip_suffix("/twin").unwrap_or(key);
             let seq: u64 = base.rsplit('/').next().unwrap().parse().unwrap();
@@ -409,30 +442,14 @@ fn futures_once<T: Send + 'static>(first: T) -> impl tokio_stream::Stream<Item =
 /// key, no txn is half there, and the history compaction kept has no gap up to the head.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_mixed_load_keeps_every_acknowledged_change() {
-    let cycles: usize = std::env::var("STRATA_CRASH_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(4);
     let dir = tempfile::tempdir().unwrap();
-    let acked = Acked {
-        keys: Default::default(),
-        count: Arc::new(Semaphore::new(0)),
-    };
+    let acked = Acked::default();
     let fates: Fates = Default::default();
-    for cycle in 0..cycles {
+    for cycle in 0..crash_cycles() {
         let mut server = Strata::start_in(dir.path(), &[]);
         let channel = server.channel().await;
         let answered = Arc::new(Semaphore::new(0));
-        let mut load: Vec<_> = (0..8)
-            .map(|client| {
-                tokio::spawn(writer(
-                    KvClient::new(channel.clone()),
-                    client,
-                    cycle,
-                    acked.clone(),
-                ))
-            })
-            .collect();
+        let mut load = writers(&channel, 8, cycle, &acked);
         load.push(tokio::spawn(mixed(
             channel.clone(),
             cycle,
@@ -449,21 +466,8 @@ async fn kill_9_under_mixed_load_keeps_every_acknowledged_change() {
         drop(server);
 
         let server = Strata::start_in(dir.path(), &[]);
-        let mut kv = server.kv().await;
-        let all = kv
-            .range(range("\u{0}", "\u{0}"))
-            .await
-            .unwrap()
-            .into_inner();
-        let head = all.header.unwrap().revision;
-        let found: BTreeMap<String, i64> = all
-            .kvs
-            .iter()
-            .map(|kv| (String::from_utf8(kv.key.to_vec()).unwrap(), kv.mod_revision))
-            .collect();
-        for (key, revision) in acked.keys.lock().unwrap().iter() {
-            assert_eq!(found.get(key), Some(revision), "acknowledged {key}");
-        }
+        let (head, found) = live_keys(&server).await;
+        acked.all_in(&found, cycle);
         for (key, fate) in fates.lock().unwrap().iter() {
             assert_eq!(found.get(key), fate.as_ref(), "{key} after cycle {cycle}");
         }

@@ -115,6 +115,15 @@ impl Requests {
         ])
     }
 
+    /// A revision one time in `n`, else 0 (no bound).
+    fn sometimes_revision(&mut self, n: u64) -> i64 {
+        if self.rng.one_in(n) {
+            self.revision()
+        } else {
+            0
+        }
+    }
+
     fn count(&mut self) -> i64 {
         self.rng
             .pick(&[0, 0, 0, -5, -1, 1, 2, 3, 100, i64::MAX, i64::MIN])
@@ -140,26 +149,10 @@ impl Requests {
             serializable: self.rng.one_in(2),
             keys_only: self.rng.one_in(4),
             count_only: self.rng.one_in(5),
-            min_mod_revision: if self.rng.one_in(4) {
-                self.revision()
-            } else {
-                0
-            },
-            max_mod_revision: if self.rng.one_in(4) {
-                self.revision()
-            } else {
-                0
-            },
-            min_create_revision: if self.rng.one_in(5) {
-                self.revision()
-            } else {
-                0
-            },
-            max_create_revision: if self.rng.one_in(5) {
-                self.revision()
-            } else {
-                0
-            },
+            min_mod_revision: self.sometimes_revision(4),
+            max_mod_revision: self.sometimes_revision(4),
+            min_create_revision: self.sometimes_revision(5),
+            max_create_revision: self.sometimes_revision(5),
         }
     }
 

@@ -194,6 +194,25 @@ async fn many_streams_and_one_that_stops_reading() {
     drop(stall);
 }
 
+/// A watch of "hot", created: its request sender (the stream stays open while it lives) and
+/// its responses.
+async fn hot_watch(
+    channel: tonic::transport::Channel,
+) -> (
+    tokio::sync::mpsc::Sender<WatchRequest>,
+    tonic::Streaming<WatchResponse>,
+) {
+    let (requests, queue) = tokio::sync::mpsc::channel(1);
+    requests.send(watch_hot()).await.unwrap();
+    let mut stream = WatchClient::new(channel)
+        .watch(tokio_stream::wrappers::ReceiverStream::new(queue))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stream.message().await.unwrap().unwrap().created);
+    (requests, stream)
+}
+
 /// The frame types a server sent on a raw HTTP/2 connection until it closed it.
 async fn frames_until_closed(connection: &mut tokio::net::TcpStream) -> Vec<(u8, u8)> {
     use tokio::io::AsyncReadExt;
@@ -229,15 +248,7 @@ async fn connections_that_answer_no_ping_are_closed() {
         "--grpc-keepalive-timeout",
         "1s",
     ]);
-    let channel = strata.channel().await;
-    let (requests, queue) = tokio::sync::mpsc::channel(1);
-    requests.send(watch_hot()).await.unwrap();
-    let mut watch = WatchClient::new(channel.clone())
-        .watch(tokio_stream::wrappers::ReceiverStream::new(queue))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(watch.message().await.unwrap().unwrap().created);
+    let (requests, mut watch) = hot_watch(strata.channel().await).await;
 
     let address = strata.endpoint().trim_start_matches("http://").to_owned();
     let mut silent = tokio::net::TcpStream::connect(address).await.unwrap();
@@ -274,15 +285,7 @@ async fn concurrent_streams_per_connection_are_capped() {
     let channel = strata.channel().await;
     let mut open = Vec::new();
     for _ in 0..MOST {
-        let (requests, queue) = tokio::sync::mpsc::channel(1);
-        requests.send(watch_hot()).await.unwrap();
-        let mut stream = WatchClient::new(channel.clone())
-            .watch(tokio_stream::wrappers::ReceiverStream::new(queue))
-            .await
-            .unwrap()
-            .into_inner();
-        assert!(stream.message().await.unwrap().unwrap().created);
-        open.push((requests, stream));
+        open.push(hot_watch(channel.clone()).await);
     }
     let mut kv = strata::proto::etcdserverpb::kv_client::KvClient::new(channel.clone());
     let mut waiting = Box::pin(kv.range(get("hot")));

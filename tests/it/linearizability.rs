@@ -164,6 +164,20 @@ fn the_checker_tells_linearizable_histories_apart() {
     ]));
 }
 
+/// Adds `item` to what `shared` holds for key `k`.
+fn push<T>(shared: &Shared<T>, k: u32, item: T) {
+    shared.lock().unwrap().entry(k).or_default().push(item);
+}
+
+/// A txn that puts `to` if the key holds `from`.
+fn swap(key: &str, from: u32, to: u32) -> strata::proto::etcdserverpb::TxnRequest {
+    txn(
+        vec![cmp(key, T::Value, R::Equal, U::Value(b(&from.to_string())))],
+        vec![op::put(key, &to.to_string())],
+        vec![],
+    )
+}
+
 /// What the clients record, by key.
 type Shared<T> = Arc<Mutex<BTreeMap<u32, Vec<T>>>>;
 
@@ -225,16 +239,7 @@ pub async fn check_history(servers: &[&Process]) {
                     _ => {
                         // Swap from what client c + 2 put on this same key two calls ago.
                         let from = ((c + 2) % CLIENTS * 1000 + i.saturating_sub(2)) as u32;
-                        let t = txn(
-                            vec![cmp(
-                                &key,
-                                T::Value,
-                                R::Equal,
-                                U::Value(b(&from.to_string())),
-                            )],
-                            vec![op::put(&key, &value.to_string())],
-                            vec![],
-                        );
+                        let t = swap(&key, from, value);
                         let r = kv.txn(t).await.unwrap().into_inner();
                         let swapped = r.succeeded;
                         let rev = r.header.unwrap().revision;
@@ -249,19 +254,9 @@ pub async fn check_history(servers: &[&Process]) {
                     }
                 };
                 let ended = start.elapsed().as_nanos();
-                history
-                    .lock()
-                    .unwrap()
-                    .entry(k)
-                    .or_default()
-                    .push(Recorded { call, began, ended });
+                push(&history, k, Recorded { call, began, ended });
                 if let Some(rev) = written {
-                    writes
-                        .lock()
-                        .unwrap()
-                        .entry(k)
-                        .or_default()
-                        .push((rev, value));
+                    push(&writes, k, (rev, value));
                 }
             }
         }));
@@ -454,12 +449,7 @@ pub async fn check_history_through_restarts(mut servers: Vec<Restartable>) {
                 // The call, what it wrote if it was acknowledged, and whether it was.
                 let (call, written, ok) = match i % 4 {
                     0 => {
-                        tried
-                            .lock()
-                            .unwrap()
-                            .entry(k)
-                            .or_default()
-                            .push(Some(value));
+                        push(&tried, k, Some(value));
                         match kv.put(put(&key, &value.to_string())).await {
                             Ok(r) => {
                                 let rev = r.into_inner().header.unwrap().revision;
@@ -481,23 +471,9 @@ pub async fn check_history_through_restarts(mut servers: Vec<Restartable>) {
                         Err(_) => (None, None, false),
                     },
                     2 => {
-                        tried
-                            .lock()
-                            .unwrap()
-                            .entry(k)
-                            .or_default()
-                            .push(Some(value));
+                        push(&tried, k, Some(value));
                         let from = ((c + 2) % CLIENTS * 1000 + i.saturating_sub(4)) as u32;
-                        let t = txn(
-                            vec![cmp(
-                                &key,
-                                T::Value,
-                                R::Equal,
-                                U::Value(b(&from.to_string())),
-                            )],
-                            vec![op::put(&key, &value.to_string())],
-                            vec![],
-                        );
+                        let t = swap(&key, from, value);
                         let cas = |swapped| Call::Cas {
                             from,
                             to: value,
@@ -514,7 +490,7 @@ pub async fn check_history_through_restarts(mut servers: Vec<Restartable>) {
                         }
                     }
                     _ => {
-                        tried.lock().unwrap().entry(k).or_default().push(None);
+                        push(&tried, k, None);
                         match kv.delete_range(del(&key, "")).await {
                             Ok(r) => {
                                 let r = r.into_inner();
@@ -533,15 +509,10 @@ pub async fn check_history_through_restarts(mut servers: Vec<Restartable>) {
                     NEVER
                 };
                 if let Some(call) = call {
-                    history
-                        .lock()
-                        .unwrap()
-                        .entry(k)
-                        .or_default()
-                        .push(Recorded { call, began, ended });
+                    push(&history, k, Recorded { call, began, ended });
                 }
                 if let Some(w) = written {
-                    acknowledged.lock().unwrap().entry(k).or_default().push(w);
+                    push(&acknowledged, k, w);
                 }
                 if ok {
                     answered.add_permits(1);
