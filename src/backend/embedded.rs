@@ -114,7 +114,8 @@ impl Embedded {
     /// On a multi-threaded runtime the calling thread runs `f`, and tokio moves its other tasks
     /// to another thread meanwhile: handing `f` to a blocking thread instead cost each commit
     /// that thread's wake-up, 80–90 µs of a single client's put on a busy virtual machine.
-    /// Elsewhere (the tests' single-threaded runtimes) a blocking thread runs it.
+    /// Elsewhere (the tests' single-threaded runtimes) a blocking thread runs it. Either way a
+    /// panic in `f` becomes a storage error, and the store is opened again for the next call.
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
@@ -122,7 +123,12 @@ impl Embedded {
         let store = self.store.clone();
         let path = self.path.clone();
         let run = move || {
-            let mut guard = store.lock().expect("store mutex poisoned");
+            // A call that panicked left the store in an unknown state: open it again.
+            let mut guard = store.lock().unwrap_or_else(|poisoned| {
+                let mut guard = poisoned.into_inner();
+                *guard = None;
+                guard
+            });
             if guard.is_none() {
                 let Some(path) = &path else {
                     return Err(BackendError::Storage(
@@ -131,13 +137,14 @@ impl Embedded {
                 };
                 *guard = Some(open_store(path)?);
             }
-            let result = f(guard.as_mut().expect("store is open"));
+            let store = guard.as_mut().expect("store is open");
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
+                .unwrap_or_else(|_| Err(BackendError::Storage("a storage call panicked".into())));
             if matches!(result, Err(BackendError::Storage(_))) {
                 // redb refuses writes after a failed commit until reopened, and a failed append may
-                // have left a record in the write-ahead log: reopen (and replay) on next use.
-                if path.is_some() {
-                    *guard = None;
-                }
+                // have left a record in the write-ahead log: reopen (and replay) on next use. An
+                // in-memory store cannot be reopened, and is lost.
+                *guard = None;
             }
             result
         };
@@ -230,8 +237,8 @@ fn open_store(path: &Path) -> Result<Store> {
         for record in &records {
             // Lease changes are taken again in order: the last change of each lease wins, as it
             // did when they were made.
-            let rows = match Record::decode(record)? {
-                Record::Log(rows) => rows,
+            let (first, last, rows) = match Record::decode(record)? {
+                Record::Log { first, last, rows } => (first, last, rows),
                 Record::Leases(granted) => {
                     for (id, ttl) in granted {
                         leases.insert(id, ttl).map_err(storage)?;
@@ -243,38 +250,47 @@ fn open_store(path: &Path) -> Result<Store> {
                     continue;
                 }
             };
-            let (Some(((first, _), _)), Some(((last, _), _))) = (rows.first(), rows.last()) else {
-                continue;
-            };
             // Records the database took in before a synced commit are in it already.
-            if *last <= head {
+            if last <= head {
                 continue;
             }
-            if *first != head + 1 {
+            if first != head + 1 {
                 return Err(BackendError::Corrupt {
-                    revision: *first,
+                    revision: first,
                     detail: format!("the write-ahead log goes on from {first} after {head}"),
                 });
             }
             insert(&mut log, &rows)?;
-            head = *last;
+            head = last;
         }
         meta.insert("head", head as u64).map_err(storage)?;
-        meta.insert("wal_cycle", cycle + 1).map_err(storage)?;
     }
+    let next = begin_cycle(&tx)?;
     tx.commit().map_err(storage)?;
-    wal.restart(cycle + 1);
+    wal.restart(next);
     Ok(Store { db, wal: Some(wal) })
 }
 
-/// Makes everything the database took in durable, and starts the write-ahead log's next cycle.
-fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
-    let next = wal.cycle() + 1;
-    let tx = db.begin_write().map_err(storage)?;
+/// Records a new cycle for the write-ahead log in `tx`, to start once `tx` has committed with a
+/// sync (so that the database holds everything written in the cycle before). Cycles are random,
+/// not counted: records of an earlier cycle, or bytes a client stored to look like records,
+/// cannot pass for the current cycle's without guessing 64 random bits.
+fn begin_cycle(tx: &redb::WriteTransaction) -> Result<u64> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| BackendError::Storage("no randomness for the write-ahead log".into()))?;
+    let next = u64::from_le_bytes(bytes);
     tx.open_table(META)
         .map_err(storage)?
         .insert("wal_cycle", next)
         .map_err(storage)?;
+    Ok(next)
+}
+
+/// Makes everything the database took in durable, and starts the write-ahead log's next cycle.
+fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
+    let tx = db.begin_write().map_err(storage)?;
+    let next = begin_cycle(&tx)?;
     tx.commit().map_err(storage)?;
     wal.restart(next);
     Ok(())
@@ -282,8 +298,12 @@ fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
 
 /// What a record of the write-ahead log holds: a change the database takes in without a sync.
 enum Record {
-    /// Whole revisions appended to the log.
-    Log(Vec<Row>),
+    /// Whole revisions appended to the log, from `first` to `last`.
+    Log {
+        first: i64,
+        last: i64,
+        rows: Vec<Row>,
+    },
     /// Leases granted, as (id, TTL).
     Leases(Vec<(i64, i64)>),
     /// A lease forgotten.
@@ -296,9 +316,11 @@ impl Record {
     fn encode(&self) -> Vec<u8> {
         let mut record = Vec::new();
         match self {
-            Record::Log(rows) => {
-                record.reserve(1 + rows.iter().map(|(_, v)| 20 + v.len()).sum::<usize>());
+            Record::Log { first, last, rows } => {
+                record.reserve(17 + rows.iter().map(|(_, v)| 20 + v.len()).sum::<usize>());
                 record.push(0);
+                record.extend_from_slice(&first.to_le_bytes());
+                record.extend_from_slice(&last.to_le_bytes());
                 for ((main, sub), value) in rows {
                     record.extend_from_slice(&main.to_le_bytes());
                     record.extend_from_slice(&sub.to_le_bytes());
@@ -340,6 +362,8 @@ impl Record {
         let kind = take(&mut record, 1)?[0];
         match kind {
             0 => {
+                let first = number(&mut record)?;
+                let last = number(&mut record)?;
                 let mut rows = Vec::new();
                 while !record.is_empty() {
                     let main = number(&mut record)?;
@@ -347,7 +371,7 @@ impl Record {
                     let length = u32::from_le_bytes(take(&mut record, 4)?.try_into().expect("4"));
                     rows.push(((main, sub), take(&mut record, length as usize)?.to_vec()));
                 }
-                Ok(Record::Log(rows))
+                Ok(Record::Log { first, last, rows })
             }
             1 => {
                 let mut granted = Vec::new();
@@ -392,9 +416,15 @@ fn commit_logged<T>(
     if synced_elsewhere {
         tx.set_durability(Durability::None).map_err(storage)?;
     }
+    // A record with no room is committed with a sync instead, which starts the next cycle: in
+    // the same commit, so that no crash can replay the old cycle over the change.
+    let next = match (full, &store.wal) {
+        (true, Some(_)) => Some(begin_cycle(&tx)?),
+        _ => None,
+    };
     tx.commit().map_err(storage)?;
-    if let (true, Some(wal)) = (full, &mut store.wal) {
-        new_cycle(&store.db, wal)?;
+    if let (Some(next), Some(wal)) = (next, &mut store.wal) {
+        wal.restart(next);
     }
     Ok(answer)
 }
@@ -448,7 +478,7 @@ impl Backend for Embedded {
                 let mut log = tx.open_table(LOG).map_err(storage)?;
                 insert(&mut log, &rows)?;
                 meta.insert("head", last as u64).map_err(storage)?;
-                Ok(((), Some(Record::Log(rows))))
+                Ok(((), Some(Record::Log { first, last, rows })))
             })
         })
         .await
@@ -719,6 +749,16 @@ mod tests {
         conformance::restore_takes_a_history_with_gaps(&Embedded::in_memory().unwrap()).await;
     }
 
+    /// The write-ahead log record of an append of `entries`.
+    fn log_record(entries: &[LogEntry]) -> Vec<u8> {
+        Record::Log {
+            first: entries[0].revision,
+            last: entries[entries.len() - 1].revision,
+            rows: rows(entries),
+        }
+        .encode()
+    }
+
     /// The write-ahead log's current cycle, as the closed store at `path` records it.
     fn wal_cycle(path: &Path) -> u64 {
         let db = create(path).unwrap();
@@ -751,7 +791,7 @@ mod tests {
         // has, and three it lacks.
         assert_eq!(records.len(), 2);
         for record in [renumbered(2), renumbered(5)] {
-            wal.append(&Record::Log(rows(&record)).encode()).unwrap();
+            wal.append(&log_record(&record)).unwrap();
         }
         // Lease changes are taken again in order.
         for record in [
@@ -774,14 +814,29 @@ mod tests {
         drop(b);
         let cycle = wal_cycle(&path);
         let (mut wal, _) = Wal::open(&path.with_extension("wal"), cycle).unwrap();
-        wal.append(&Record::Log(rows(&renumbered(20))).encode())
-            .unwrap();
+        wal.append(&log_record(&renumbered(20))).unwrap();
         drop(wal);
         let refused = Embedded::open(dir.path()).err().expect("a gap is refused");
         assert!(
             matches!(refused, BackendError::Corrupt { revision: 20, .. }),
             "{refused}"
         );
+    }
+
+    /// A call that panics answers with a storage error, and the next call finds the store opened
+    /// again, on the calling thread (a multi-threaded runtime) as on a blocking one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_call_fails_and_the_store_opens_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = Embedded::open(dir.path()).unwrap();
+        let failed = b
+            .with_store(|_| -> Result<()> { panic!("deliberately, in a test") })
+            .await;
+        assert!(
+            matches!(failed, Err(BackendError::Storage(_))),
+            "{failed:?}"
+        );
+        conformance::append_and_read_back(&b).await;
     }
 
     #[tokio::test]

@@ -8,9 +8,9 @@
 //! length: u32 LE | crc32c(cycle, payload): u32 LE | cycle: u64 LE | payload
 //! ```
 //!
-//! Each record belongs to a cycle. The store records the current cycle in its own durable state,
-//! and starts a new one (writing again from the start of the file) only after a durable commit of
-//! the store has taken in every record of the old one. Reading stops at the first record that is
+//! Each record belongs to a cycle, a random number. The store records the current cycle in its own
+//! durable state, and starts a new one (writing again from the start of the file) only in a
+//! durable commit of the store that has taken in every record of the old one. Reading stops at the first record that is
 //! not whole, not of the current cycle, or not intact: what lies beyond was written in an earlier
 //! cycle, or is the torn end of an append that was never acknowledged.
 
@@ -84,11 +84,6 @@ impl Wal {
             },
             records,
         ))
-    }
-
-    /// The cycle records are written in.
-    pub fn cycle(&self) -> u64 {
-        self.cycle
     }
 
     /// Whether a record of `payload` fits in the current cycle.
