@@ -108,7 +108,7 @@ impl Histogram {
     }
 }
 
-/// etcd's buckets for backend commits: 1 ms doubling to about 8 s.
+/// etcd's buckets for backend commits and WAL syncs: 1 ms doubling to about 8 s.
 const COMMIT_SECONDS: [f64; 14] = [
     0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
     8.192,
@@ -124,6 +124,8 @@ pub static RANGES: Counter = Counter::new();
 pub static TXNS: Counter = Counter::new();
 /// Backend appends: how long each took to be durable.
 pub static COMMITS: Histogram = Histogram::new(&COMMIT_SECONDS);
+/// The embedded store's write-ahead log: how long each record's sync took.
+pub static WAL_SYNCS: Histogram = Histogram::new(&COMMIT_SECONDS);
 /// Backend appends: how many revisions each carried (group commit).
 pub static APPENDED: Histogram = Histogram::new(&REVISIONS);
 /// Queries a shared backend answered for linearizable reads' read index (one serves every read
@@ -274,6 +276,11 @@ pub fn render(out: &mut String) {
         out,
         "etcd_disk_backend_commit_duration_seconds",
         "The latency distributions of commit called by backend.",
+    );
+    WAL_SYNCS.render(
+        out,
+        "etcd_disk_wal_fsync_duration_seconds",
+        "The latency distributions of fsync called by WAL.",
     );
     APPENDED.render(
         out,

@@ -100,7 +100,9 @@ impl Wal {
         record.extend_from_slice(&self.cycle.to_le_bytes());
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.offset)?;
+        let start = std::time::Instant::now();
         self.file.sync_data()?;
+        crate::metrics::WAL_SYNCS.observe(start.elapsed().as_secs_f64());
         self.offset += record.len() as u64;
         Ok(())
     }

@@ -242,5 +242,12 @@ async fn metrics_count_what_happened() {
     ] {
         assert!(got.get(series).is_some_and(|v| *v > 0.0), "{series}");
     }
+    // The embedded store syncs a write-ahead log; on PostgreSQL the database does.
+    let syncs = got.get("etcd_disk_wal_fsync_duration_seconds_count");
+    if crate::support::on_postgres() {
+        assert_eq!(syncs, Some(&0.0));
+    } else {
+        assert!(syncs.is_some_and(|v| *v > 0.0), "{syncs:?}");
+    }
     drop(watches);
 }
