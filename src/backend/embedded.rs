@@ -107,15 +107,10 @@ impl Embedded {
         })
     }
 
-    /// Runs `f` on the store, reopening it first if a commit failed. One call at a time: appends
-    /// keep the write-ahead log in step with the database, and defragmentation needs the
-    /// database to itself.
-    ///
-    /// On a multi-threaded runtime the calling thread runs `f`, and tokio moves its other tasks
-    /// to another thread meanwhile: handing `f` to a blocking thread instead cost each commit
-    /// that thread's wake-up, 80–90 µs of a single client's put on a busy virtual machine.
-    /// Elsewhere (the tests' single-threaded runtimes) a blocking thread runs it. Either way a
-    /// panic in `f` becomes a storage error, and the store is opened again for the next call.
+    /// Runs `f` on the store on a blocking thread, reopening it first if a commit failed. One
+    /// call at a time: appends keep the write-ahead log in step with the database, and
+    /// defragmentation needs the database to itself. A panic in `f` becomes a storage error, and
+    /// the store is opened again for the next call.
     async fn with_store<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
@@ -148,12 +143,9 @@ impl Embedded {
             }
             result
         };
-        match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(run),
-            _ => tokio::task::spawn_blocking(run)
-                .await
-                .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?,
-        }
+        tokio::task::spawn_blocking(run)
+            .await
+            .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
     }
 
     /// Runs `f` on the database alone.
@@ -824,8 +816,8 @@ mod tests {
     }
 
     /// A call that panics answers with a storage error, and the next call finds the store opened
-    /// again, on the calling thread (a multi-threaded runtime) as on a blocking one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    /// again.
+    #[tokio::test]
     async fn a_panicking_call_fails_and_the_store_opens_again() {
         let dir = tempfile::tempdir().unwrap();
         let b = Embedded::open(dir.path()).unwrap();
