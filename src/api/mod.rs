@@ -218,14 +218,13 @@ impl Server {
         for (listener, secure) in listeners {
             let mut stopped = stopped.clone();
             // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
-            let interval = config.grpc_keepalive_interval;
+            // 0 turns the pings off, and leaves the timeout at its default.
+            let set = |d: std::time::Duration| Some(d).filter(|d| !d.is_zero());
             let server = tonic::transport::Server::builder()
                 .accept_http1(true)
                 .max_concurrent_streams(config.max_concurrent_streams)
-                .http2_keepalive_interval((!interval.is_zero()).then_some(interval))
-                .http2_keepalive_timeout(
-                    Some(config.grpc_keepalive_timeout).filter(|t| !t.is_zero()),
-                )
+                .http2_keepalive_interval(set(config.grpc_keepalive_interval))
+                .http2_keepalive_timeout(set(config.grpc_keepalive_timeout))
                 .add_routes(routes.clone());
             let incoming = TcpListenerStream::new(listener).map(|stream| {
                 if let Ok(s) = &stream {

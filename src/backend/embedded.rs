@@ -207,18 +207,7 @@ fn create(path: &Path) -> Result<Database> {
 /// the database lacks, and starts the log's next cycle.
 fn open_store(path: &Path) -> Result<Store> {
     let db = create(path)?;
-    let cycle = {
-        let tx = db.begin_read().map_err(storage)?;
-        match tx.open_table(META) {
-            Ok(meta) => meta
-                .get("wal_cycle")
-                .map_err(storage)?
-                .map_or(0, |v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => 0,
-            Err(e) => return Err(storage(e)),
-        }
-    };
-    let (mut wal, records) = Wal::open(&path.with_extension("wal"), cycle)
+    let (mut wal, records) = Wal::open(&path.with_extension("wal"), stored_cycle(&db)?)
         .map_err(|e| BackendError::Storage(format!("cannot open the write-ahead log: {e}")))?;
     let tx = db.begin_write().map_err(storage)?;
     {
@@ -227,33 +216,30 @@ fn open_store(path: &Path) -> Result<Store> {
         let mut leases = tx.open_table(LEASES).map_err(storage)?;
         let mut head = meta_value(&meta, "head", Progress::EMPTY.head)?;
         for record in &records {
-            // Lease changes are taken again in order: the last change of each lease wins, as it
-            // did when they were made.
-            let (first, last, rows) = match Record::decode(record)? {
-                Record::Log { first, last, rows } => (first, last, rows),
+            match Record::decode(record)? {
+                // Lease changes are taken again in order: the last change of each lease wins, as
+                // it did when they were made.
                 Record::Leases(granted) => {
                     for (id, ttl) in granted {
                         leases.insert(id, ttl).map_err(storage)?;
                     }
-                    continue;
                 }
                 Record::LeaseRemoved(id) => {
                     leases.remove(id).map_err(storage)?;
-                    continue;
                 }
-            };
-            // Records the database took in before a synced commit are in it already.
-            if last <= head {
-                continue;
+                // Records the database took in before a synced commit are in it already.
+                Record::Log { last, .. } if last <= head => {}
+                Record::Log { first, .. } if first != head + 1 => {
+                    return Err(BackendError::Corrupt {
+                        revision: first,
+                        detail: format!("the write-ahead log goes on from {first} after {head}"),
+                    });
+                }
+                Record::Log { last, rows, .. } => {
+                    insert(&mut log, &rows)?;
+                    head = last;
+                }
             }
-            if first != head + 1 {
-                return Err(BackendError::Corrupt {
-                    revision: first,
-                    detail: format!("the write-ahead log goes on from {first} after {head}"),
-                });
-            }
-            insert(&mut log, &rows)?;
-            head = last;
         }
         meta.insert("head", head as u64).map_err(storage)?;
     }
@@ -261,6 +247,19 @@ fn open_store(path: &Path) -> Result<Store> {
     tx.commit().map_err(storage)?;
     wal.restart(next);
     Ok(Store { db, wal: Some(wal) })
+}
+
+/// The write-ahead log's cycle the database records (0 before the first).
+fn stored_cycle(db: &Database) -> Result<u64> {
+    let tx = db.begin_read().map_err(storage)?;
+    match tx.open_table(META) {
+        Ok(meta) => Ok(meta
+            .get("wal_cycle")
+            .map_err(storage)?
+            .map_or(0, |v| v.value())),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(storage(e)),
+    }
 }
 
 /// Records a new cycle for the write-ahead log in `tx`, to start once `tx` has committed with a
@@ -390,32 +389,30 @@ fn commit_logged<T>(
 ) -> Result<T> {
     let mut tx = store.db.begin_write().map_err(storage)?;
     let (answer, record) = f(&tx)?;
-    let mut full = false;
-    let synced_elsewhere = match (&mut store.wal, record) {
+    let mut synced = true;
+    let mut next_cycle = None;
+    match (&mut store.wal, record) {
+        (_, None) => synced = false,
         (Some(wal), Some(record)) => {
             let record = record.encode();
-            full = !wal.fits(&record);
-            if !full {
+            if wal.fits(&record) {
                 wal.append(&record).map_err(|e| {
                     BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
                 })?;
+                synced = false;
+            } else {
+                // The synced commit starts the next cycle itself, so that no crash can replay
+                // the old cycle over the change.
+                next_cycle = Some(begin_cycle(&tx)?);
             }
-            !full
         }
-        (_, None) => true,
-        (None, Some(_)) => false,
-    };
-    if synced_elsewhere {
+        (None, Some(_)) => {}
+    }
+    if !synced {
         tx.set_durability(Durability::None).map_err(storage)?;
     }
-    // A record with no room is committed with a sync instead, which starts the next cycle: in
-    // the same commit, so that no crash can replay the old cycle over the change.
-    let next = match (full, &store.wal) {
-        (true, Some(_)) => Some(begin_cycle(&tx)?),
-        _ => None,
-    };
     tx.commit().map_err(storage)?;
-    if let (Some(next), Some(wal)) = (next, &mut store.wal) {
+    if let (Some(next), Some(wal)) = (next_cycle, &mut store.wal) {
         wal.restart(next);
     }
     Ok(answer)
@@ -753,10 +750,7 @@ mod tests {
 
     /// The write-ahead log's current cycle, as the closed store at `path` records it.
     fn wal_cycle(path: &Path) -> u64 {
-        let db = create(path).unwrap();
-        let tx = db.begin_read().unwrap();
-        let meta = tx.open_table(META).unwrap();
-        meta.get("wal_cycle").unwrap().unwrap().value()
+        stored_cycle(&create(path).unwrap()).unwrap()
     }
 
     /// Records the database lacks (as after a crash that came before its next synced commit)

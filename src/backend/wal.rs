@@ -10,9 +10,9 @@
 //!
 //! Each record belongs to a cycle, a random number. The store records the current cycle in its own
 //! durable state, and starts a new one (writing again from the start of the file) only in a
-//! durable commit of the store that has taken in every record of the old one. Reading stops at the first record that is
-//! not whole, not of the current cycle, or not intact: what lies beyond was written in an earlier
-//! cycle, or is the torn end of an append that was never acknowledged.
+//! durable commit of the store that has taken in every record of the old one. Reading stops at
+//! the first record that is not whole, not of the current cycle, or not intact: what lies beyond
+//! was written in an earlier cycle, or is the torn end of an append that was never acknowledged.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -20,7 +20,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 /// Size of the log file. Appends that would pass its end first start a new cycle.
-pub const WAL_BYTES: u64 = 64 << 20;
+const WAL_BYTES: u64 = 64 << 20;
 
 const HEADER: usize = 16;
 

@@ -134,6 +134,15 @@ impl Default for Acked {
     }
 }
 
+/// Kills `server` with SIGKILL within the next 200 ms, and waits for its `load` to stop.
+async fn kill_at_random(mut server: Strata, load: Vec<tokio::task::JoinHandle<()>>) {
+    tokio::time::sleep(Duration::from_millis(random_below(200))).await;
+    server.kill();
+    for task in load {
+        task.await.unwrap();
+    }
+}
+
 /// Kill-and-restart cycles a crash test runs: 4, or `STRATA_CRASH_CYCLES`.
 fn crash_cycles() -> usize {
     std::env::var("STRATA_CRASH_CYCLES")
@@ -238,17 +247,12 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     let acked = Acked::default();
     let mut hashes: Vec<(i64, u32)> = Vec::new();
     for cycle in 0..crash_cycles() {
-        let mut server = Strata::start_in(dir.path(), &[]);
+        let server = Strata::start_in(dir.path(), &[]);
         let channel = server.channel().await;
         let writers = writers(&channel, 16, cycle, &acked);
         // Let some writes be acknowledged, then kill at a random instant.
         acked.count.acquire_many(50).await.unwrap().forget();
-        tokio::time::sleep(Duration::from_millis(random_below(200))).await;
-        server.kill();
-        for w in writers {
-            w.await.unwrap();
-        }
-        drop(server);
+        kill_at_random(server, writers).await;
 
         let server = Strata::start_in(dir.path(), &[]);
         // The history up to the first and the last earlier head hashes as it did right after
@@ -401,7 +405,7 @@ async fn history_has_no_gap(server: &Strata, head: i64) {
             })),
         };
         let mut stream = WatchClient::new(server.channel().await)
-            .watch(futures_once(create))
+            .watch(crate::support::open_ended(create))
             .await
             .unwrap()
             .into_inner();
@@ -430,12 +434,6 @@ async fn history_has_no_gap(server: &Strata, head: i64) {
     }
 }
 
-/// A request stream that sends `first` and stays open.
-fn futures_once<T: Send + 'static>(first: T) -> impl tokio_stream::Stream<Item = T> {
-    use tokio_stream::StreamExt;
-    tokio_stream::once(first).chain(tokio_stream::pending())
-}
-
 /// `kill -9` at a random instant under a mixed load: the writers above, and deletes, leases revoked
 /// and left to expire, compactions (some physical) and defragmentation. After each restart every
 /// acknowledged put is there at its revision, every acknowledged delete and revoke has removed its
@@ -446,7 +444,7 @@ async fn kill_9_under_mixed_load_keeps_every_acknowledged_change() {
     let acked = Acked::default();
     let fates: Fates = Default::default();
     for cycle in 0..crash_cycles() {
-        let mut server = Strata::start_in(dir.path(), &[]);
+        let server = Strata::start_in(dir.path(), &[]);
         let channel = server.channel().await;
         let answered = Arc::new(Semaphore::new(0));
         let mut load = writers(&channel, 8, cycle, &acked);
@@ -458,12 +456,7 @@ async fn kill_9_under_mixed_load_keeps_every_acknowledged_change() {
         )));
         acked.count.acquire_many(50).await.unwrap().forget();
         answered.acquire_many(25).await.unwrap().forget();
-        tokio::time::sleep(Duration::from_millis(random_below(200))).await;
-        server.kill();
-        for task in load {
-            task.await.unwrap();
-        }
-        drop(server);
+        kill_at_random(server, load).await;
 
         let server = Strata::start_in(dir.path(), &[]);
         let (head, found) = live_keys(&server).await;

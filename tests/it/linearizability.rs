@@ -332,8 +332,7 @@ async fn watch_through_restarts(
                 next,
             ))),
         };
-        let requests =
-            tokio_stream::StreamExt::chain(tokio_stream::once(create), tokio_stream::pending());
+        let requests = crate::support::open_ended(create);
         if let Ok(stream) = WatchClient::new(channel.clone()).watch(requests).await {
             let mut stream = stream.into_inner();
             while let Ok(Some(response)) = stream.message().await {

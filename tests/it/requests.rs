@@ -91,7 +91,7 @@ pub enum Outcome {
     Error(tonic::Code, String),
 }
 
-fn clear(header: &mut Option<ResponseHeader>) {
+pub fn clear(header: &mut Option<ResponseHeader>) {
     if let Some(h) = header {
         h.cluster_id = 0;
         h.member_id = 0;

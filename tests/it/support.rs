@@ -455,3 +455,9 @@ pub async fn root_token(server: &Process) -> String {
         .into_inner()
         .token
 }
+
+/// A request stream that sends `first` and stays open.
+pub fn open_ended<T: Send + 'static>(first: T) -> impl tokio_stream::Stream<Item = T> {
+    use tokio_stream::StreamExt;
+    tokio_stream::once(first).chain(tokio_stream::pending())
+}
