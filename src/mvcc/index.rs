@@ -13,10 +13,13 @@ use crate::proto::mvccpb::KeyValue;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Bound;
+use std::sync::Arc;
 
+/// Keys are held as boxed slices: half the size of a `Bytes` in every B-tree slot, and no shared
+/// header beside each key. A read copies the keys it answers with.
 #[derive(Default)]
 pub struct Index {
-    keys: BTreeMap<Bytes, Entry>,
+    keys: BTreeMap<Box<[u8]>, Entry>,
     /// The newest revision applied to the index.
     pub current: i64,
     /// The newest revision durable in the backend; what reads see.
@@ -24,7 +27,7 @@ pub struct Index {
     /// Reads below this revision are refused.
     pub compacted: i64,
     /// The live keys attached to each lease.
-    by_lease: HashMap<i64, BTreeSet<Bytes>>,
+    by_lease: HashMap<i64, BTreeSet<Box<[u8]>>>,
     recent: Recent,
 }
 
@@ -68,9 +71,11 @@ struct Entry {
     live: Option<Live>,
 }
 
+/// A value is one allocation shared by every holder (`Arc<[u8]>`: its count and bytes together),
+/// where a `Bytes` made from a copy takes a second one for its shared header once cloned.
 #[derive(Clone, Debug)]
 pub struct Live {
-    pub value: Bytes,
+    pub value: Arc<[u8]>,
     pub lease: i64,
 }
 
@@ -136,13 +141,14 @@ impl Undo {
 
 impl Index {
     /// Iterates the keys of `range` that have any history left.
-    fn entries<'s>(&'s self, range: KeyRange<'s>) -> impl Iterator<Item = (&'s Bytes, &'s Entry)> {
+    fn entries<'s>(&'s self, range: KeyRange<'s>) -> impl Iterator<Item = (&'s [u8], &'s Entry)> {
         // BTreeMap::range panics on an inverted range; etcd answers it with nothing.
         let (start, end) = range.bounds();
         (!range.is_empty())
             .then(|| self.keys.range::<[u8], _>((Bound::Included(start), end)))
             .into_iter()
             .flatten()
+            .map(|(k, e)| (&**k, e))
     }
 
     /// The live keys of `range` as of revision `at`, in key order.
@@ -150,7 +156,7 @@ impl Index {
         &'s self,
         range: KeyRange<'s>,
         at: i64,
-    ) -> impl Iterator<Item = (&'s Bytes, KeyRevision, bool)> + 's {
+    ) -> impl Iterator<Item = (&'s [u8], KeyRevision, bool)> + 's {
         self.entries(range).filter_map(move |(k, e)| {
             let kr = e.index.get(at)?;
             let newest = e.index.modified() == Some(kr.modified);
@@ -160,16 +166,22 @@ impl Index {
 
     /// The key-value of `key` as of `at`, the value taken from memory when it is the newest or
     /// was superseded lately.
-    pub fn found(&self, key: &Bytes, kr: KeyRevision, newest: bool) -> Found {
+    pub fn found(&self, key: &[u8], kr: KeyRevision, newest: bool) -> Found {
+        self.found_as(Bytes::copy_from_slice(key), kr, newest)
+    }
+
+    fn found_as(&self, key: Bytes, kr: KeyRevision, newest: bool) -> Found {
         let live = if newest {
-            self.keys.get(key).and_then(|e| e.live.as_ref())
+            self.keys.get(&*key).and_then(|e| e.live.as_ref())
         } else {
             self.recent.values.get(&kr.modified)
         };
-        let (value, lease) = live.map_or((Bytes::new(), 0), |l| (l.value.clone(), l.lease));
+        let (value, lease) = live.map_or((Bytes::new(), 0), |l| {
+            (Bytes::from_owner(l.value.clone()), l.lease)
+        });
         Found {
             kv: KeyValue {
-                key: key.clone(),
+                key,
                 create_revision: kr.created,
                 mod_revision: kr.modified.main,
                 version: kr.version,
@@ -201,13 +213,13 @@ impl Index {
 
     /// The live keys attached to lease `id`, in key order.
     pub fn lease_keys(&self, id: i64) -> Vec<Bytes> {
-        self.by_lease
-            .get(&id)
-            .map_or_else(Vec::new, |keys| keys.iter().cloned().collect())
+        self.by_lease.get(&id).map_or_else(Vec::new, |keys| {
+            keys.iter().map(|k| Bytes::copy_from_slice(k)).collect()
+        })
     }
 
     /// Moves `key` from the lease of `old` to the lease of `new` (0 or no value: none).
-    fn relink(&mut self, key: &Bytes, old: Option<&Live>, new: Option<&Live>) {
+    fn relink(&mut self, key: &[u8], old: Option<&Live>, new: Option<&Live>) {
         let lease = |l: Option<&Live>| l.map_or(0, |l| l.lease);
         let (old, new) = (lease(old), lease(new));
         if old == new {
@@ -220,12 +232,12 @@ impl Index {
             }
         }
         if new != 0 {
-            self.by_lease.entry(new).or_default().insert(key.clone());
+            self.by_lease.entry(new).or_default().insert(key.into());
         }
     }
 
     pub fn put(&mut self, key: Bytes, rev: Revision, live: Live, undo: &mut Undo) -> KeyValue {
-        let entry = self.keys.entry(key.clone()).or_default();
+        let entry = self.keys.entry(key[..].into()).or_default();
         let superseded = entry.index.modified();
         entry.index.put(rev);
         let kr = entry.index.get(rev.main).expect("just put");
@@ -234,12 +246,12 @@ impl Index {
         self.keep_superseded(superseded, &old);
         undo.changes.push((key.clone(), old));
         self.current = rev.main;
-        self.found(&key, kr, true).kv
+        self.found_as(key, kr, true).kv
     }
 
     /// Deletes a live key at `rev`; false if it was not live.
     pub fn tombstone(&mut self, key: &Bytes, rev: Revision, undo: &mut Undo) -> bool {
-        let Some(entry) = self.keys.get_mut(key) else {
+        let Some(entry) = self.keys.get_mut(&key[..]) else {
             return false;
         };
         let superseded = entry.index.modified();
@@ -258,7 +270,7 @@ impl Index {
     pub fn rollback(&mut self, undo: &mut Undo, mark: usize, to: i64) {
         let changes: Vec<_> = undo.changes.drain(mark..).rev().collect();
         for (key, old) in &changes {
-            let Some(entry) = self.keys.get_mut(key) else {
+            let Some(entry) = self.keys.get_mut(&key[..]) else {
                 continue;
             };
             entry.index.truncate_after(to);
@@ -267,8 +279,8 @@ impl Index {
         }
         // Only now: a key changed twice must be found again by the second undo.
         for (key, _) in &changes {
-            if self.keys.get(key).is_some_and(|e| e.index.is_empty()) {
-                self.keys.remove(key);
+            if self.keys.get(&key[..]).is_some_and(|e| e.index.is_empty()) {
+                self.keys.remove(&key[..]);
             }
         }
         self.current = to;
@@ -276,13 +288,12 @@ impl Index {
 
     /// Rebuilds a key's history from one logged change.
     pub fn restore(&mut self, rev: Revision, kv: KeyValue, is_put: bool) {
-        let key = kv.key.clone();
-        let entry = self.keys.entry(key.clone()).or_default();
+        let entry = self.keys.entry(kv.key[..].into()).or_default();
         let superseded = entry.index.modified();
         let live = if is_put {
             entry.index.restore(rev, kv.create_revision, kv.version);
             Some(Live {
-                value: kv.value,
+                value: kv.value[..].into(),
                 lease: kv.lease,
             })
         } else {
@@ -290,7 +301,7 @@ impl Index {
             None
         };
         let old = std::mem::replace(&mut entry.live, live.clone());
-        self.relink(&key, old.as_ref(), live.as_ref());
+        self.relink(&kv.key, old.as_ref(), live.as_ref());
         self.keep_superseded(superseded, &old);
     }
 
@@ -331,7 +342,7 @@ mod tests {
 
     fn put(index: &mut Index, undo: &mut Undo, key: &'static str, main: i64, lease: i64) {
         let live = Live {
-            value: Bytes::new(),
+            value: Arc::from([]),
             lease,
         };
         index.put(
@@ -379,7 +390,7 @@ mod tests {
         let mut index = Index::default();
         let mut undo = Undo::default();
         let value = |n: usize| Live {
-            value: Bytes::from(vec![b'v'; n]),
+            value: vec![b'v'; n].into(),
             lease: 0,
         };
         let a = Bytes::from_static(b"a");

@@ -11,10 +11,13 @@
 //! last ends with its tombstone. A version counts the puts of one generation: 1 at creation.
 
 use super::Revision;
+use smallvec::SmallVec;
 
+/// Most keys hold one generation with one revision (the newest, once compaction has run), so both
+/// lists keep one element inline: a million keys then need no heap allocation for their history.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyIndex {
-    generations: Vec<Generation>,
+    generations: SmallVec<[Generation; 1]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +26,7 @@ struct Generation {
     version: i64,
     /// The main revision of the put that created the key.
     created: i64,
-    revs: Vec<Revision>,
+    revs: SmallVec<[Revision; 1]>,
 }
 
 /// What the index knows of a live key at some revision; the value itself lives elsewhere.
@@ -39,7 +42,7 @@ impl Generation {
         Generation {
             version: 0,
             created: 0,
-            revs: Vec::new(),
+            revs: SmallVec::new(),
         }
     }
 }
@@ -163,6 +166,9 @@ impl KeyIndex {
         if let Some(n) = g.revs.iter().rposition(|r| r.main <= at) {
             removed.extend(g.revs.drain(..n));
         }
+        // What is left moves back inline if it fits there.
+        g.revs.shrink_to_fit();
+        self.generations.shrink_to_fit();
     }
 
     /// The revision a compaction at `at` keeps for this key, as etcd's HashKV counts it: the newest
@@ -351,5 +357,22 @@ mod tests {
         ki.truncate_after(1);
         assert!(ki.is_empty());
         assert_eq!(ki, KeyIndex::default());
+    }
+
+    #[test]
+    fn a_compacted_key_holds_its_history_inline() {
+        let mut ki = KeyIndex::default();
+        ki.put(rev(2));
+        assert!(!ki.generations.spilled() && !ki.generations[0].revs.spilled());
+        ki.put(rev(4));
+        assert!(ki.tombstone(rev(6)));
+        ki.put(rev(8));
+        ki.put(rev(10));
+        assert!(ki.generations.spilled() && ki.generations[1].revs.spilled());
+        let mut removed = Vec::new();
+        ki.compact(10, &mut removed);
+        assert_eq!(removed, vec![rev(2), rev(4), rev(6), rev(8)]);
+        assert!(!ki.generations.spilled() && !ki.generations[0].revs.spilled());
+        assert_eq!(ki.get(10).map(|k| k.version), Some(2));
     }
 }

@@ -140,6 +140,7 @@ impl Store {
             compacting: compacting.clone(),
             unresolved: None,
             committed: committed_tx,
+            held: None,
         };
         tokio::spawn(writer.run(rx));
         let (grants, queue) = mpsc::channel(MAX_BATCH);
@@ -844,6 +845,8 @@ struct Writer {
     unresolved: Option<Unresolved>,
     /// Tells readers waiting for a revision that it is committed.
     committed: tokio::sync::watch::Sender<i64>,
+    /// A compaction taken from the queue while gathering a batch's writes, to run after it.
+    held: Option<Queued>,
 }
 
 struct Unresolved {
@@ -893,7 +896,7 @@ const MAX_ATTEMPTS: usize = 16;
 impl Writer {
     async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        while !batch.is_empty() || queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             // A compaction runs alone, between the batches before and after it.
             let mut rest = batch.drain(..).peekable();
             while rest.peek().is_some() {
@@ -902,7 +905,10 @@ impl Writer {
                     group.push(q);
                 }
                 if !group.is_empty() {
-                    self.commit(group).await;
+                    // Only the last group may take in what arrived since, so that writes keep
+                    // their order in the queue.
+                    let last = rest.peek().is_none();
+                    self.commit(group, last.then_some(&mut queue)).await;
                 }
                 if let Some(Queued {
                     write: Write::Compact(req),
@@ -912,18 +918,26 @@ impl Writer {
                     let _ = reply.send(self.compact(req).await.map(Written::Compact));
                 }
             }
+            drop(rest);
+            batch.extend(self.held.take());
         }
     }
 
-    /// Applies `group` to the index, makes it durable in one append, then answers each write.
-    async fn commit(&mut self, group: Vec<Queued>) {
+    /// Applies `group` to the index, makes it durable in one append, then answers each write. On a
+    /// shared backend the writes that arrive in `queue` while the append right is awaited join the
+    /// group once it is held.
+    async fn commit(
+        &mut self,
+        mut group: Vec<Queued>,
+        mut queue: Option<&mut mpsc::Receiver<Queued>>,
+    ) {
         let mut attempt = 0;
         let writes = group.iter().any(|q| !matches!(q.write, Write::CatchUp));
         // On a shared backend a batch that may write holds the append right from here on.
         let locked = writes && self.backend.shared().is_some();
         let done = loop {
             attempt += 1;
-            if let Err(e) = self.prepare(&group, writes).await {
+            if let Err(e) = self.prepare(&mut group, writes, queue.take()).await {
                 break Err(e);
             }
             let g = self.apply_group(&group);
@@ -1002,7 +1016,12 @@ impl Writer {
     /// append right first, so that its compares see the head and nothing gets in before its append,
     /// and learns which of the leases it names are live (another frontend may have granted or
     /// revoked them).
-    async fn prepare(&mut self, group: &[Queued], writes: bool) -> Result<()> {
+    async fn prepare(
+        &mut self,
+        group: &mut Vec<Queued>,
+        writes: bool,
+        queue: Option<&mut mpsc::Receiver<Queued>>,
+    ) -> Result<()> {
         self.resolve().await?;
         let backend = self.backend.clone();
         let Some(shared) = backend.shared() else {
@@ -1014,6 +1033,9 @@ impl Writer {
         }
         let committed = self.index.read().expect("index lock").committed;
         let (progress, read) = shared.lock(committed).await?;
+        if let Some(queue) = queue {
+            self.gather(group, queue);
+        }
         let ready = match self.catch_up(progress, read).await {
             Ok(()) => self.sync_leases(shared, group).await,
             Err(e) => Err(e),
@@ -1024,6 +1046,22 @@ impl Writer {
             }
         }
         ready
+    }
+
+    /// Takes into `group` the writes that arrived while its append right was awaited: they share its
+    /// append instead of waiting for this frontend's next turn at the lock. A compaction is held
+    /// back, to run alone after the group.
+    fn gather(&mut self, group: &mut Vec<Queued>, queue: &mut mpsc::Receiver<Queued>) {
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(q) if matches!(q.write, Write::Compact(_)) => {
+                    self.held = Some(q);
+                    return;
+                }
+                Ok(q) => group.push(q),
+                Err(_) => return,
+            }
+        }
     }
 
     /// Gives back the append right of a shared backend (nothing to give back otherwise).
@@ -1228,7 +1266,7 @@ impl Writer {
     }
 
     async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
-        self.prepare(&[], false).await?;
+        self.prepare(&mut Vec::new(), false, None).await?;
         let current = {
             let index = self.index.read().expect("index lock");
             if req.revision <= index.compacted {

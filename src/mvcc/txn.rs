@@ -65,9 +65,9 @@ impl<'a> TxnWrite<'a> {
         let prev = self.index.get(&req.key);
         let live = Live {
             value: match (&prev, req.ignore_value) {
-                (Some(prev), true) => prev.value.clone(),
-                // Detach from the request's buffer, which may be much larger than the value.
-                _ => bytes::Bytes::copy_from_slice(&req.value),
+                (Some(prev), true) => prev.value[..].into(),
+                // A copy: the request's buffer may be much larger than the value.
+                _ => req.value[..].into(),
             },
             lease: match (&prev, req.ignore_lease) {
                 (Some(prev), true) => prev.lease,
