@@ -169,6 +169,46 @@ impl Embedded {
         })
         .await
     }
+
+    /// Runs `f` in one write transaction and makes its changes durable: by syncing the record `f`
+    /// returns for them in the write-ahead log and committing the database without a sync (None:
+    /// nothing changed); or, for a store without a log or a record its cycle has no room for, by a
+    /// synced commit, after which the log starts its next cycle.
+    async fn commit_logged<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Option<Record>)> + Send + 'static,
+    ) -> Result<T> {
+        self.with_store(move |store| {
+            let mut tx = store.db.begin_write().map_err(storage)?;
+            let (answer, record) = f(&tx)?;
+            let unsynced = |tx: &mut redb::WriteTransaction| {
+                tx.set_durability(Durability::None).map_err(storage)
+            };
+            let next_cycle = match (&mut store.wal, record.map(|r| r.encode())) {
+                (_, None) => {
+                    unsynced(&mut tx)?;
+                    None
+                }
+                (Some(wal), Some(record)) if wal.fits(&record) => {
+                    wal.append(&record).map_err(|e| {
+                        BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
+                    })?;
+                    unsynced(&mut tx)?;
+                    None
+                }
+                // The synced commit starts the next cycle itself, so that no crash can replay the
+                // old cycle over the change.
+                (Some(_), Some(_)) => Some(begin_cycle(&tx)?),
+                (None, Some(_)) => None,
+            };
+            tx.commit().map_err(storage)?;
+            if let (Some(next), Some(wal)) = (next_cycle, &mut store.wal) {
+                wal.restart(next);
+            }
+            Ok(answer)
+        })
+        .await
+    }
 }
 
 fn insert(log: &mut redb::Table<(i64, i64), &[u8]>, rows: &[Row]) -> Result<()> {
@@ -380,45 +420,6 @@ impl Record {
     }
 }
 
-/// Runs `f` in one write transaction and makes its changes durable: by syncing the record `f`
-/// returns for them in the write-ahead log and committing the database without a sync (None:
-/// nothing changed); or, for a store without a log or a record its cycle has no room for, by a
-/// synced commit, after which the log starts its next cycle.
-fn commit_logged<T>(
-    store: &mut Store,
-    f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Option<Record>)>,
-) -> Result<T> {
-    let mut tx = store.db.begin_write().map_err(storage)?;
-    let (answer, record) = f(&tx)?;
-    let mut synced = true;
-    let mut next_cycle = None;
-    match (&mut store.wal, record) {
-        (_, None) => synced = false,
-        (Some(wal), Some(record)) => {
-            let record = record.encode();
-            if wal.fits(&record) {
-                wal.append(&record).map_err(|e| {
-                    BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
-                })?;
-                synced = false;
-            } else {
-                // The synced commit starts the next cycle itself, so that no crash can replay
-                // the old cycle over the change.
-                next_cycle = Some(begin_cycle(&tx)?);
-            }
-        }
-        (None, Some(_)) => {}
-    }
-    if !synced {
-        tx.set_durability(Durability::None).map_err(storage)?;
-    }
-    tx.commit().map_err(storage)?;
-    if let (Some(next), Some(wal)) = (next_cycle, &mut store.wal) {
-        wal.restart(next);
-    }
-    Ok(answer)
-}
-
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
     Ok(meta
         .get(name)
@@ -458,18 +459,16 @@ impl Backend for Embedded {
         let first = first.revision;
         let last = entries.last().expect("non-empty").revision;
         let rows = rows(entries);
-        self.with_store(move |store| {
-            commit_logged(store, |tx| {
-                let mut meta = tx.open_table(META).map_err(storage)?;
-                let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
-                if first != head + 1 {
-                    return Err(BackendError::OutOfOrder { head, got: first });
-                }
-                let mut log = tx.open_table(LOG).map_err(storage)?;
-                insert(&mut log, &rows)?;
-                meta.insert("head", last as u64).map_err(storage)?;
-                Ok(((), Some(Record::Log { first, last, rows })))
-            })
+        self.commit_logged(move |tx| {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
+            if first != head + 1 {
+                return Err(BackendError::OutOfOrder { head, got: first });
+            }
+            let mut log = tx.open_table(LOG).map_err(storage)?;
+            insert(&mut log, &rows)?;
+            meta.insert("head", last as u64).map_err(storage)?;
+            Ok(((), Some(Record::Log { first, last, rows })))
         })
         .await
     }
@@ -588,35 +587,31 @@ impl Backend for Embedded {
 
     async fn put_leases(&self, granted: &[(i64, i64)]) -> Result<Vec<bool>> {
         let granted = granted.to_vec();
-        self.with_store(move |store| {
-            commit_logged(store, |tx| {
-                let mut leases = tx.open_table(LEASES).map_err(storage)?;
-                let mut recorded = Vec::with_capacity(granted.len());
-                let mut new = Vec::new();
-                for (id, ttl) in granted {
-                    let exists = leases.get(id).map_err(storage)?.is_some();
-                    if !exists {
-                        leases.insert(id, ttl).map_err(storage)?;
-                        new.push((id, ttl));
-                    }
-                    recorded.push(!exists);
+        self.commit_logged(move |tx| {
+            let mut leases = tx.open_table(LEASES).map_err(storage)?;
+            let mut recorded = Vec::with_capacity(granted.len());
+            let mut new = Vec::new();
+            for (id, ttl) in granted {
+                let exists = leases.get(id).map_err(storage)?.is_some();
+                if !exists {
+                    leases.insert(id, ttl).map_err(storage)?;
+                    new.push((id, ttl));
                 }
-                let record = (!new.is_empty()).then_some(Record::Leases(new));
-                Ok((recorded, record))
-            })
+                recorded.push(!exists);
+            }
+            let record = (!new.is_empty()).then_some(Record::Leases(new));
+            Ok((recorded, record))
         })
         .await
     }
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
-        self.with_store(move |store| {
-            commit_logged(store, |tx| {
-                tx.open_table(LEASES)
-                    .map_err(storage)?
-                    .remove(id)
-                    .map_err(storage)?;
-                Ok(((), Some(Record::LeaseRemoved(id))))
-            })
+        self.commit_logged(move |tx| {
+            tx.open_table(LEASES)
+                .map_err(storage)?
+                .remove(id)
+                .map_err(storage)?;
+            Ok(((), Some(Record::LeaseRemoved(id))))
         })
         .await
     }

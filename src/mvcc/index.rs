@@ -192,6 +192,11 @@ impl Index {
         }
     }
 
+    /// The value and lease of a live key's newest put.
+    pub fn live(&self, key: &[u8]) -> Option<&Live> {
+        self.keys.get(key)?.live.as_ref()
+    }
+
     /// The newest state of a live key: always in memory.
     pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
         let (k, e) = self.keys.get_key_value(key)?;

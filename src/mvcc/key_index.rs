@@ -146,6 +146,7 @@ impl KeyIndex {
     /// `at` (a tombstone exactly at `at` stays, as in etcd, so a watch from `at` still sees it).
     /// Pushes the dropped revisions into `removed`.
     pub fn compact(&mut self, at: i64, removed: &mut Vec<Revision>) {
+        let before = removed.len();
         let mut keep_from = 0;
         while keep_from + 1 < self.generations.len() {
             let g = &self.generations[keep_from];
@@ -167,8 +168,10 @@ impl KeyIndex {
             removed.extend(g.revs.drain(..n));
         }
         // What is left moves back inline if it fits there.
-        g.revs.shrink_to_fit();
-        self.generations.shrink_to_fit();
+        if removed.len() > before {
+            g.revs.shrink_to_fit();
+            self.generations.shrink_to_fit();
+        }
     }
 
     /// The revision a compaction at `at` keeps for this key, as etcd's HashKV counts it: the newest

@@ -890,6 +890,11 @@ struct AppliedGroup {
     undo: Undo,
 }
 
+/// Whether `group` holds anything but catch-ups.
+fn may_write(group: &[Queued]) -> bool {
+    group.iter().any(|q| !matches!(q.write, Write::CatchUp))
+}
+
 /// How often a batch is applied again after another process's append got in before it.
 const MAX_ATTEMPTS: usize = 16;
 
@@ -932,12 +937,11 @@ impl Writer {
         mut queue: Option<&mut mpsc::Receiver<Queued>>,
     ) {
         let mut attempt = 0;
-        let writes = group.iter().any(|q| !matches!(q.write, Write::CatchUp));
         // On a shared backend a batch that may write holds the append right from here on.
-        let locked = writes && self.backend.shared().is_some();
+        let locked = may_write(&group) && self.backend.shared().is_some();
         let done = loop {
             attempt += 1;
-            if let Err(e) = self.prepare(&mut group, writes, queue.take()).await {
+            if let Err(e) = self.prepare(&mut group, queue.take()).await {
                 break Err(e);
             }
             let g = self.apply_group(&group);
@@ -1015,11 +1019,11 @@ impl Writer {
     /// everything committed before the batch's requests arrived. A batch that may write takes the
     /// append right first, so that its compares see the head and nothing gets in before its append,
     /// and learns which of the leases it names are live (another frontend may have granted or
-    /// revoked them).
+    /// revoked them). Writes that arrive in `queue` meanwhile join the group once the append right
+    /// is held (see [`Writer::gather`]).
     async fn prepare(
         &mut self,
         group: &mut Vec<Queued>,
-        writes: bool,
         queue: Option<&mut mpsc::Receiver<Queued>>,
     ) -> Result<()> {
         self.resolve().await?;
@@ -1027,7 +1031,7 @@ impl Writer {
         let Some(shared) = backend.shared() else {
             return Ok(());
         };
-        if !writes {
+        if !may_write(group) {
             let progress = self.backend.progress().await?;
             return self.catch_up(progress, Vec::new()).await;
         }
@@ -1266,7 +1270,7 @@ impl Writer {
     }
 
     async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
-        self.prepare(&mut Vec::new(), false, None).await?;
+        self.prepare(&mut Vec::new(), None).await?;
         let current = {
             let index = self.index.read().expect("index lock");
             if req.revision <= index.compacted {

@@ -62,15 +62,16 @@ impl<'a> TxnWrite<'a> {
     /// Applies a put whose preconditions (`check_put`) hold.
     fn put(&mut self, req: &PutRequest) -> PutResponse {
         crate::metrics::PUTS.inc();
-        let prev = self.index.get(&req.key);
+        let prev_kv = req.prev_kv.then(|| self.index.get(&req.key)).flatten();
+        let kept = self.index.live(&req.key);
         let live = Live {
-            value: match (&prev, req.ignore_value) {
-                (Some(prev), true) => prev.value[..].into(),
+            value: match (kept, req.ignore_value) {
+                (Some(kept), true) => kept.value.clone(),
                 // A copy: the request's buffer may be much larger than the value.
                 _ => req.value[..].into(),
             },
-            lease: match (&prev, req.ignore_lease) {
-                (Some(prev), true) => prev.lease,
+            lease: match (kept, req.ignore_lease) {
+                (Some(kept), true) => kept.lease,
                 _ => req.lease,
             },
         };
@@ -84,7 +85,7 @@ impl<'a> TxnWrite<'a> {
         });
         PutResponse {
             header: header(self.rev),
-            prev_kv: prev.filter(|_| req.prev_kv),
+            prev_kv,
         }
     }
 

@@ -125,9 +125,6 @@ async fn two_frontends_are_linearizable() {
     crate::linearizability::check_history(&[&a, &b]).await;
 }
 
-/// Leases are the cluster's, not a frontend's: granted through one, they are used, kept alive,
-/// queried and revoked through another; one keeper expires them, and when it dies another takes
-/// over without expiring a lease that was kept alive.
 /// Two frontends, each killed with SIGKILL and restarted in turn under clients and watchers spread
 /// over both: the history stays linearizable and the watchers see every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,6 +145,9 @@ async fn two_frontends_are_linearizable_through_kill_9() {
     check_history_through_restarts(frontends).await;
 }
 
+/// Leases are the cluster's, not a frontend's: granted through one, they are used, kept alive,
+/// queried and revoked through another; one keeper expires them, and when it dies another takes
+/// over without expiring a lease that was kept alive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_are_shared_and_outlive_their_keeper() {
     let dir = tempfile::tempdir().unwrap();
