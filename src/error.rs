@@ -97,6 +97,11 @@ pub enum Error {
     InvalidAuthMgmt,
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
+    /// A write allowed under an auth state that another frontend replaced before the write was
+    /// appended: the API allows it again under the new state (see `Store::put_checked`). Should
+    /// it reach a client, it reads as etcd's answer to a request checked at an old auth revision.
+    #[error("etcdserver: revision of auth store is old")]
+    AuthStale,
     /// etcd has no gRPC error for this one: its auth store's own message reaches the client.
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
@@ -119,6 +124,7 @@ impl Error {
             | Error::PermissionNotGiven
             | Error::InvalidAuthMgmt
             | Error::AuthOldRevision
+            | Error::AuthStale
             | Error::WrongDowngradeVersionFormat
             | Error::InvalidDowngradeTargetVersion => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,

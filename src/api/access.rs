@@ -7,7 +7,7 @@
 
 use super::Context;
 use crate::auth::AuthInfo;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::request_op::Request as Op;
 use crate::proto::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
@@ -17,6 +17,10 @@ use tonic::metadata::MetadataMap;
 /// The header that carries the common name of the sender's verified client certificate from
 /// [`certificate_user`] to the services. One a client sends is dropped first.
 const CERTIFICATE_USER: &str = "strata-certificate-user";
+
+/// How often a write is allowed again after auth changed under it, before it is refused as etcd
+/// refuses a request checked at an old auth revision.
+const AUTH_ATTEMPTS: usize = 8;
 
 /// Under --client-cert-auth (`enabled`), names the sender of a gRPC call by its verified client
 /// certificate's common name, for auth to take when the call has no token, as etcd does.
@@ -75,6 +79,57 @@ impl Context {
             credentials.token.as_deref(),
             credentials.certificate_user.as_deref(),
         )
+    }
+
+    /// Makes a client's write, `write`, allowed by `allow`. On a shared backend another frontend
+    /// may change the auth state before the write is appended; the writer then refuses it
+    /// ([`Error::AuthStale`]) and it is allowed again under the new state, as etcd checks a write
+    /// again when it applies it: a token of an older auth revision, auth just turned on, a
+    /// permission just taken away are refused then.
+    pub(super) async fn checked_write<T, F>(
+        &self,
+        allow: impl Fn() -> Result<()>,
+        write: impl Fn(u64) -> F,
+    ) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>>,
+    {
+        for _ in 0..AUTH_ATTEMPTS {
+            let generation = self.auth.generation();
+            self.allow_fresh(&allow).await?;
+            match write(generation).await {
+                Err(Error::AuthStale) => {
+                    self.auth.catch_up(self.store.auth_seen()).await?;
+                }
+                done => return done,
+            }
+        }
+        Err(Error::AuthOldRevision)
+    }
+
+    /// Runs `allow`; on a shared backend a refusal stands only if this frontend's auth state is
+    /// the stored one (another frontend may have turned auth off or granted the permission).
+    pub(super) async fn allow_fresh(&self, allow: &impl Fn() -> Result<()>) -> Result<()> {
+        match allow() {
+            Err(e @ (Error::PermissionDenied | Error::UserEmpty | Error::AuthOldRevision)) => {
+                if self.auth.reload().await? {
+                    allow()
+                } else {
+                    Err(e)
+                }
+            }
+            allowed => allowed,
+        }
+    }
+
+    /// After a linearizable read: if the read index showed a newer auth state than the one the
+    /// read was allowed under, the read is allowed again under that state (`allow`), so that no
+    /// read answers under permissions another frontend had already changed when it began.
+    pub(super) async fn recheck_read(&self, allow: impl Fn() -> Result<()>) -> Result<()> {
+        if self.auth.catch_up(self.store.auth_seen()).await? {
+            allow()?;
+        }
+        Ok(())
     }
 
     /// That the sender has the root role, when auth is on.

@@ -17,8 +17,10 @@ impl Kv for KvService {
         let info = self.0.auth_info(req.metadata())?;
         let req = req.into_inner();
         validation::range(&req)?;
-        self.0.allow_range(info.as_ref(), &req)?;
+        let allow = || self.0.allow_range(info.as_ref(), &req);
+        self.0.allow_fresh(&allow).await?;
         let mut resp = self.0.store.range(&req).await?;
+        self.0.recheck_read(allow).await?;
         // An answer read while auth changed is refused, as etcd refuses it.
         self.0.auth.check_unchanged(info.as_ref())?;
         self.0.fill(&mut resp.header);
@@ -32,8 +34,13 @@ impl Kv for KvService {
         self.0.check_quota(quota::put_cost(&req)).await?;
         validation::put(&req)?;
         validation::size(&req, &self.0.limits)?;
-        self.0.allow_put(info.as_ref(), &req)?;
-        let mut resp = self.0.store.put(req).await?;
+        let mut resp = self
+            .0
+            .checked_write(
+                || self.0.allow_put(info.as_ref(), &req),
+                |auth| self.0.store.put_checked(req.clone(), auth),
+            )
+            .await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -46,8 +53,13 @@ impl Kv for KvService {
         let req = req.into_inner();
         validation::delete_range(&req)?;
         validation::size(&req, &self.0.limits)?;
-        self.0.allow_delete_range(info.as_ref(), &req)?;
-        let mut resp = self.0.store.delete_range(req).await?;
+        let mut resp = self
+            .0
+            .checked_write(
+                || self.0.allow_delete_range(info.as_ref(), &req),
+                |auth| self.0.store.delete_range_checked(req.clone(), auth),
+            )
+            .await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -61,8 +73,13 @@ impl Kv for KvService {
             validation::size(&req, &self.0.limits)?;
             self.0.check_quota(quota::txn_cost(&req)).await?;
         }
-        self.0.allow_txn(info.as_ref(), &req)?;
-        let mut resp = self.0.store.txn(req).await?;
+        let mut resp = self
+            .0
+            .checked_write(
+                || self.0.allow_txn(info.as_ref(), &req),
+                |auth| self.0.store.txn_checked(req.clone(), auth),
+            )
+            .await?;
         if read_only {
             self.0.auth.check_unchanged(info.as_ref())?;
         }

@@ -47,10 +47,15 @@ impl Lease for LeaseService {
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let info = self.0.auth_info(req.metadata())?;
-        self.0.auth.require(info.as_ref())?;
         let id = req.into_inner().id;
-        self.0.allow_lease_keys(info.as_ref(), id)?;
-        let mut resp = self.0.store.lease_revoke(id).await?;
+        let allow = || {
+            self.0.auth.require(info.as_ref())?;
+            self.0.allow_lease_keys(info.as_ref(), id)
+        };
+        let mut resp = self
+            .0
+            .checked_write(allow, |auth| self.0.store.lease_revoke_checked(id, auth))
+            .await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))
     }

@@ -3,8 +3,12 @@
 //!
 //! The state is small and changes rarely, so it is kept whole in memory and stored whole in the
 //! backend, each change replacing it only from the generation it was made from: frontends sharing
-//! a backend never lose each other's changes, and each picks up the others' within
-//! [`REFRESH_INTERVAL`]. Changes that etcd counts move the auth revision on, as etcd's do.
+//! a backend never lose each other's changes. Each frontend picks up the others' changes before
+//! it answers a request that comes after them: a linearizable read learns the stored generation
+//! with its read index, and a write under the append right, and either is allowed again under the
+//! newer state (see [`crate::mvcc::Store::put_checked`]). Serializable reads and watches use the
+//! state as this frontend has it, refreshed every [`REFRESH_INTERVAL`], as an etcd member uses its
+//! own. Changes that etcd counts move the auth revision on, as etcd's do.
 
 mod jwt;
 pub mod permissions;
@@ -308,6 +312,33 @@ impl AuthStore {
 
     pub fn enabled(&self) -> bool {
         self.current().enabled
+    }
+
+    /// The generation of the state requests are allowed under now (see
+    /// [`crate::mvcc::Store::put_checked`]).
+    pub fn generation(&self) -> u64 {
+        self.current().generation
+    }
+
+    /// On a shared backend, loads the stored state if another frontend changed it; true if it did.
+    /// A refusal is checked again against it before it is answered: auth may have been turned
+    /// off, or the permission granted, through another frontend.
+    pub async fn reload(&self) -> Result<bool> {
+        if self.backend.shared().is_none() {
+            return Ok(false);
+        }
+        let before = self.generation();
+        Ok(self.fresh().await?.generation != before)
+    }
+
+    /// Loads the stored state if it is newer than generation `seen`, which the backend has shown
+    /// (on a shared backend, another frontend may have changed it); true if it loaded one.
+    pub async fn catch_up(&self, seen: u64) -> Result<bool> {
+        if self.generation() >= seen {
+            return Ok(false);
+        }
+        self.fresh().await?;
+        Ok(true)
     }
 
     pub fn revision(&self) -> u64 {

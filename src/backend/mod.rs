@@ -158,7 +158,8 @@ pub trait Backend: Send + Sync + 'static {
     async fn auth(&self) -> Result<Option<(u64, Vec<u8>)>>;
 
     /// Durably replaces the auth state, if its generation is still `generation` (0: none stored);
-    /// false if another process changed it first.
+    /// false if another process changed it first. On a shared backend the change waits for the
+    /// append right (see [`Shared::lock`]), so that writes and auth changes are in one order.
     async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool>;
 
     /// Gives the space of removed history back to the file system.
@@ -173,6 +174,24 @@ pub trait Backend: Send + Sync + 'static {
     }
 }
 
+/// What [`Shared::lock`] found.
+pub struct Locked {
+    pub progress: Progress,
+    /// The generation of the stored auth state ([`Backend::auth`]; 0 if none), which cannot change
+    /// until the right is given back.
+    pub auth: u64,
+    /// The log's first whole revisions after the one asked for.
+    pub entries: Vec<LogEntry>,
+}
+
+/// What [`Shared::read_index`] found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadIndex {
+    pub head: i64,
+    /// The generation of the stored auth state (0 if none).
+    pub auth: u64,
+}
+
 /// A backend shared by several frontends: the append right, the tail, leases timed by the
 /// backend's clock and expired by one keeper, and the member registry (DESIGN.md, invariants 3–6).
 #[async_trait]
@@ -183,8 +202,12 @@ pub trait Shared: Send + Sync {
     /// Takes the right to append, cluster-wide, and returns where the log stands as of taking it,
     /// with the log's first whole revisions after `after` (perhaps not all of them up to the head:
     /// the caller reads the rest). The right is held until the next `append` or
-    /// [`Shared::unlock`]; meanwhile others' appends wait.
-    async fn lock(&self, after: i64) -> Result<(Progress, Vec<LogEntry>)>;
+    /// [`Shared::unlock`]; meanwhile others' appends wait, and so do changes of the auth state.
+    async fn lock(&self, after: i64) -> Result<Locked>;
+
+    /// The head, and the generation of the stored auth state, read together: what a linearizable
+    /// read must have caught up with.
+    async fn read_index(&self) -> Result<ReadIndex>;
 
     /// Gives back the right [`Shared::lock`] took, appending nothing (lease removals made under it
     /// commit).

@@ -50,6 +50,9 @@ pub struct Store {
     /// The committed revision, as it moves.
     committed: tokio::sync::watch::Receiver<i64>,
     read_index: ReadIndex,
+    /// On a shared backend, the newest generation of the auth state it has shown this process:
+    /// read indexes and the writer's append right learn it.
+    auth_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Linearizable reads on a shared backend learn the head from it, one query for every read that
@@ -100,6 +103,9 @@ enum Written {
 
 struct Queued {
     write: Write,
+    /// The generation of the auth state a client's write was allowed under (see
+    /// [`Store::put_checked`]); None for writes nobody's permissions govern.
+    auth: Option<u64>,
     reply: oneshot::Sender<Result<Written>>,
 }
 
@@ -132,6 +138,7 @@ impl Store {
         let tail = backend.shared().map(|s| s.tail());
         let shared = tail.is_some();
         let (committed_tx, committed) = tokio::sync::watch::channel(progress.head);
+        let auth_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer {
             index: index.clone(),
             backend: backend.clone(),
@@ -141,6 +148,7 @@ impl Store {
             unresolved: None,
             committed: committed_tx,
             held: None,
+            auth_seen: auth_seen.clone(),
         };
         tokio::spawn(writer.run(rx));
         let (grants, queue) = mpsc::channel(MAX_BATCH);
@@ -178,6 +186,7 @@ impl Store {
             grants,
             committed,
             read_index: ReadIndex::default(),
+            auth_seen,
         }))
     }
 
@@ -342,21 +351,30 @@ impl Store {
         Ok(pending.finish())
     }
 
+    /// The newest generation of the auth state a shared backend has shown this process (0 on a
+    /// backend of its own, whose auth state this process keeps): a linearizable read, or a write
+    /// refused as [`Error::AuthStale`], must be allowed under a state at least as new.
+    pub fn auth_seen(&self) -> u64 {
+        self.auth_seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Waits until the index holds every revision committed in the backend before the call: on a
     /// shared backend the head it reads (shared with the calls that arrived before the query went
     /// out) moves this process's tailer, which catches the writer up. At once on a backend of this
     /// process's own.
     pub async fn sync_with_head(&self) -> Result<()> {
         use std::sync::atomic::Ordering;
-        if self.backend.shared().is_none() {
+        let Some(shared) = self.backend.shared() else {
             return Ok(());
-        }
+        };
         let mine = self.read_index.tickets.fetch_add(1, Ordering::SeqCst) + 1;
         let head = {
             let mut last = self.read_index.last.lock().await;
             if last.0 < mine {
                 let covers = self.read_index.tickets.load(Ordering::SeqCst);
-                *last = (covers, self.backend.progress().await?.head);
+                let index = shared.read_index().await?;
+                self.auth_seen.fetch_max(index.auth, Ordering::SeqCst);
+                *last = (covers, index.head);
                 crate::metrics::READ_INDEX_QUERIES.inc();
             }
             last.1
@@ -376,14 +394,43 @@ impl Store {
     }
 
     pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        match self.write(Write::Put(req)).await? {
+        self.put_as(req, None).await
+    }
+
+    /// A client's put, allowed under the auth state of generation `auth`. On a shared backend,
+    /// if another frontend changed the auth state before the put could be appended, the put is
+    /// not made and the answer is [`Error::AuthStale`]: check it again under the new state (as
+    /// etcd checks a write when it applies it) and send it again.
+    pub async fn put_checked(&self, req: PutRequest, auth: u64) -> Result<PutResponse> {
+        self.put_as(req, Some(auth)).await
+    }
+
+    async fn put_as(&self, req: PutRequest, auth: Option<u64>) -> Result<PutResponse> {
+        match self.write(Write::Put(req), auth).await? {
             Written::Put(r) => Ok(r),
             _ => unreachable!("a put is answered by a put"),
         }
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        match self.write(Write::Delete(req)).await? {
+        self.delete_range_as(req, None).await
+    }
+
+    /// A client's delete, allowed under auth generation `auth` (see [`Store::put_checked`]).
+    pub async fn delete_range_checked(
+        &self,
+        req: DeleteRangeRequest,
+        auth: u64,
+    ) -> Result<DeleteRangeResponse> {
+        self.delete_range_as(req, Some(auth)).await
+    }
+
+    async fn delete_range_as(
+        &self,
+        req: DeleteRangeRequest,
+        auth: Option<u64>,
+    ) -> Result<DeleteRangeResponse> {
+        match self.write(Write::Delete(req), auth).await? {
             Written::Delete(r) => Ok(r),
             _ => unreachable!("a delete is answered by a delete"),
         }
@@ -392,14 +439,23 @@ impl Store {
     /// Every txn, read-only ones included, goes through the writer: its compares then see the
     /// newest state, and its answer waits until everything it saw is durable.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        match self.write(Write::Txn(req)).await? {
+        self.txn_as(req, None).await
+    }
+
+    /// A client's txn, allowed under auth generation `auth` (see [`Store::put_checked`]).
+    pub async fn txn_checked(&self, req: TxnRequest, auth: u64) -> Result<TxnResponse> {
+        self.txn_as(req, Some(auth)).await
+    }
+
+    async fn txn_as(&self, req: TxnRequest, auth: Option<u64>) -> Result<TxnResponse> {
+        match self.write(Write::Txn(req), auth).await? {
             Written::Txn(r) => Ok(r),
             _ => unreachable!("a txn is answered by a txn"),
         }
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
-        match self.write(Write::Compact(req)).await? {
+        match self.write(Write::Compact(req), None).await? {
             Written::Compact(r) => Ok(r),
             _ => unreachable!("a compaction is answered by a compaction"),
         }
@@ -437,7 +493,16 @@ impl Store {
 
     /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten.
     pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        match self.write(Write::Revoke(id)).await? {
+        self.lease_revoke_as(id, None).await
+    }
+
+    /// A client's revoke, allowed under auth generation `auth` (see [`Store::put_checked`]).
+    pub async fn lease_revoke_checked(&self, id: i64, auth: u64) -> Result<LeaseRevokeResponse> {
+        self.lease_revoke_as(id, Some(auth)).await
+    }
+
+    async fn lease_revoke_as(&self, id: i64, auth: Option<u64>) -> Result<LeaseRevokeResponse> {
+        match self.write(Write::Revoke(id), auth).await? {
             Written::Revoke(r) => Ok(r),
             _ => unreachable!("a revoke is answered by a revoke"),
         }
@@ -591,10 +656,10 @@ impl Store {
         }
     }
 
-    async fn write(&self, write: Write) -> Result<Written> {
+    async fn write(&self, write: Write, auth: Option<u64>) -> Result<Written> {
         let (reply, answer) = oneshot::channel();
         self.writes
-            .send(Queued { write, reply })
+            .send(Queued { write, auth, reply })
             .await
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)?
@@ -627,6 +692,7 @@ async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>) {
             let (reply, answer) = oneshot::channel();
             let queued = Queued {
                 write: Write::Revoke(id),
+                auth: None,
                 reply,
             };
             if writes.send(queued).await.is_err() {
@@ -735,6 +801,7 @@ async fn expire_leases(
             let (reply, _) = oneshot::channel();
             let queued = Queued {
                 write: Write::Revoke(id),
+                auth: None,
                 reply,
             };
             if writes.send(queued).await.is_err() {
@@ -756,6 +823,7 @@ async fn follow(
             let (reply, answer) = oneshot::channel();
             let queued = Queued {
                 write: Write::CatchUp,
+                auth: None,
                 reply,
             };
             if writes.send(queued).await.is_err() {
@@ -847,6 +915,8 @@ struct Writer {
     committed: tokio::sync::watch::Sender<i64>,
     /// A compaction taken from the queue while gathering a batch's writes, to run after it.
     held: Option<Queued>,
+    /// See [`Store::auth_seen`].
+    auth_seen: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Unresolved {
@@ -890,6 +960,22 @@ struct AppliedGroup {
     undo: Undo,
 }
 
+/// Answers the writes of `group` allowed under an auth state older than generation `auth` with
+/// [`Error::AuthStale`] and leaves them out: another frontend changed the state before they could
+/// be appended, and they must be allowed again under the new one.
+fn refuse_stale(group: &mut Vec<Queued>, auth: u64) {
+    if group.iter().all(|q| q.auth.is_none_or(|a| a >= auth)) {
+        return;
+    }
+    let (stale, current) = std::mem::take(group)
+        .into_iter()
+        .partition(|q| q.auth.is_some_and(|a| a < auth));
+    *group = current;
+    for q in stale {
+        let _ = q.reply.send(Err(Error::AuthStale));
+    }
+}
+
 /// Whether `group` holds anything but catch-ups.
 fn may_write(group: &[Queued]) -> bool {
     group.iter().any(|q| !matches!(q.write, Write::CatchUp))
@@ -918,6 +1004,7 @@ impl Writer {
                 if let Some(Queued {
                     write: Write::Compact(req),
                     reply,
+                    ..
                 }) = rest.next()
                 {
                     let _ = reply.send(self.compact(req).await.map(Written::Compact));
@@ -1036,11 +1123,14 @@ impl Writer {
             return self.catch_up(progress, Vec::new()).await;
         }
         let committed = self.index.read().expect("index lock").committed;
-        let (progress, read) = shared.lock(committed).await?;
+        let locked = shared.lock(committed).await?;
         if let Some(queue) = queue {
             self.gather(group, queue);
         }
-        let ready = match self.catch_up(progress, read).await {
+        self.auth_seen
+            .fetch_max(locked.auth, std::sync::atomic::Ordering::SeqCst);
+        refuse_stale(group, locked.auth);
+        let ready = match self.catch_up(locked.progress, locked.entries).await {
             Ok(()) => self.sync_leases(shared, group).await,
             Err(e) => Err(e),
         };

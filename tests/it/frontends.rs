@@ -557,3 +557,137 @@ async fn auth_is_shared_by_frontends() {
     let roles = auth_b.role_list(list).await.unwrap().into_inner().roles;
     assert_eq!(roles.len(), 20, "{roles:?}");
 }
+
+/// `message` carrying `token`, as etcd's clients send it.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("token", token.parse().unwrap());
+    request
+}
+
+/// An auth change acknowledged by one frontend holds at once on the other, as it would on every
+/// member of an etcd cluster: the other's next write or linearizable read is allowed under the new
+/// state, not under the one it held (which it would refresh only within a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_changes_hold_at_once_on_other_frontends() {
+    use strata::proto::authpb::{permission::Type, Permission};
+    use strata::proto::etcdserverpb::auth_client::AuthClient;
+    use strata::proto::etcdserverpb::{
+        AuthDisableRequest, AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest,
+        AuthRoleRevokePermissionRequest, AuthUserAddRequest, AuthUserGrantRoleRequest,
+        AuthenticateRequest,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let (mut auth_a, auth_b) = (
+        AuthClient::new(a.channel().await),
+        AuthClient::new(b.channel().await),
+    );
+    for (user, role) in [("root", "root"), ("alice", "rw")] {
+        auth_a
+            .user_add(AuthUserAddRequest {
+                name: user.into(),
+                password: "pw".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if role != "root" {
+            auth_a
+                .role_add(AuthRoleAddRequest { name: role.into() })
+                .await
+                .unwrap();
+        }
+        auth_a
+            .user_grant_role(AuthUserGrantRoleRequest {
+                user: user.into(),
+                role: role.into(),
+            })
+            .await
+            .unwrap();
+    }
+    for (key, range_end) in [("k", "l"), ("m", "n")] {
+        auth_a
+            .role_grant_permission(AuthRoleGrantPermissionRequest {
+                name: "rw".into(),
+                perm: Some(Permission {
+                    perm_type: Type::Readwrite as i32,
+                    key: key.into(),
+                    range_end: range_end.into(),
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    auth_a.auth_enable(AuthEnableRequest {}).await.unwrap();
+    let login = |mut client: AuthClient<Channel>, name: &str| {
+        let name = name.to_owned();
+        async move {
+            let answer = client.authenticate(AuthenticateRequest {
+                name,
+                password: "pw".into(),
+            });
+            answer.await.unwrap().into_inner().token
+        }
+    };
+    let root = login(auth_a.clone(), "root").await;
+    let alice = login(auth_b.clone(), "alice").await;
+    let mut kv_b = b.kv().await;
+    kv_b.put(with_token(put("k1", "v"), &alice)).await.unwrap();
+    kv_b.range(with_token(get("k1"), &alice)).await.unwrap();
+    let revoke = |mut client: AuthClient<Channel>, key: &'static str, range_end: &'static str| {
+        let request = AuthRoleRevokePermissionRequest {
+            role: "rw".into(),
+            key: key.into(),
+            range_end: range_end.into(),
+        };
+        let request = with_token(request, &root);
+        async move { client.role_revoke_permission(request).await.unwrap() }
+    };
+
+    // Taken away through a, while b still allows them: b refuses alice's next read, and then her
+    // next write, as etcd refuses a request of a token older than the auth revision.
+    let old = "etcdserver: revision of auth store is old";
+    revoke(auth_a.clone(), "k", "l").await;
+    let refused = kv_b.range(with_token(get("k1"), &alice)).await;
+    assert_eq!(refused.unwrap_err().message(), old);
+    revoke(auth_a.clone(), "m", "n").await;
+    let refused = kv_b.put(with_token(put("m1", "v"), &alice)).await;
+    assert_eq!(refused.unwrap_err().message(), old);
+    let alice = login(auth_b.clone(), "alice").await;
+    let refused = kv_b.put(with_token(put("m1", "v"), &alice)).await;
+    assert_eq!(
+        refused.unwrap_err().message(),
+        "etcdserver: permission denied"
+    );
+
+    // Turned off through a: b takes anonymous requests at once.
+    auth_a
+        .auth_disable(with_token(AuthDisableRequest {}, &root))
+        .await
+        .unwrap();
+    kv_b.put(put("k3", "v")).await.unwrap();
+    kv_b.range(get("k3")).await.unwrap();
+
+    // Turned on again through a: b refuses the anonymous at once.
+    auth_a.auth_enable(AuthEnableRequest {}).await.unwrap();
+    let empty = "etcdserver: user name is empty";
+    let refused = kv_b.put(put("k4", "v")).await;
+    assert_eq!(refused.unwrap_err().message(), empty);
+    let refused = kv_b.range(get("k3")).await;
+    assert_eq!(refused.unwrap_err().message(), empty);
+    let root = login(auth_a.clone(), "root").await;
+    for (key, made) in [("k3", 1), ("k4", 0), ("m1", 0)] {
+        assert_eq!(count(&a, &root, key).await, made, "{key}");
+    }
+}
+
+/// How many keys `key` names, read through `s` with `token`.
+async fn count(s: &Strata, token: &str, key: &str) -> i64 {
+    let mut kv = s.kv().await;
+    let answer = kv.range(with_token(get(key), token)).await.unwrap();
+    answer.into_inner().count
+}

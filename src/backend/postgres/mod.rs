@@ -8,7 +8,8 @@
 //!   catches up to the head it read, evaluates its batch, and appends in the same transaction
 //!   (the rows, and the head moved from the revision before the first to the last, only if it still
 //!   is that revision). Commit order is therefore revision order, and no frontend evaluates a txn
-//!   on a stale state.
+//!   on a stale state. A change of the auth state (`strata_auth`, a generation and the state)
+//!   takes the same row lock, so that each append is made under one known auth state.
 //! - `strata_log`: one row per change, keyed by (revision, sub).
 //! - `strata_leases`: lease id → TTL, and when it expires by the database's clock (every frontend
 //!   renews through it; `strata_keeper` names the one frontend that expires leases, for a term it
@@ -17,8 +18,9 @@
 //!   heartbeat; the member list shows those heard from within [`MEMBER_TIMEOUT_SECONDS`].
 //!
 //! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
-//! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs. LISTEN/NOTIFY is used only as a wake-up for
-//! other frontends' tailers, which also poll; without it (or if it fails) they only poll.
+//! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs, `SELECT … FOR UPDATE` (also inside a
+//! CTE). LISTEN/NOTIFY is used only as a wake-up for other frontends' tailers, which also poll;
+//! without it (or if it fails) they only poll.
 //!
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
@@ -28,7 +30,8 @@ pub mod tls;
 pub use tls::Connection;
 
 use super::{
-    Backend, BackendError, Identity, LogEntry, MemberRecord, Progress, Result, Shared, Usage,
+    Backend, BackendError, Identity, Locked, LogEntry, MemberRecord, Progress, ReadIndex, Result,
+    Shared, Usage,
 };
 use crate::mvcc::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -146,20 +149,20 @@ SELECT count(*) FROM inserted";
 const FINISH_RESTORE: &str = "
 UPDATE strata_meta SET head = $1, compacted = $2 WHERE id = 1 AND head = 0 RETURNING head";
 
-/// The columns of the log rows of `entries`, and about how much space they take.
-type LogRows = (
+/// The columns of the log rows of `entries`, keys and values borrowed from them.
+type LogRows<'a> = (
     Vec<i64>,
     Vec<i64>,
     Vec<bool>,
-    Vec<Vec<u8>>,
+    Vec<&'a [u8]>,
     Vec<i64>,
     Vec<i64>,
     Vec<i64>,
-    Vec<Vec<u8>>,
+    Vec<&'a [u8]>,
 );
 
 /// Two numbers, then the columns of `rows`: the parameters of APPEND and RESTORE.
-fn row_params(rows: &LogRows) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8] {
+fn row_params<'a>(rows: &'a LogRows<'_>) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 8] {
     [
         &rows.0, &rows.1, &rows.2, &rows.3, &rows.4, &rows.5, &rows.6, &rows.7,
     ]
@@ -168,27 +171,47 @@ fn row_params(rows: &LogRows) -> [&(dyn tokio_postgres::types::ToSql + Sync); 8]
 fn with_rows<'a>(
     one: &'a i64,
     two: &'a i64,
-    rows: &'a LogRows,
+    rows: &'a LogRows<'_>,
 ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
     let [a, b, c, d, e, f, g, h] = row_params(rows);
     [one, two, a, b, c, d, e, f, g, h]
 }
 
-fn log_rows(entries: &[LogEntry]) -> (LogRows, i64) {
-    let mut rows = LogRows::default();
+/// The log rows of `entries`, and about how much space they take.
+fn log_rows(entries: &[LogEntry]) -> (LogRows<'_>, i64) {
+    let events = entries.iter().map(|e| e.events.len()).sum();
+    let mut rows: LogRows = (
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+        Vec::with_capacity(events),
+    );
     let mut bytes = 0;
     for entry in entries {
         for (sub, e) in entry.events.iter().enumerate() {
-            let kv = e.kv.clone().unwrap_or_default();
-            bytes += (kv.key.len() + kv.value.len()) as i64 + ROW_OVERHEAD;
+            let (key, value, create_revision, version, lease) = match &e.kv {
+                Some(kv) => (
+                    &kv.key[..],
+                    &kv.value[..],
+                    kv.create_revision,
+                    kv.version,
+                    kv.lease,
+                ),
+                None => (&[][..], &[][..], 0, 0, 0),
+            };
+            bytes += (key.len() + value.len()) as i64 + ROW_OVERHEAD;
             rows.0.push(entry.revision);
             rows.1.push(sub as i64);
             rows.2.push(e.r#type == EventType::Delete as i32);
-            rows.3.push(kv.key.to_vec());
-            rows.4.push(kv.create_revision);
-            rows.5.push(kv.version);
-            rows.6.push(kv.lease);
-            rows.7.push(kv.value.to_vec());
+            rows.3.push(key);
+            rows.4.push(create_revision);
+            rows.5.push(version);
+            rows.6.push(lease);
+            rows.7.push(value);
         }
     }
     (rows, bytes)
@@ -211,7 +234,32 @@ const READ_REST_OF_REVISION: &str = concat!(
     " FROM strata_log WHERE revision = $1 AND sub > $2 ORDER BY sub"
 );
 const PROGRESS: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1";
-const LOCK: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1 FOR UPDATE";
+/// The auth state's generation, 0 before the first change.
+macro_rules! auth_generation {
+    () => {
+        "COALESCE((SELECT generation FROM strata_auth WHERE id = 1), 0)"
+    };
+}
+const READ_INDEX: &str = concat!(
+    "SELECT head, ",
+    auth_generation!(),
+    " FROM strata_meta WHERE id = 1"
+);
+const LOCK: &str = concat!(
+    "SELECT head, compacted, ",
+    auth_generation!(),
+    " FROM strata_meta WHERE id = 1 FOR UPDATE"
+);
+/// Auth changes take the append right's row lock (until their statement commits), so that no
+/// change commits while a frontend holds the right: writes and auth changes are in one order.
+const FIRST_AUTH: &str = "
+WITH appends AS (SELECT id FROM strata_meta WHERE id = 1 FOR UPDATE)
+INSERT INTO strata_auth (id, generation, state) SELECT 1, 1, $1 FROM appends
+ON CONFLICT (id) DO NOTHING";
+const NEXT_AUTH: &str = "
+WITH appends AS (SELECT id FROM strata_meta WHERE id = 1 FOR UPDATE)
+UPDATE strata_auth SET generation = generation + 1, state = $2
+WHERE id = 1 AND generation = $1 AND EXISTS (SELECT 1 FROM appends)";
 
 type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 
@@ -965,20 +1013,10 @@ impl Backend for Postgres {
         // The first state inserts the row; every later one replaces it only from the generation
         // it was made from, so two frontends changing auth at once cannot lose a change.
         let changed = if generation == 0 {
-            self.inner
-                .write(
-                    "INSERT INTO strata_auth (id, generation, state) VALUES (1, 1, $1)
-                     ON CONFLICT (id) DO NOTHING",
-                    &[&state],
-                )
-                .await?
+            self.inner.write(FIRST_AUTH, &[&state]).await?
         } else {
             self.inner
-                .write(
-                    "UPDATE strata_auth SET generation = generation + 1, state = $2
-                     WHERE id = 1 AND generation = $1",
-                    &[&(generation as i64), &state],
-                )
+                .write(NEXT_AUTH, &[&(generation as i64), &state])
                 .await?
         };
         Ok(changed == 1)
@@ -1013,7 +1051,7 @@ impl Shared for Postgres {
         self.inner.head.subscribe()
     }
 
-    async fn lock(&self, after: i64) -> Result<(Progress, Vec<LogEntry>)> {
+    async fn lock(&self, after: i64) -> Result<Locked> {
         let mut appender = self.inner.appender.lock().await;
         let config = &self.inner.config;
         if appender.locked {
@@ -1047,17 +1085,34 @@ impl Shared for Postgres {
                 head: number(&row, 0)?,
                 compacted: number(&row, 1)?,
             };
-            Ok((progress, log?))
+            Ok((progress, number(&row, 2)? as u64, log?))
         });
         // A failure drops the connection, and with it the transaction if it began.
-        let (progress, mut rows) = appender.failed(read)?;
+        let (progress, auth, mut rows) = appender.failed(read)?;
         appender.locked = true;
         if rows.len() == LOCK_READ_EVENTS {
             // Whole revisions only: leave the last one, which may be cut, to the caller's read.
             let last: i64 = rows.last().expect("not empty").get(0);
             rows.retain(|r| r.get::<_, i64>(0) != last);
         }
-        Ok((progress, entries(&rows)))
+        Ok(Locked {
+            progress,
+            auth,
+            entries: entries(&rows),
+        })
+    }
+
+    async fn read_index(&self) -> Result<ReadIndex> {
+        let rows = self.inner.read(READ_INDEX, &[]).await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+        let index = ReadIndex {
+            head: row.get(0),
+            auth: row.get::<_, i64>(1) as u64,
+        };
+        self.inner.seen(index.head);
+        Ok(index)
     }
 
     async fn unlock(&self) -> Result<()> {
