@@ -95,8 +95,7 @@ impl Context {
         F: std::future::Future<Output = Result<T>>,
     {
         for _ in 0..AUTH_ATTEMPTS {
-            let generation = self.auth.generation();
-            self.allow_fresh(&allow).await?;
+            let generation = self.allow_fresh(&allow).await?;
             match write(generation).await {
                 Err(Error::AuthStale) => {
                     self.auth.catch_up(self.store.auth_seen()).await?;
@@ -107,26 +106,37 @@ impl Context {
         Err(Error::AuthOldRevision)
     }
 
-    /// Runs `allow`; on a shared backend a refusal stands only if this frontend's auth state is
-    /// the stored one (another frontend may have turned auth off or granted the permission).
-    pub(super) async fn allow_fresh(&self, allow: &impl Fn() -> Result<()>) -> Result<()> {
+    /// Runs `allow`, and answers the generation of the auth state it allowed under. On a shared
+    /// backend a refusal stands only if this frontend's state is the stored one (another frontend
+    /// may have turned auth off or granted the permission).
+    pub(super) async fn allow_fresh(&self, allow: &impl Fn() -> Result<()>) -> Result<u64> {
+        // Read first: a state installed meanwhile is newer, and the write or read is only checked
+        // again.
+        let generation = self.auth.generation();
         match allow() {
             Err(e @ (Error::PermissionDenied | Error::UserEmpty | Error::AuthOldRevision)) => {
-                if self.auth.reload().await? {
-                    allow()
-                } else {
-                    Err(e)
+                if !self.auth.reload().await? {
+                    return Err(e);
                 }
+                let generation = self.auth.generation();
+                allow()?;
+                Ok(generation)
             }
-            allowed => allowed,
+            allowed => allowed.map(|()| generation),
         }
     }
 
-    /// After a linearizable read: if the read index showed a newer auth state than the one the
-    /// read was allowed under, the read is allowed again under that state (`allow`), so that no
-    /// read answers under permissions another frontend had already changed when it began.
-    pub(super) async fn recheck_read(&self, allow: impl Fn() -> Result<()>) -> Result<()> {
-        if self.auth.catch_up(self.store.auth_seen()).await? {
+    /// After a linearizable read allowed under auth generation `allowed`: if its read index showed
+    /// a newer state, the read is allowed again under that state, so that no read answers under
+    /// permissions another frontend had already changed when it began.
+    pub(super) async fn recheck_read(
+        &self,
+        allowed: u64,
+        allow: impl Fn() -> Result<()>,
+    ) -> Result<()> {
+        let seen = self.store.auth_seen();
+        if seen > allowed {
+            self.auth.catch_up(seen).await?;
             allow()?;
         }
         Ok(())

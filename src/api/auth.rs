@@ -10,7 +10,10 @@ use tonic::{Request, Response, Status};
 pub struct AuthService(pub(super) Context);
 
 impl AuthService {
-    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+    /// That the sender has the root role, when auth is on, by the stored auth state (on a shared
+    /// backend another frontend may have just turned auth on or taken the role away).
+    async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.0.auth.reload().await?;
         Ok(self.0.allow_admin(req.metadata())?)
     }
 
@@ -31,7 +34,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.0.auth.enable().await?;
         self.answer(AuthEnableResponse::default(), |r| &mut r.header)
     }
@@ -40,7 +43,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.0.auth.disable().await?;
         self.answer(AuthDisableResponse::default(), |r| &mut r.header)
     }
@@ -49,7 +52,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let (enabled, auth_revision) = self.0.auth.status();
         let resp = AuthStatusResponse {
             enabled,
@@ -76,7 +79,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0
             .auth
@@ -103,7 +106,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let resp = AuthUserListResponse {
             users: self.0.auth.user_list(),
             ..Default::default()
@@ -115,7 +118,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.0.auth.user_delete(&req.into_inner().name).await?;
         self.answer(AuthUserDeleteResponse::default(), |r| &mut r.header)
     }
@@ -124,7 +127,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0
             .auth
@@ -137,7 +140,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0.auth.user_grant_role(&req.user, &req.role).await?;
         self.answer(AuthUserGrantRoleResponse::default(), |r| &mut r.header)
@@ -147,7 +150,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0.auth.user_revoke_role(&req.name, &req.role).await?;
         self.answer(AuthUserRevokeRoleResponse::default(), |r| &mut r.header)
@@ -157,7 +160,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.0.auth.role_add(&req.into_inner().name).await?;
         self.answer(AuthRoleAddResponse::default(), |r| &mut r.header)
     }
@@ -180,7 +183,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let resp = AuthRoleListResponse {
             roles: self.0.auth.role_list(),
             ..Default::default()
@@ -192,7 +195,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         self.0.auth.role_delete(&req.into_inner().role).await?;
         self.answer(AuthRoleDeleteResponse::default(), |r| &mut r.header)
     }
@@ -201,7 +204,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0
             .auth
@@ -216,7 +219,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        self.admin(&req)?;
+        self.admin(&req).await?;
         let req = req.into_inner();
         self.0
             .auth

@@ -18,9 +18,9 @@ impl Kv for KvService {
         let req = req.into_inner();
         validation::range(&req)?;
         let allow = || self.0.allow_range(info.as_ref(), &req);
-        self.0.allow_fresh(&allow).await?;
+        let allowed = self.0.allow_fresh(&allow).await?;
         let mut resp = self.0.store.range(&req).await?;
-        self.0.recheck_read(allow).await?;
+        self.0.recheck_read(allowed, allow).await?;
         // An answer read while auth changed is refused, as etcd refuses it.
         self.0.auth.check_unchanged(info.as_ref())?;
         self.0.fill(&mut resp.header);

@@ -324,11 +324,12 @@ impl AuthStore {
     /// A refusal is checked again against it before it is answered: auth may have been turned
     /// off, or the permission granted, through another frontend.
     pub async fn reload(&self) -> Result<bool> {
-        if self.backend.shared().is_none() {
+        let Some(shared) = self.backend.shared() else {
             return Ok(false);
-        }
-        let before = self.generation();
-        Ok(self.fresh().await?.generation != before)
+        };
+        // The generation alone first: most refusals stand, and the state is read only if it moved.
+        let stored = shared.read_index().await?.auth;
+        self.catch_up(stored).await
     }
 
     /// Loads the stored state if it is newer than generation `seen`, which the backend has shown

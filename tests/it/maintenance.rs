@@ -24,9 +24,20 @@ async fn defragment_gives_space_back_and_keeps_the_data() {
     let server = Strata::start_in(dir.path(), &[]);
     let mut kv = server.kv().await;
     let mut maintenance = MaintenanceClient::new(server.channel().await);
-    let value = "v".repeat(4096);
+    // Values that do not compress, so that PostgreSQL stores them at their size as well.
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut noise = || {
+        (0..4096)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                char::from(b'a' + (seed % 26) as u8)
+            })
+            .collect::<String>()
+    };
     for i in 0..2000 {
-        kv.put(put(&format!("big/{i:05}"), &value)).await.unwrap();
+        kv.put(put(&format!("big/{i:05}"), &noise())).await.unwrap();
     }
     kv.put(put("kept", "1")).await.unwrap();
     let deleted = kv

@@ -245,11 +245,10 @@ const READ_INDEX: &str = concat!(
     auth_generation!(),
     " FROM strata_meta WHERE id = 1"
 );
-const LOCK: &str = concat!(
-    "SELECT head, compacted, ",
-    auth_generation!(),
-    " FROM strata_meta WHERE id = 1 FOR UPDATE"
-);
+const LOCK: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1 FOR UPDATE";
+/// Sent after [`LOCK`]: a statement of its own, so that it reads the auth state as of holding the
+/// lock (a statement sees only what committed before it began).
+const LOCKED_AUTH: &str = concat!("SELECT ", auth_generation!());
 /// Auth changes take the append right's row lock (until their statement commits), so that no
 /// change commits while a frontend holds the right: writes and auth changes are in one order.
 const FIRST_AUTH: &str = "
@@ -274,6 +273,9 @@ struct Inner {
     appender: Mutex<Session>,
     /// The connection other writes go through, one at a time.
     writer: Mutex<Session>,
+    /// The connection auth changes go through: they wait for the append right, and must not hold
+    /// up the writes of the writer connection (lease renewals among them) meanwhile.
+    auth: Mutex<Session>,
     /// Connections shared by reads, each carrying many pipelined queries at once.
     readers: Vec<Mutex<Option<Arc<Conn>>>>,
     next_reader: std::sync::atomic::AtomicUsize,
@@ -471,6 +473,10 @@ impl Postgres {
             }),
             writer: Mutex::new(Session {
                 conn: Some(conn),
+                locked: false,
+            }),
+            auth: Mutex::new(Session {
+                conn: None,
                 locked: false,
             }),
             readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
@@ -1012,11 +1018,14 @@ impl Backend for Postgres {
     async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool> {
         // The first state inserts the row; every later one replaces it only from the generation
         // it was made from, so two frontends changing auth at once cannot lose a change.
+        let mut session = self.inner.auth.lock().await;
+        let config = &self.inner.config;
         let changed = if generation == 0 {
-            self.inner.write(FIRST_AUTH, &[&state]).await?
+            session.execute(config, FIRST_AUTH, &[&state]).await?
         } else {
-            self.inner
-                .write(NEXT_AUTH, &[&(generation as i64), &state])
+            let generation = generation as i64;
+            session
+                .execute(config, NEXT_AUTH, &[&generation, &state])
                 .await?
         };
         Ok(changed == 1)
@@ -1063,10 +1072,11 @@ impl Shared for Postgres {
         // Both statements prepared before the transaction, so that nothing but them runs in it.
         let read = appender.prepared(config, READ_LOG).await?;
         appender.prepared(config, APPEND).await?;
-        // One round trip: the lock, then (pipelined behind it, so under it) the log after `after`.
+        // One round trip: the lock and the auth generation under it, then (pipelined behind them, so
+        // under the lock) the log after `after`.
         let conn = appender.conn(config).await?;
         let limit = LOCK_READ_EVENTS as i64;
-        let locking = format!("BEGIN; {LOCK}");
+        let locking = format!("BEGIN; {LOCK}; {LOCKED_AUTH}");
         let from = after + 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &limit];
         let (locked, log) = tokio::join!(
@@ -1074,18 +1084,18 @@ impl Shared for Postgres {
             deadline(conn.client.query(&read, &params)),
         );
         let read = locked.and_then(|messages| {
-            let row = messages
-                .into_iter()
-                .find_map(|m| match m {
-                    SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                })
-                .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
-            let progress = Progress {
-                head: number(&row, 0)?,
-                compacted: number(&row, 1)?,
+            let mut rows = messages.into_iter().filter_map(|m| match m {
+                SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            });
+            let (Some(meta), Some(auth)) = (rows.next(), rows.next()) else {
+                return Err(BackendError::Schema("strata_meta has no row".into()));
             };
-            Ok((progress, number(&row, 2)? as u64, log?))
+            let progress = Progress {
+                head: number(&meta, 0)?,
+                compacted: number(&meta, 1)?,
+            };
+            Ok((progress, number(&auth, 0)? as u64, log?))
         });
         // A failure drops the connection, and with it the transaction if it began.
         let (progress, auth, mut rows) = appender.failed(read)?;
