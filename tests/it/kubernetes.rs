@@ -740,6 +740,8 @@ fn events_stay_bounded() {
         .unwrap();
     let start = Instant::now();
     let mut samples = Vec::new();
+    // When each batch was sent.
+    let mut sent = Vec::new();
     let mut batch = 0;
     while start.elapsed() < Duration::from_secs(seconds) {
         let second = Instant::now();
@@ -756,6 +758,7 @@ fn events_stay_bounded() {
             &["create", "-f", "-"],
             &format!("apiVersion: v1\nkind: List\nitems:\n{events}"),
         );
+        sent.push(second - start);
         batch += 1;
         if batch % 10 == 0 {
             let (keys, leases) = runtime.block_on(events_and_leases(&strata, false));
@@ -776,17 +779,25 @@ fn events_stay_bounded() {
             std::thread::sleep(rest);
         }
     }
-    // After the first TTL and a few of kube-apiserver's windows, neither grows: at most one TTL
-    // and one reuse window of events (and of their leases) are alive, plus the expiry in flight.
+    // After the first TTL and a few of kube-apiserver's windows, neither grows: at most the
+    // events of the last TTL and reuse windows (and their leases) are alive, plus the expiry in
+    // flight. Each sample is held to what was written in the span before it.
     let settled = Duration::from_secs(ttl + 3 * window + 10);
     let steady: Vec<_> = samples.iter().filter(|(at, _, _)| *at > settled).collect();
     assert!(!steady.is_empty(), "run for more than {settled:?}");
-    let rate = (batch * PER_SECOND) as f64 / start.elapsed().as_secs_f64();
-    let most_keys = (rate * (ttl + 2 * window + 5) as f64) as i64;
-    // A new lease each window, or sooner once a lease carries its most events.
-    let every = (window as f64).min(PER_LEASE as f64 / rate);
-    let most_leases = ((ttl + window) as f64 / every).ceil() as usize + 4;
+    let span = Duration::from_secs(ttl + 2 * window + 5);
+    let written_in_span = |at: Duration| {
+        let batches = sent
+            .iter()
+            .filter(|b| **b + span >= at && **b <= at)
+            .count();
+        (batches + 1) * PER_SECOND
+    };
     for (at, keys, leases) in steady {
+        let written = written_in_span(*at);
+        let most_keys = written as i64;
+        // A new lease each window, and sooner for each 1,000 events.
+        let most_leases = written / PER_LEASE + (span.as_secs() / window) as usize + 4;
         assert!(
             *keys <= most_keys,
             "{keys} event keys at {at:?}, expected at most {most_keys}"
