@@ -1069,33 +1069,35 @@ impl Shared for Postgres {
                 .simple(config, "ROLLBACK", STATEMENT_DEADLINE)
                 .await?;
         }
-        // Both statements prepared before the transaction, so that nothing but them runs in it.
+        // The statements prepared before the transaction, so that nothing but them runs in it.
         let read = appender.prepared(config, READ_LOG).await?;
+        let auth = appender.prepared(config, LOCKED_AUTH).await?;
         appender.prepared(config, APPEND).await?;
-        // One round trip: the lock and the auth generation under it, then (pipelined behind them, so
-        // under the lock) the log after `after`.
+        // One round trip: the lock, then (pipelined behind it, so under it) the auth generation
+        // and the log after `after`.
         let conn = appender.conn(config).await?;
         let limit = LOCK_READ_EVENTS as i64;
-        let locking = format!("BEGIN; {LOCK}; {LOCKED_AUTH}");
+        let locking = format!("BEGIN; {LOCK}");
         let from = after + 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &limit];
-        let (locked, log) = tokio::join!(
+        let (locked, auth, log) = tokio::join!(
             deadline(conn.client.simple_query(&locking)),
+            deadline(conn.client.query_one(&auth, &[])),
             deadline(conn.client.query(&read, &params)),
         );
         let read = locked.and_then(|messages| {
-            let mut rows = messages.into_iter().filter_map(|m| match m {
-                SimpleQueryMessage::Row(row) => Some(row),
-                _ => None,
-            });
-            let (Some(meta), Some(auth)) = (rows.next(), rows.next()) else {
-                return Err(BackendError::Schema("strata_meta has no row".into()));
-            };
+            let meta = messages
+                .into_iter()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                })
+                .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
             let progress = Progress {
                 head: number(&meta, 0)?,
                 compacted: number(&meta, 1)?,
             };
-            Ok((progress, number(&auth, 0)? as u64, log?))
+            Ok((progress, auth?.get::<_, i64>(0) as u64, log?))
         });
         // A failure drops the connection, and with it the transaction if it began.
         let (progress, auth, mut rows) = appender.failed(read)?;
