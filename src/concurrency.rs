@@ -91,7 +91,7 @@ impl Drop for Abandon {
         if let Some(cleanup) = self.cleanup.take() {
             let store = self.store.clone();
             tokio::spawn(async move {
-                let _ = store.txn(cleanup).await;
+                let _ = store.txn(cleanup, None).await;
             });
         }
     }
@@ -168,7 +168,7 @@ pub async fn lock(store: &Arc<Store>, name: &[u8], lease: i64) -> Result<(Bytes,
             owner,
         ],
     };
-    let answer = store.txn(acquire).await?;
+    let answer = store.txn(acquire, None).await?;
     let header = answer.header.unwrap_or_default();
     let my_revision = if answer.succeeded {
         header.revision
@@ -227,7 +227,7 @@ pub async fn campaign(
             ..Default::default()
         }))],
     };
-    let answer = store.txn(enter).await?;
+    let answer = store.txn(enter, None).await?;
     let header = answer.header.unwrap_or_default();
     let mut leader = LeaderKey {
         name: Bytes::copy_from_slice(name),
@@ -258,16 +258,19 @@ pub async fn campaign(
 /// Puts a new value under the leader key, if it still leads.
 pub async fn proclaim(store: &Store, leader: &LeaderKey, value: Bytes) -> Result<ResponseHeader> {
     let answer = store
-        .txn(TxnRequest {
-            compare: vec![create_is(&leader.key, leader.rev)],
-            success: vec![op(Request::RequestPut(PutRequest {
-                key: leader.key.clone(),
-                value,
-                lease: leader.lease,
-                ..Default::default()
-            }))],
-            failure: Vec::new(),
-        })
+        .txn(
+            TxnRequest {
+                compare: vec![create_is(&leader.key, leader.rev)],
+                success: vec![op(Request::RequestPut(PutRequest {
+                    key: leader.key.clone(),
+                    value,
+                    lease: leader.lease,
+                    ..Default::default()
+                }))],
+                failure: Vec::new(),
+            },
+            None,
+        )
         .await?;
     if !answer.succeeded {
         return Err(Error::ElectionNotLeader);
@@ -278,7 +281,7 @@ pub async fn proclaim(store: &Store, leader: &LeaderKey, value: Bytes) -> Result
 /// Gives up leadership (or a place in the queue): deletes the leader key if it is still this one.
 pub async fn resign(store: &Store, leader: &LeaderKey) -> Result<ResponseHeader> {
     let answer = store
-        .txn(delete_if_created_at(&leader.key, leader.rev))
+        .txn(delete_if_created_at(&leader.key, leader.rev), None)
         .await?;
     Ok(answer.header.unwrap_or_default())
 }
@@ -426,10 +429,13 @@ async fn wait_delete(store: &Store, key: Bytes, revision: i64) -> Result<()> {
 /// Releases a lock by deleting its key.
 pub async fn unlock(store: &Store, key: Bytes) -> Result<ResponseHeader> {
     let deleted = store
-        .delete_range(DeleteRangeRequest {
-            key,
-            ..Default::default()
-        })
+        .delete_range(
+            DeleteRangeRequest {
+                key,
+                ..Default::default()
+            },
+            None,
+        )
         .await?;
     Ok(deleted.header.unwrap_or_default())
 }

@@ -98,7 +98,7 @@ pub enum Error {
     #[error("etcdserver: revision of auth store is old")]
     AuthOldRevision,
     /// A write allowed under an auth state that another frontend replaced before the write was
-    /// appended: the API allows it again under the new state (see `Store::put_checked`). Should
+    /// appended: the API allows it again under the new state (see `Store::put`). Should
     /// it reach a client, it reads as etcd's answer to a request checked at an old auth revision.
     #[error("etcdserver: revision of auth store is old")]
     AuthStale,

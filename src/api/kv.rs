@@ -38,7 +38,7 @@ impl Kv for KvService {
             .0
             .checked_write(
                 || self.0.allow_put(info.as_ref(), &req),
-                |auth| self.0.store.put_checked(req.clone(), auth),
+                |auth| self.0.store.put(req.clone(), Some(auth)),
             )
             .await?;
         self.0.fill(&mut resp.header);
@@ -57,7 +57,7 @@ impl Kv for KvService {
             .0
             .checked_write(
                 || self.0.allow_delete_range(info.as_ref(), &req),
-                |auth| self.0.store.delete_range_checked(req.clone(), auth),
+                |auth| self.0.store.delete_range(req.clone(), Some(auth)),
             )
             .await?;
         self.0.fill(&mut resp.header);
@@ -77,7 +77,7 @@ impl Kv for KvService {
             .0
             .checked_write(
                 || self.0.allow_txn(info.as_ref(), &req),
-                |auth| self.0.store.txn_checked(req.clone(), auth),
+                |auth| self.0.store.txn(req.clone(), Some(auth)),
             )
             .await?;
         if read_only {

@@ -54,7 +54,7 @@ impl Lease for LeaseService {
         };
         let mut resp = self
             .0
-            .checked_write(allow, |auth| self.0.store.lease_revoke_checked(id, auth))
+            .checked_write(allow, |auth| self.0.store.lease_revoke(id, Some(auth)))
             .await?;
         self.0.fill(&mut resp.header);
         Ok(Response::new(resp))

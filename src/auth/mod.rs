@@ -6,7 +6,7 @@
 //! a backend never lose each other's changes. Each frontend picks up the others' changes before
 //! it answers a request that comes after them: a linearizable read learns the stored generation
 //! with its read index, and a write under the append right, and either is allowed again under the
-//! newer state (see [`crate::mvcc::Store::put_checked`]); auth administration and refusals reload
+//! newer state (see [`crate::mvcc::Store::put`]); auth administration and refusals reload
 //! it first ([`AuthStore::reload`]). Other requests (serializable reads, watches, leases) use the
 //! state as this frontend has it, refreshed every [`REFRESH_INTERVAL`], as an etcd member uses its
 //! own. Changes that etcd counts move the auth revision on, as etcd's do.
@@ -316,7 +316,7 @@ impl AuthStore {
     }
 
     /// The generation of the state requests are allowed under now (see
-    /// [`crate::mvcc::Store::put_checked`]).
+    /// [`crate::mvcc::Store::put`]).
     pub fn generation(&self) -> u64 {
         self.current().generation
     }

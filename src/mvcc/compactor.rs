@@ -100,10 +100,13 @@ mod tests {
             .unwrap();
         for i in 0..n {
             store
-                .put(PutRequest {
-                    key: format!("k{i}").into(),
-                    ..Default::default()
-                })
+                .put(
+                    PutRequest {
+                        key: format!("k{i}").into(),
+                        ..Default::default()
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
         }
@@ -136,7 +139,7 @@ mod tests {
                 key: "k".into(),
                 ..Default::default()
             };
-            store.put(put).await.unwrap();
+            store.put(put, None).await.unwrap();
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
         // Sampled at minute 0, before any of those writes.

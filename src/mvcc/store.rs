@@ -103,8 +103,8 @@ enum Written {
 
 struct Queued {
     write: Write,
-    /// The generation of the auth state a client's write was allowed under (see
-    /// [`Store::put_checked`]); None for writes nobody's permissions govern.
+    /// The generation of the auth state a client's write was allowed under (see [`Store::put`]);
+    /// None for writes nobody's permissions govern.
     auth: Option<u64>,
     reply: oneshot::Sender<Result<Written>>,
 }
@@ -393,39 +393,19 @@ impl Store {
         }
     }
 
-    pub async fn put(&self, req: PutRequest) -> Result<PutResponse> {
-        self.put_as(req, None).await
-    }
-
-    /// A client's put, allowed under the auth state of generation `auth`. On a shared backend,
-    /// if another frontend changed the auth state before the put could be appended, the put is
-    /// not made and the answer is [`Error::AuthStale`]: check it again under the new state (as
-    /// etcd checks a write when it applies it) and send it again.
-    pub async fn put_checked(&self, req: PutRequest, auth: u64) -> Result<PutResponse> {
-        self.put_as(req, Some(auth)).await
-    }
-
-    async fn put_as(&self, req: PutRequest, auth: Option<u64>) -> Result<PutResponse> {
+    /// A put; `auth` is the generation of the auth state a client's put was allowed under (None:
+    /// a put nobody's permissions govern). On a shared backend, if another frontend changed the
+    /// auth state before the put could be appended, the put is not made and the answer is
+    /// [`Error::AuthStale`]: check it again under the new state (as etcd checks a write when it
+    /// applies it) and send it again. The same holds for the other writes.
+    pub async fn put(&self, req: PutRequest, auth: Option<u64>) -> Result<PutResponse> {
         match self.write(Write::Put(req), auth).await? {
             Written::Put(r) => Ok(r),
             _ => unreachable!("a put is answered by a put"),
         }
     }
 
-    pub async fn delete_range(&self, req: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
-        self.delete_range_as(req, None).await
-    }
-
-    /// A client's delete, allowed under auth generation `auth` (see [`Store::put_checked`]).
-    pub async fn delete_range_checked(
-        &self,
-        req: DeleteRangeRequest,
-        auth: u64,
-    ) -> Result<DeleteRangeResponse> {
-        self.delete_range_as(req, Some(auth)).await
-    }
-
-    async fn delete_range_as(
+    pub async fn delete_range(
         &self,
         req: DeleteRangeRequest,
         auth: Option<u64>,
@@ -438,16 +418,7 @@ impl Store {
 
     /// Every txn, read-only ones included, goes through the writer: its compares then see the
     /// newest state, and its answer waits until everything it saw is durable.
-    pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        self.txn_as(req, None).await
-    }
-
-    /// A client's txn, allowed under auth generation `auth` (see [`Store::put_checked`]).
-    pub async fn txn_checked(&self, req: TxnRequest, auth: u64) -> Result<TxnResponse> {
-        self.txn_as(req, Some(auth)).await
-    }
-
-    async fn txn_as(&self, req: TxnRequest, auth: Option<u64>) -> Result<TxnResponse> {
+    pub async fn txn(&self, req: TxnRequest, auth: Option<u64>) -> Result<TxnResponse> {
         match self.write(Write::Txn(req), auth).await? {
             Written::Txn(r) => Ok(r),
             _ => unreachable!("a txn is answered by a txn"),
@@ -491,17 +462,9 @@ impl Store {
         }
     }
 
-    /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten.
-    pub async fn lease_revoke(&self, id: i64) -> Result<LeaseRevokeResponse> {
-        self.lease_revoke_as(id, None).await
-    }
-
-    /// A client's revoke, allowed under auth generation `auth` (see [`Store::put_checked`]).
-    pub async fn lease_revoke_checked(&self, id: i64, auth: u64) -> Result<LeaseRevokeResponse> {
-        self.lease_revoke_as(id, Some(auth)).await
-    }
-
-    async fn lease_revoke_as(&self, id: i64, auth: Option<u64>) -> Result<LeaseRevokeResponse> {
+    /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten. `auth`
+    /// as for [`Store::put`].
+    pub async fn lease_revoke(&self, id: i64, auth: Option<u64>) -> Result<LeaseRevokeResponse> {
         match self.write(Write::Revoke(id), auth).await? {
             Written::Revoke(r) => Ok(r),
             _ => unreachable!("a revoke is answered by a revoke"),
@@ -1564,29 +1527,35 @@ mod tests {
         for step in steps {
             match step {
                 Step::Put(k, v) => {
-                    store.put(put_request(k, v)).await.unwrap();
+                    store.put(put_request(k, v), None).await.unwrap();
                     model.apply(Some((k, v)), None);
                 }
                 Step::Delete(k, end) => {
-                    store.delete_range(delete_request(k, end)).await.unwrap();
+                    store
+                        .delete_range(delete_request(k, end), None)
+                        .await
+                        .unwrap();
                     model.apply(None, Some((k, end)));
                 }
                 Step::PutAndDelete(p, k, end) => {
                     let result = store
-                        .txn(TxnRequest {
-                            compare: Vec::new(),
-                            success: vec![
-                                RequestOp {
-                                    request: Some(Request::RequestPut(put_request(p, p))),
-                                },
-                                RequestOp {
-                                    request: Some(Request::RequestDeleteRange(delete_request(
-                                        k, end,
-                                    ))),
-                                },
-                            ],
-                            failure: Vec::new(),
-                        })
+                        .txn(
+                            TxnRequest {
+                                compare: Vec::new(),
+                                success: vec![
+                                    RequestOp {
+                                        request: Some(Request::RequestPut(put_request(p, p))),
+                                    },
+                                    RequestOp {
+                                        request: Some(Request::RequestDeleteRange(delete_request(
+                                            k, end,
+                                        ))),
+                                    },
+                                ],
+                                failure: Vec::new(),
+                            },
+                            None,
+                        )
                         .await;
                     // The store applies what validation (in the api layer) would have refused as a
                     // duplicate key: the delete then removes the key just put.
@@ -1724,13 +1693,13 @@ mod tests {
             fail_next: Mutex::new(None),
         });
         let store = Store::open(faulty.clone()).await.unwrap();
-        store.put(put_request(0, 0)).await.unwrap();
+        store.put(put_request(0, 0), None).await.unwrap();
 
         *faulty.fail_next.lock().unwrap() = Some(false);
-        let lost = store.put(put_request(1, 1)).await;
+        let lost = store.put(put_request(1, 1), None).await;
         assert!(matches!(lost, Err(Error::Storage(_))), "{lost:?}");
         assert_eq!(keys_and_revision(&store).await, (vec![key(0)], 2));
-        let next = store.put(put_request(2, 2)).await.unwrap();
+        let next = store.put(put_request(2, 2), None).await.unwrap();
         assert_eq!(
             next.header.unwrap().revision,
             3,
@@ -1738,11 +1707,11 @@ mod tests {
         );
 
         *faulty.fail_next.lock().unwrap() = Some(true);
-        let unacknowledged = store.put(put_request(3, 3)).await;
+        let unacknowledged = store.put(put_request(3, 3), None).await;
         assert!(matches!(unacknowledged, Err(Error::Storage(_))));
         let held = (vec![key(0), key(2), key(3)], 4);
         assert_eq!(keys_and_revision(&store).await, held);
-        let next = store.put(put_request(4, 4)).await.unwrap();
+        let next = store.put(put_request(4, 4), None).await.unwrap();
         assert_eq!(next.header.unwrap().revision, 5);
 
         let reopened = Store::open(faulty).await.unwrap();
@@ -1764,14 +1733,17 @@ mod tests {
         assert_eq!(ttl, lessor::MIN_LEASE_TTL);
         for k in [0, 1] {
             store
-                .put(PutRequest {
-                    lease: id,
-                    ..put_request(k, k)
-                })
+                .put(
+                    PutRequest {
+                        lease: id,
+                        ..put_request(k, k)
+                    },
+                    None,
+                )
                 .await
                 .unwrap();
         }
-        store.put(put_request(2, 2)).await.unwrap();
+        store.put(put_request(2, 2), None).await.unwrap();
         let (notices, mut heard) = mpsc::channel(16);
         let spec = WatchSpec {
             key: key(0),
@@ -1810,7 +1782,7 @@ mod tests {
         assert!(events.iter().all(|e| e.r#type == EventType::Delete as i32));
         assert_eq!(store.lease_time_to_live(id, false).await.unwrap(), None);
         assert_eq!(
-            store.lease_revoke(id).await.unwrap_err(),
+            store.lease_revoke(id, None).await.unwrap_err(),
             Error::LeaseNotFound
         );
         let all = RangeRequest {
@@ -1848,11 +1820,11 @@ mod tests {
         b.watch(spec, notices.clone(), notices.reserve().await.unwrap());
         assert_eq!(heard.recv().await.unwrap().kind, NoticeKind::Created);
 
-        a.put(put_request(0, 7)).await.unwrap();
+        a.put(put_request(0, 7), None).await.unwrap();
         let (keys, revision) = keys_and_revision(&b).await;
         assert_eq!((keys, revision), (vec![key(0)], 2));
         // b's writer caught up before its own write: the next revision, not a second 2.
-        let put = b.put(put_request(1, 1)).await.unwrap();
+        let put = b.put(put_request(1, 1), None).await.unwrap();
         assert_eq!(put.header.unwrap().revision, 3);
         for expected in [2, 3] {
             let notice = heard.recv().await.unwrap();
@@ -1862,11 +1834,14 @@ mod tests {
 
         // Counter increments by compare-and-swap, half through each frontend.
         let counter = key(5);
-        a.put(PutRequest {
-            key: counter.clone(),
-            value: bytes::Bytes::from_static(b"0"),
-            ..Default::default()
-        })
+        a.put(
+            PutRequest {
+                key: counter.clone(),
+                value: bytes::Bytes::from_static(b"0"),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
         let increment = |store: Arc<Store>| {
@@ -1896,7 +1871,7 @@ mod tests {
                         }],
                         failure: vec![],
                     };
-                    let done = store.txn(swap).await.unwrap();
+                    let done = store.txn(swap, None).await.unwrap();
                     if done.succeeded {
                         assert!(matches!(
                             done.responses[0].response,
