@@ -496,18 +496,12 @@ async fn tls_to_the_database_as_sslmode_says() {
 /// other, and two frontends changing auth at once lose neither change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_is_shared_by_frontends() {
-    use strata::proto::etcdserverpb::auth_client::AuthClient;
     use strata::proto::etcdserverpb::{
         AuthEnableRequest, AuthRoleAddRequest, AuthRoleListRequest, AuthUserAddRequest,
         AuthUserGrantRoleRequest, AuthenticateRequest,
     };
     let dir = tempfile::tempdir().unwrap();
-    let a = Strata::frontend(dir.path(), "a");
-    let b = Strata::frontend(dir.path(), "b");
-    let (mut auth_a, mut auth_b) = (
-        AuthClient::new(a.channel().await),
-        AuthClient::new(b.channel().await),
-    );
+    let (_a, b, mut auth_a, mut auth_b) = two_with_auth(dir.path()).await;
     let roles: Vec<_> = (0..20)
         .map(|i| {
             let mut client = if i % 2 == 0 {
@@ -566,6 +560,19 @@ fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
         .metadata_mut()
         .insert("token", token.parse().unwrap());
     request
+}
+
+/// Frontends a and b on the database kept for `dir`, and an auth client of each.
+async fn two_with_auth(
+    dir: &std::path::Path,
+) -> (Strata, Strata, AuthClient<Channel>, AuthClient<Channel>) {
+    let a = Strata::frontend(dir, "a");
+    let b = Strata::frontend(dir, "b");
+    let (auth_a, auth_b) = (
+        AuthClient::new(a.channel().await),
+        AuthClient::new(b.channel().await),
+    );
+    (a, b, auth_a, auth_b)
 }
 
 /// Through `client`: users root (root) and alice (role rw, READWRITE on [k, l) and [m, n)), auth
@@ -653,12 +660,7 @@ async fn revoke(
 async fn auth_changes_hold_at_once_on_other_frontends() {
     use strata::proto::etcdserverpb::{AuthDisableRequest, AuthEnableRequest, AuthUserAddRequest};
     let dir = tempfile::tempdir().unwrap();
-    let a = Strata::frontend(dir.path(), "a");
-    let b = Strata::frontend(dir.path(), "b");
-    let (mut auth_a, mut auth_b) = (
-        AuthClient::new(a.channel().await),
-        AuthClient::new(b.channel().await),
-    );
+    let (a, b, mut auth_a, mut auth_b) = two_with_auth(dir.path()).await;
     let root = alice_and_root(&mut auth_a).await;
     let alice = login(auth_b.clone(), "alice").await;
     let mut kv_b = b.kv().await;
@@ -718,9 +720,7 @@ async fn auth_changes_hold_at_once_on_other_frontends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_sent_after_an_auth_change_are_checked_under_it() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Strata::frontend(dir.path(), "a");
-    let b = Strata::frontend(dir.path(), "b");
-    let mut auth_a = AuthClient::new(a.channel().await);
+    let (_a, b, mut auth_a, _) = two_with_auth(dir.path()).await;
     let root = alice_and_root(&mut auth_a).await;
     let alice = login(AuthClient::new(b.channel().await), "alice").await;
     let (started, mut running) = tokio::sync::mpsc::channel::<()>(8);
