@@ -15,8 +15,7 @@ use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let command = std::env::args().nth(1);
     if matches!(command.as_deref(), Some("snapshot" | "migrate")) {
         tracing_subscriber::fmt()
@@ -24,12 +23,34 @@ async fn main() -> anyhow::Result<()> {
             .with_writer(std::io::stderr)
             .init();
         let args = std::env::args().skip(1);
+        let runtime = runtime(None)?;
         return match command.as_deref() {
-            Some("snapshot") => snapshot(SnapshotCommand::parse_from(args)).await,
-            _ => migrate(MigrateCommand::parse_from(args)).await,
+            Some("snapshot") => runtime.block_on(snapshot(SnapshotCommand::parse_from(args))),
+            _ => runtime.block_on(migrate(MigrateCommand::parse_from(args))),
         };
     }
     let config = Config::parse_etcd_style(std::env::args());
+    runtime(config.worker_threads)?.block_on(serve(config))
+}
+
+/// The scheduler everything runs on: a pool of `threads` workers (by default one for each CPU this
+/// process may use), or with one, the single-threaded scheduler.
+fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let threads = threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        usize::from,
+    );
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut pool = tokio::runtime::Builder::new_multi_thread();
+        pool.worker_threads(threads);
+        pool
+    };
+    builder.enable_all().build()
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRATA_LOG")
