@@ -15,6 +15,11 @@ use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
 use tracing_subscriber::EnvFilter;
 
+/// A request allocates and frees many small objects, in batches as its writes are; glibc's
+/// allocator took a fifth of a frontend's CPU on them (BENCHMARKS.md, 2026-12-03 night).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let command = std::env::args().nth(1);
     if matches!(command.as_deref(), Some("snapshot" | "migrate")) {
