@@ -166,7 +166,11 @@ impl From<Error> for tonic::Status {
 
 impl From<BackendError> for Error {
     fn from(e: BackendError) -> Self {
-        Error::Storage(e.to_string())
+        match e {
+            // Said once: "etcdserver: storage failure: postgres: …".
+            BackendError::Storage(detail) => Error::Storage(detail),
+            other => Error::Storage(other.to_string()),
+        }
     }
 }
 

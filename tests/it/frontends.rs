@@ -126,6 +126,50 @@ async fn two_frontends_are_linearizable() {
     crate::linearizability::check_history(&[&a, &b]).await;
 }
 
+/// A database whose default isolation is SERIALIZABLE: frontends that take turns at the append
+/// right would get serialization errors under it, so they set READ COMMITTED for themselves and
+/// every concurrent write through either is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_defaulting_to_serializable_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = postgres_database(dir.path());
+    let name = database.rsplit('/').next().unwrap();
+    let admin = std::env::var("STRATA_TEST_POSTGRES").unwrap();
+    let sql = format!("ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'");
+    let altered = std::process::Command::new("psql")
+        .args([&admin, "-q", "-c", &sql])
+        .status()
+        .unwrap();
+    assert!(altered.success());
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    const WRITERS: usize = 8;
+    const PUTS: usize = 40;
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let mut kv = [&a, &b][w % 2].kv().await;
+        writers.push(tokio::spawn(async move {
+            for i in 0..PUTS {
+                kv.put(put(&format!("k/{w}/{i}"), "v")).await.unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    for s in [&a, &b] {
+        let all = s
+            .kv()
+            .await
+            .range(range("k/", "k0"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(all.count, (WRITERS * PUTS) as i64);
+        assert_eq!(all.header.unwrap().revision, 1 + (WRITERS * PUTS) as i64);
+    }
+}
+
 /// Two frontends, each killed with SIGKILL and restarted in turn under clients and watchers spread
 /// over both: the history stays linearizable and the watchers see every acknowledged write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,6 +426,11 @@ async fn a_database_outage_fails_requests_and_the_frontend_recovers() {
     let started = std::time::Instant::now();
     let unread = writers.count().await.unwrap_err();
     assert_eq!(unread.code(), tonic::Code::Unavailable, "{unread:?}");
+    let said = unread.message();
+    assert!(
+        said.starts_with("etcdserver: storage failure: ") && said.matches("failure").count() == 1,
+        "{unread:?}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(15),
         "failing took {:?}",

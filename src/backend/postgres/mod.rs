@@ -19,8 +19,11 @@
 //!
 //! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
 //! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs, `SELECT … FOR UPDATE` (also inside a
-//! CTE). LISTEN/NOTIFY is used only as a wake-up for other frontends' tailers, which also poll;
-//! without it (or if it fails) they only poll.
+//! CTE), and `SET default_transaction_isolation = 'read committed'` on each connection.
+//! LISTEN/NOTIFY is used only as a wake-up for other frontends' tailers, which also poll; without
+//! it (or if it fails) they only poll. PostgreSQL's own, and off the request path: the space used
+//! (`pg_total_relation_size`; without it only this frontend's appends are counted) and
+//! defragmentation (`VACUUM FULL`).
 //!
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
@@ -119,6 +122,9 @@ CREATE TABLE IF NOT EXISTS strata_members (
     last_seen TIMESTAMPTZ NOT NULL
 );
 ";
+
+/// Every connection's transactions, whatever the database's default.
+const ISOLATION: &str = "SET default_transaction_isolation = 'read committed'";
 
 const APPEND: &str = "
 WITH moved AS (
@@ -299,6 +305,10 @@ impl Conn {
                 tracing::warn!(error = %e, "postgres connection closed");
             }
         });
+        // The append right and auth changes rely on READ COMMITTED: a statement that waited for
+        // the head's row lock goes on with the row as committed. Under a stricter default (a
+        // database's `default_transaction_isolation`) it would fail with a serialization error.
+        deadline(client.batch_execute(ISOLATION)).await?;
         Ok(Conn {
             client,
             statements: Default::default(),
