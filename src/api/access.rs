@@ -69,11 +69,22 @@ impl Credentials {
 impl Context {
     /// Who sent a request, from its token or else its client certificate; an unknown or expired
     /// token is refused.
-    pub(super) fn auth_info(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>> {
-        self.sender(&Credentials::of(metadata))
+    pub(super) async fn auth_info(&self, metadata: &MetadataMap) -> Result<Option<AuthInfo>> {
+        self.identify(&Credentials::of(metadata)).await
     }
 
-    /// Who `credentials` say sent a request (a stream's, checked again for each of its requests).
+    /// Who `credentials` say sent a request. On a shared backend an unknown token is refused only
+    /// if this frontend's auth state is the stored one: another frontend may have turned auth off,
+    /// and etcd ignores tokens then.
+    pub(super) async fn identify(&self, credentials: &Credentials) -> Result<Option<AuthInfo>> {
+        match self.sender(credentials) {
+            Err(Error::InvalidAuthToken) if self.auth.reload().await? => self.sender(credentials),
+            identified => identified,
+        }
+    }
+
+    /// Who `credentials` say sent a request, by this frontend's auth state (a watch stream's,
+    /// checked again for each of its requests, as an etcd member checks them).
     pub(super) fn sender(&self, credentials: &Credentials) -> Result<Option<AuthInfo>> {
         self.auth.auth_info(
             credentials.token.as_deref(),
@@ -143,8 +154,8 @@ impl Context {
     }
 
     /// That the sender has the root role, when auth is on.
-    pub(super) fn allow_admin(&self, metadata: &MetadataMap) -> Result<()> {
-        let info = self.auth_info(metadata)?;
+    pub(super) async fn allow_admin(&self, metadata: &MetadataMap) -> Result<()> {
+        let info = self.auth_info(metadata).await?;
         self.auth.check_admin(info.as_ref())
     }
 

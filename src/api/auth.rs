@@ -14,7 +14,7 @@ impl AuthService {
     /// backend another frontend may have just turned auth on or taken the role away).
     async fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
         self.0.auth.reload().await?;
-        Ok(self.0.allow_admin(req.metadata())?)
+        Ok(self.0.allow_admin(req.metadata()).await?)
     }
 
     /// A response with its header filled.
@@ -93,7 +93,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         let resp = AuthUserGetResponse {
             roles: self.0.auth.user_get(info.as_ref(), &req.name)?,
@@ -170,7 +170,7 @@ impl Auth for AuthService {
         &self,
         req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         let resp = AuthRoleGetResponse {
             perm: self.0.auth.role_get(info.as_ref(), &req.role)?,

@@ -28,7 +28,7 @@ impl Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         self.0.allow_queue(info.as_ref(), &req.name, true)?;
         let (header, leader) =
@@ -45,7 +45,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         let leader = req.leader.ok_or(Error::MissingLeaderKey)?;
         self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
@@ -61,7 +61,7 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let name = req.into_inner().name;
         self.0.allow_queue(info.as_ref(), &name, false)?;
         let (header, kv) = concurrency::leader(&self.0.store, &name).await?;
@@ -80,7 +80,7 @@ impl Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let name = req.into_inner().name;
         self.0.allow_queue(info.as_ref(), &name, false)?;
         let (leaders, mut heard) = mpsc::channel(OBSERVE_BUFFER);
@@ -119,7 +119,7 @@ impl Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let leader = req.into_inner().leader.ok_or(Error::MissingLeaderKey)?;
         self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
         let header = concurrency::resign(&self.0.store, &leader).await?;

@@ -14,7 +14,7 @@ pub struct KvService(pub(super) Context);
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         validation::range(&req)?;
         let allow = || self.0.allow_range(info.as_ref(), &req);
@@ -28,7 +28,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         // etcd checks the quota before anything else.
         self.0.check_quota(quota::put_cost(&req)).await?;
@@ -49,7 +49,7 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         validation::delete_range(&req)?;
         validation::size(&req, &self.0.limits)?;
@@ -65,7 +65,7 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         validation::txn(&req, &self.0.limits)?;
         let read_only = validation::is_read_only(&req);
@@ -92,7 +92,7 @@ impl Kv for KvService {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         // Any user may compact, as in etcd; only the token must be valid.
-        self.0.auth_info(req.metadata())?;
+        self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         let mut resp = self.0.store.compact(req).await?;
         self.0.fill(&mut resp.header);

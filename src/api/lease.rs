@@ -28,7 +28,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         self.0.auth.require(info.as_ref())?;
         let req = req.into_inner();
         self.0.check_quota(quota::LEASE_GRANT_COST).await?;
@@ -46,7 +46,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let id = req.into_inner().id;
         let allow = || {
             self.0.auth.require(info.as_ref())?;
@@ -76,7 +76,7 @@ impl Lease for LeaseService {
             while let Some(Ok(request)) = requests.next().await {
                 // Each renewal is checked as it comes: auth may have changed meanwhile.
                 let renewal = async {
-                    let info = context.sender(&credentials)?;
+                    let info = context.identify(&credentials).await?;
                     context.auth.require(info.as_ref())?;
                     context.allow_lease_keys(info.as_ref(), request.id)?;
                     context.store.lease_renew(request.id).await
@@ -107,7 +107,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         self.0.auth.require(info.as_ref())?;
         let req = req.into_inner();
         if req.keys {
@@ -135,7 +135,7 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let ids = self.0.store.lease_ids().await?;
         self.0.allow_lease_reads(info.as_ref(), &ids)?;
         let mut resp = LeaseLeasesResponse {

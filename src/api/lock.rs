@@ -13,7 +13,7 @@ impl Lock for LockService {
     /// Answers once the lock is held, however long that takes; a client that gives up takes its
     /// place in the queue with it.
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         self.0.allow_queue(info.as_ref(), &req.name, true)?;
         let (key, header) = concurrency::lock(&self.0.store, &req.name, req.lease).await?;
@@ -29,7 +29,7 @@ impl Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         let key = req.into_inner().key;
         self.0.auth.check_write(info.as_ref(), &key, b"")?;
         let header = concurrency::unlock(&self.0.store, key).await?;

@@ -27,14 +27,17 @@ impl MaintenanceService {
     /// That the sender has the root role. etcd's Defragment, Hash, HashKV and Snapshot pass a
     /// refusal on unconverted, so their clients see the auth store's own message with code
     /// Unknown.
-    fn admin_unconverted<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        self.0.allow_admin(req.metadata()).map_err(|e| match e {
-            Error::UserEmpty => Status::unknown("auth: user name is empty"),
-            Error::UserNotFound => Status::unknown("auth: user not found"),
-            Error::PermissionDenied => Status::unknown("auth: permission denied"),
-            Error::InvalidAuthToken => Status::unknown("auth: invalid auth token"),
-            other => other.into(),
-        })
+    async fn admin_unconverted<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        self.0
+            .allow_admin(req.metadata())
+            .await
+            .map_err(|e| match e {
+                Error::UserEmpty => Status::unknown("auth: user name is empty"),
+                Error::UserNotFound => Status::unknown("auth: user not found"),
+                Error::PermissionDenied => Status::unknown("auth: permission denied"),
+                Error::InvalidAuthToken => Status::unknown("auth: invalid auth token"),
+                other => other.into(),
+            })
     }
 }
 
@@ -43,7 +46,7 @@ impl Maintenance for MaintenanceService {
     /// GET lists the alarms (of one type, or all for NONE); ACTIVATE raises one and DEACTIVATE
     /// disarms one, each answering with the alarm concerned, as etcd does.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         match AlarmAction::try_from(req.get_ref().action) {
             Ok(AlarmAction::Get) => self.0.auth.require(info.as_ref())?,
             _ => self.0.auth.check_admin(info.as_ref())?,
@@ -80,7 +83,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let info = self.0.auth_info(req.metadata())?;
+        let info = self.0.auth_info(req.metadata()).await?;
         self.0.auth.require(info.as_ref())?;
         let usage = self.0.store.usage();
         // As etcd prints each alarm: the AlarmMember message in protobuf text form.
@@ -115,7 +118,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        self.admin_unconverted(&req)?;
+        self.admin_unconverted(&req).await?;
         self.0.store.defragment().await?;
         let mut resp = DefragmentResponse::default();
         self.0.fill(&mut resp.header);
@@ -123,7 +126,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        self.admin_unconverted(&req)?;
+        self.admin_unconverted(&req).await?;
         let mut resp = HashResponse {
             hash: self.0.store.hash().await?,
             ..Default::default()
@@ -136,7 +139,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        self.admin_unconverted(&req)?;
+        self.admin_unconverted(&req).await?;
         let (hash, compact_revision, revision) =
             self.0.store.hash_kv(req.into_inner().revision).await?;
         let mut resp = HashKvResponse {
@@ -157,7 +160,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        self.admin_unconverted(&req)?;
+        self.admin_unconverted(&req).await?;
         let (file, total) = snapshot::export(&self.0.store, &self.0.auth).await?;
         // Read from the file as the client takes the messages; etcd's carry no header.
         let (messages, stream) = tokio::sync::mpsc::channel(SNAPSHOT_READ_AHEAD);
@@ -184,7 +187,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        self.0.allow_admin(req.metadata())?;
+        self.0.allow_admin(req.metadata()).await?;
         if req.into_inner().target_id != self.0.store.identity().member_id {
             return Err(Error::BadLeaderTransferee.into());
         }
@@ -201,7 +204,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
-        self.0.allow_admin(req.metadata())?;
+        self.0.allow_admin(req.metadata()).await?;
         let req = req.into_inner();
         let cluster = super::cluster_version();
         let action = DowngradeAction::try_from(req.action).map_err(|_| Error::UnknownMethod)?;

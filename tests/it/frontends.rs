@@ -735,9 +735,14 @@ async fn auth_changes_hold_at_once_on_other_frontends() {
     let refused = kv_b.put(with_token(put("m1", "v"), &alice)).await;
     assert_eq!(refused.unwrap_err().message(), refusals[1]);
 
-    // Turned off through a: b takes anonymous requests at once.
+    // Turned off through a: b takes anonymous requests at once, and ignores tokens, even one
+    // that only a knew.
+    let alice_on_a = login(auth_a.clone(), "alice").await;
     auth_a
         .auth_disable(with_token(AuthDisableRequest {}, &root))
+        .await
+        .unwrap();
+    kv_b.range(with_token(get("k3"), &alice_on_a))
         .await
         .unwrap();
     kv_b.put(put("k3", "v")).await.unwrap();
