@@ -156,7 +156,9 @@ impl Context {
     /// That the sender has the root role, when auth is on.
     pub(super) async fn allow_admin(&self, metadata: &MetadataMap) -> Result<()> {
         let info = self.auth_info(metadata).await?;
-        self.auth.check_admin(info.as_ref())
+        self.allow_fresh(&|| self.auth.check_admin(info.as_ref()))
+            .await
+            .map(drop)
     }
 
     pub(super) fn allow_range(&self, info: Option<&AuthInfo>, r: &RangeRequest) -> Result<()> {

@@ -30,7 +30,9 @@ impl Election for ElectionService {
     ) -> Result<Response<CampaignResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
-        self.0.allow_queue(info.as_ref(), &req.name, true)?;
+        self.0
+            .allow_fresh(&|| self.0.allow_queue(info.as_ref(), &req.name, true))
+            .await?;
         let (header, leader) =
             concurrency::campaign(&self.0.store, &req.name, req.lease, req.value).await?;
         let mut resp = CampaignResponse {
@@ -48,7 +50,9 @@ impl Election for ElectionService {
         let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
         let leader = req.leader.ok_or(Error::MissingLeaderKey)?;
-        self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
+        self.0
+            .allow_fresh(&|| self.0.auth.check_write(info.as_ref(), &leader.key, b""))
+            .await?;
         let header = concurrency::proclaim(&self.0.store, &leader, req.value).await?;
         let mut resp = ProclaimResponse {
             header: Some(header),
@@ -63,7 +67,9 @@ impl Election for ElectionService {
     ) -> Result<Response<LeaderResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let name = req.into_inner().name;
-        self.0.allow_queue(info.as_ref(), &name, false)?;
+        self.0
+            .allow_fresh(&|| self.0.allow_queue(info.as_ref(), &name, false))
+            .await?;
         let (header, kv) = concurrency::leader(&self.0.store, &name).await?;
         let mut resp = LeaderResponse {
             header: Some(header),
@@ -82,7 +88,9 @@ impl Election for ElectionService {
     ) -> Result<Response<Self::ObserveStream>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let name = req.into_inner().name;
-        self.0.allow_queue(info.as_ref(), &name, false)?;
+        self.0
+            .allow_fresh(&|| self.0.allow_queue(info.as_ref(), &name, false))
+            .await?;
         let (leaders, mut heard) = mpsc::channel(OBSERVE_BUFFER);
         let (responses, rx) = mpsc::channel(OBSERVE_BUFFER);
         let context = self.0.clone();
@@ -121,7 +129,9 @@ impl Election for ElectionService {
     ) -> Result<Response<ResignResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let leader = req.into_inner().leader.ok_or(Error::MissingLeaderKey)?;
-        self.0.auth.check_write(info.as_ref(), &leader.key, b"")?;
+        self.0
+            .allow_fresh(&|| self.0.auth.check_write(info.as_ref(), &leader.key, b""))
+            .await?;
         let header = concurrency::resign(&self.0.store, &leader).await?;
         let mut resp = ResignResponse {
             header: Some(header),

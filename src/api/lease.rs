@@ -29,7 +29,9 @@ impl Lease for LeaseService {
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
-        self.0.auth.require(info.as_ref())?;
+        self.0
+            .allow_fresh(&|| self.0.auth.require(info.as_ref()))
+            .await?;
         let req = req.into_inner();
         self.0.check_quota(quota::LEASE_GRANT_COST).await?;
         let (id, ttl) = self.0.store.lease_grant(req.id, req.ttl).await?;
@@ -77,8 +79,11 @@ impl Lease for LeaseService {
                 // Each renewal is checked as it comes: auth may have changed meanwhile.
                 let renewal = async {
                     let info = context.identify(&credentials).await?;
-                    context.auth.require(info.as_ref())?;
-                    context.allow_lease_keys(info.as_ref(), request.id)?;
+                    let allow = || {
+                        context.auth.require(info.as_ref())?;
+                        context.allow_lease_keys(info.as_ref(), request.id)
+                    };
+                    context.allow_fresh(&allow).await?;
                     context.store.lease_renew(request.id).await
                 };
                 let answer = match renewal.await {
@@ -108,11 +113,15 @@ impl Lease for LeaseService {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
-        self.0.auth.require(info.as_ref())?;
         let req = req.into_inner();
-        if req.keys {
-            self.0.allow_lease_reads(info.as_ref(), &[req.id])?;
-        }
+        let allow = || {
+            self.0.auth.require(info.as_ref())?;
+            if req.keys {
+                self.0.allow_lease_reads(info.as_ref(), &[req.id])?;
+            }
+            Ok(())
+        };
+        self.0.allow_fresh(&allow).await?;
         let mut resp = match self.0.store.lease_time_to_live(req.id, req.keys).await? {
             Some((ttl, granted_ttl, keys)) => LeaseTimeToLiveResponse {
                 id: req.id,
@@ -137,7 +146,9 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let ids = self.0.store.lease_ids().await?;
-        self.0.allow_lease_reads(info.as_ref(), &ids)?;
+        self.0
+            .allow_fresh(&|| self.0.allow_lease_reads(info.as_ref(), &ids))
+            .await?;
         let mut resp = LeaseLeasesResponse {
             leases: ids.into_iter().map(|id| LeaseStatus { id }).collect(),
             ..Default::default()

@@ -15,7 +15,9 @@ impl Lock for LockService {
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let req = req.into_inner();
-        self.0.allow_queue(info.as_ref(), &req.name, true)?;
+        self.0
+            .allow_fresh(&|| self.0.allow_queue(info.as_ref(), &req.name, true))
+            .await?;
         let (key, header) = concurrency::lock(&self.0.store, &req.name, req.lease).await?;
         let mut resp = LockResponse {
             header: Some(header),
@@ -31,7 +33,9 @@ impl Lock for LockService {
     ) -> Result<Response<UnlockResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
         let key = req.into_inner().key;
-        self.0.auth.check_write(info.as_ref(), &key, b"")?;
+        self.0
+            .allow_fresh(&|| self.0.auth.check_write(info.as_ref(), &key, b""))
+            .await?;
         let header = concurrency::unlock(&self.0.store, key).await?;
         let mut resp = UnlockResponse {
             header: Some(header),

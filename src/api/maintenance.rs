@@ -47,10 +47,12 @@ impl Maintenance for MaintenanceService {
     /// disarms one, each answering with the alarm concerned, as etcd does.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
-        match AlarmAction::try_from(req.get_ref().action) {
-            Ok(AlarmAction::Get) => self.0.auth.require(info.as_ref())?,
-            _ => self.0.auth.check_admin(info.as_ref())?,
-        }
+        let action = AlarmAction::try_from(req.get_ref().action);
+        let allow = || match action {
+            Ok(AlarmAction::Get) => self.0.auth.require(info.as_ref()),
+            _ => self.0.auth.check_admin(info.as_ref()),
+        };
+        self.0.allow_fresh(&allow).await?;
         let req = req.into_inner();
         let alarm = AlarmType::try_from(req.alarm).unwrap_or(AlarmType::None);
         let store = &self.0.store;
@@ -84,7 +86,9 @@ impl Maintenance for MaintenanceService {
         req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
         let info = self.0.auth_info(req.metadata()).await?;
-        self.0.auth.require(info.as_ref())?;
+        self.0
+            .allow_fresh(&|| self.0.auth.require(info.as_ref()))
+            .await?;
         let usage = self.0.store.usage();
         // As etcd prints each alarm: the AlarmMember message in protobuf text form.
         let errors = self

@@ -767,6 +767,19 @@ async fn auth_changes_hold_at_once_on_other_frontends() {
     for (key, made) in [("k3", 1), ("k4", 0), ("m1", 0)] {
         assert_eq!(count(&a, &root, key).await, made, "{key}");
     }
+
+    // Off again through a: b grants the anonymous a lease at once (a refusal of a lease, lock or
+    // election call is checked against the stored state too).
+    auth_a
+        .auth_disable(with_token(AuthDisableRequest {}, &root))
+        .await
+        .unwrap();
+    let mut lease_b = LeaseClient::new(b.channel().await);
+    let grant = LeaseGrantRequest {
+        ttl: 60,
+        ..Default::default()
+    };
+    lease_b.lease_grant(grant).await.unwrap();
 }
 
 /// Writes through one frontend racing a permission taken away through the other: none sent after
