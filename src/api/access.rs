@@ -77,10 +77,21 @@ impl Context {
     /// if this frontend's auth state is the stored one: another frontend may have turned auth off,
     /// and etcd ignores tokens then.
     pub(super) async fn identify(&self, credentials: &Credentials) -> Result<Option<AuthInfo>> {
+        let generation = self.auth.generation();
         match self.sender(credentials) {
-            Err(Error::InvalidAuthToken) if self.auth.reload().await? => self.sender(credentials),
+            Err(Error::InvalidAuthToken) if self.reloaded_since(generation).await? => {
+                self.sender(credentials)
+            }
             identified => identified,
         }
+    }
+
+    /// Whether the auth state is newer than generation `seen` once the stored one is loaded: a
+    /// refusal under `seen` is then checked again. Another request, or the periodic refresh, may
+    /// have loaded it meanwhile.
+    async fn reloaded_since(&self, seen: u64) -> Result<bool> {
+        self.auth.reload().await?;
+        Ok(self.auth.generation() != seen)
     }
 
     /// Who `credentials` say sent a request, by this frontend's auth state (a watch stream's,
@@ -125,8 +136,13 @@ impl Context {
         // again.
         let generation = self.auth.generation();
         match allow() {
-            Err(e @ (Error::PermissionDenied | Error::UserEmpty | Error::AuthOldRevision)) => {
-                if !self.auth.reload().await? {
+            Err(
+                e @ (Error::PermissionDenied
+                | Error::UserEmpty
+                | Error::UserNotFound
+                | Error::AuthOldRevision),
+            ) => {
+                if !self.reloaded_since(generation).await? {
                     return Err(e);
                 }
                 let generation = self.auth.generation();

@@ -1087,7 +1087,8 @@ impl Shared for Postgres {
         // and the log after `after`.
         let conn = appender.conn(config).await?;
         let limit = LOCK_READ_EVENTS as i64;
-        let locking = format!("BEGIN; {LOCK}");
+        // The level said again: a session's setting does not follow it through a pooler.
+        let locking = format!("BEGIN ISOLATION LEVEL READ COMMITTED; {LOCK}");
         let from = after + 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&from, &limit];
         let (locked, auth, log) = tokio::join!(
