@@ -24,6 +24,12 @@ async fn status(s: &Strata) -> strata::proto::etcdserverpb::StatusResponse {
     m.status(StatusRequest {}).await.unwrap().into_inner()
 }
 
+/// Every key under `k/`, read through `s`.
+async fn under_k(s: &Strata) -> strata::proto::etcdserverpb::RangeResponse {
+    let mut kv = s.kv().await;
+    kv.range(range("k/", "k0")).await.unwrap().into_inner()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn frontends_share_writes_reads_and_watches() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,13 +110,7 @@ async fn frontends_share_writes_reads_and_watches() {
     let after = kv_b.put(put("k/after", "b")).await.unwrap().into_inner();
     assert_eq!(after.header.unwrap().revision, 103);
     let a = Strata::frontend(dir.path(), "a");
-    let all = a
-        .kv()
-        .await
-        .range(range("k/", "k0"))
-        .await
-        .unwrap()
-        .into_inner();
+    let all = under_k(&a).await;
     assert_eq!(all.kvs.len(), 102);
     assert_eq!(all.header.unwrap().revision, 103);
     assert_eq!(status(&a).await.header.unwrap().member_id, ha.member_id);
@@ -172,13 +172,7 @@ async fn a_database_defaulting_to_serializable_changes_nothing() {
         task.await.unwrap();
     }
     for s in [&a, &b] {
-        let all = s
-            .kv()
-            .await
-            .range(range("k/", "k0"))
-            .await
-            .unwrap()
-            .into_inner();
+        let all = under_k(s).await;
         assert_eq!(all.count, (WRITERS * PUTS) as i64);
         assert_eq!(all.header.unwrap().revision, 1 + (WRITERS * PUTS) as i64);
         let mut auth = AuthClient::new(s.channel().await);
