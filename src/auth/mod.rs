@@ -321,12 +321,12 @@ impl AuthStore {
         self.current().generation
     }
 
-    /// On a shared backend, loads the stored state if another frontend changed it; true if it did.
-    /// A refusal is checked again against it before it is answered: auth may have been turned
-    /// off, or the permission granted, through another frontend.
-    pub async fn reload(&self) -> Result<bool> {
+    /// On a shared backend, loads the stored state if another frontend changed it. A refusal is
+    /// checked again against it before it is answered: auth may have been turned off, or the
+    /// permission granted, through another frontend.
+    pub async fn reload(&self) -> Result<()> {
         let Some(shared) = self.backend.shared() else {
-            return Ok(false);
+            return Ok(());
         };
         // The generation alone first: most refusals stand, and the state is read only if it moved.
         let stored = shared.read_index().await?.auth;
@@ -334,13 +334,12 @@ impl AuthStore {
     }
 
     /// Loads the stored state if it is newer than generation `seen`, which the backend has shown
-    /// (on a shared backend, another frontend may have changed it); true if it loaded one.
-    pub async fn catch_up(&self, seen: u64) -> Result<bool> {
-        if self.generation() >= seen {
-            return Ok(false);
+    /// (on a shared backend, another frontend may have changed it).
+    pub async fn catch_up(&self, seen: u64) -> Result<()> {
+        if self.generation() < seen {
+            self.fresh().await?;
         }
-        self.fresh().await?;
-        Ok(true)
+        Ok(())
     }
 
     pub fn revision(&self) -> u64 {

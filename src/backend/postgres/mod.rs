@@ -347,6 +347,14 @@ struct Session {
 }
 
 impl Session {
+    /// A session with no transaction open, on `conn` or on one opened at first use.
+    fn idle(conn: Option<Conn>) -> Mutex<Session> {
+        Mutex::new(Session {
+            conn,
+            locked: false,
+        })
+    }
+
     /// The connection, opened if needed; but while the transaction is open a lost connection is an
     /// error, never replaced: the transaction, and the lock, went with it.
     async fn conn(&mut self, config: &Connection) -> Result<&Conn> {
@@ -477,18 +485,9 @@ impl Postgres {
         let (head, _) = watch::channel(Progress::EMPTY.head);
         let inner = Arc::new(Inner {
             config,
-            appender: Mutex::new(Session {
-                conn: None,
-                locked: false,
-            }),
-            writer: Mutex::new(Session {
-                conn: Some(conn),
-                locked: false,
-            }),
-            auth: Mutex::new(Session {
-                conn: None,
-                locked: false,
-            }),
+            appender: Session::idle(None),
+            writer: Session::idle(Some(conn)),
+            auth: Session::idle(None),
             readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
             next_reader: Default::default(),
             head,
