@@ -11,6 +11,7 @@ pub mod auth;
 pub mod backend;
 pub mod concurrency;
 pub mod config;
+pub mod duration;
 pub mod error;
 pub mod metrics;
 pub mod migrate;

@@ -57,7 +57,7 @@ impl Jwt {
                 "pub-key" => {
                     read(value)?;
                 }
-                "ttl" => ttl = crate::config::parse_go_duration(value)?,
+                "ttl" => ttl = crate::duration::parse(value)?,
                 other => tracing::warn!(option = other, "unknown JWT option"),
             }
         }
