@@ -10,9 +10,10 @@ use strata::auth::{AuthStore, TokenProvider};
 use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
 use strata::backend::Backend;
-use strata::config::Config;
+use strata::config::{Config, Request};
 use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
+use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::EnvFilter;
 
 /// A request allocates and frees many small objects, in batches as its writes are; glibc's
@@ -34,8 +35,37 @@ fn main() -> anyhow::Result<()> {
             _ => runtime.block_on(migrate(MigrateCommand::parse_from(args))),
         };
     }
-    let config = Config::parse_etcd_style(std::env::args());
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let config = match Config::from_command_line(&args) {
+        Ok(Request::Run(settings)) => Config::new(settings).unwrap_or_else(|e| refuse(&e, 1)),
+        Ok(Request::Help) => {
+            print!("{}", strata::config::help());
+            return Ok(());
+        }
+        Ok(Request::Version) => {
+            println!("etcd Version: {}", strata::api::ETCD_VERSION);
+            println!("Strata Version: {}", env!("CARGO_PKG_VERSION"));
+            println!("Git SHA: Not provided");
+            println!(
+                "OS/Arch: {}/{}",
+                std::env::consts::OS,
+                std::env::consts::ARCH
+            );
+            return Ok(());
+        }
+        Err(refusal) => refuse(&refusal.message, refusal.status),
+    };
     runtime(config.worker_threads)?.block_on(serve(config))
+}
+
+/// Ends the process as etcd does on a command line it refuses: the reason on standard error, and
+/// etcd's exit status.
+fn refuse(message: &str, status: i32) -> ! {
+    eprintln!("{message}");
+    if status == 2 {
+        eprintln!("Usage: strata [flags]; `strata --help` lists them");
+    }
+    std::process::exit(status)
 }
 
 /// The scheduler everything runs on: a pool of `threads` workers (by default one for each CPU this
@@ -56,27 +86,32 @@ fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    let (writer, terminal) = log_writer(&config.log_outputs)?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRATA_LOG")
                 .unwrap_or_else(|_| EnvFilter::new(&config.log_level)),
         )
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     if config.log_format == "json" {
         logs.json().init();
     } else {
-        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
+        logs.with_ansi(terminal).init();
+    }
+    for notice in &config.settings.notices {
+        tracing::info!("{notice}");
+    }
+    for notice in config.notices() {
+        tracing::warn!("{notice}");
     }
 
-    let auto_compaction = config.auto_compaction().map_err(anyhow::Error::msg)?;
     let member = format!(
         "{} {} {}",
         config.name,
         config.listen_client_urls.join(","),
         config.advertise_client_urls.join(",")
     );
-    let backend = open_backend(&config.backend, config.data_dir(), &member).await?;
+    let backend = open_backend(&config.backend, config.data_dir.clone(), &member).await?;
     let tokens = TokenProvider::new(
         &config.auth_token,
         std::time::Duration::from_secs(config.auth_token_ttl),
@@ -84,7 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let auth = AuthStore::open(backend.clone(), config.bcrypt_cost, tokens).await?;
     let store = Store::open(backend).await?;
-    if let Some(policy) = auto_compaction {
+    if let Some(policy) = config.auto_compaction {
         tracing::info!(?policy, "automatic compaction");
         tokio::spawn(strata::mvcc::compactor::run(store.clone(), policy));
     }
@@ -92,6 +127,43 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.wait().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the logs go, as etcd's `--log-outputs` names them: `default` and `stderr` (also for
+/// `systemd/journal`: a unit's standard error goes to the journal), `stdout`, or files, appended
+/// to; and whether that is a terminal (for colours).
+fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
+    let mut writer: Option<BoxMakeWriter> = None;
+    let mut terminal = true;
+    for output in outputs {
+        let (next, is_terminal) = match output.as_str() {
+            "default" | "stderr" | "systemd/journal" => (
+                BoxMakeWriter::new(std::io::stderr),
+                std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            ),
+            "stdout" => (
+                BoxMakeWriter::new(std::io::stdout),
+                std::io::IsTerminal::is_terminal(&std::io::stdout()),
+            ),
+            path => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| anyhow::anyhow!("cannot open log output {path}: {e}"))?;
+                (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+            }
+        };
+        terminal &= is_terminal;
+        writer = Some(match writer {
+            None => next,
+            Some(before) => BoxMakeWriter::new(before.and(next)),
+        });
+    }
+    Ok((
+        writer.unwrap_or_else(|| BoxMakeWriter::new(std::io::stderr)),
+        terminal,
+    ))
 }
 
 /// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells

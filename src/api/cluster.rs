@@ -30,7 +30,7 @@ impl Cluster for ClusterService {
             .map(|m| Member {
                 id: m.id,
                 name: m.name,
-                peer_ur_ls: Vec::new(),
+                peer_ur_ls: m.peer_urls,
                 client_ur_ls: m.client_urls,
                 is_learner: false,
             })

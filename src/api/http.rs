@@ -1,5 +1,6 @@
 //! The plain HTTP endpoints etcd serves beside gRPC on its client port: `/health`, `/livez`,
-//! `/readyz` (each check also at `/livez/<check>` and `/readyz/<check>`), `/version` and `/metrics`.
+//! `/readyz` (each check also at `/livez/<check>` and `/readyz/<check>`), `/version` and `/metrics`;
+//! and on its metrics port, all of them but `/version`.
 
 use super::{Context, ETCD_VERSION};
 use crate::proto::etcdserverpb::RangeRequest;
@@ -8,10 +9,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
+/// Everything etcd serves over plain HTTP on a client URL.
 pub fn routes(context: Context) -> Router {
+    probes_and_metrics(context).route("/version", get(version))
+}
+
+/// What etcd serves on `--listen-metrics-urls`: the metrics and the health probes.
+pub fn probes_and_metrics(context: Context) -> Router {
     let mut router = Router::new()
         .route("/health", get(health))
-        .route("/version", get(version))
         .route("/metrics", get(metrics));
     for (root, checks) in [("/livez", LIVEZ), ("/readyz", READYZ)] {
         router = router.route(

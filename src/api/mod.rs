@@ -49,7 +49,8 @@ fn cluster_version() -> String {
     format!("{major}.{minor}.0")
 }
 
-/// A single-member cluster never changes leader, so its raft term never moves.
+/// A single-member cluster never changes leader, so its raft term never moves from the one a
+/// fresh etcd member reports once it has elected itself.
 const RAFT_TERM: u64 = 1;
 
 /// How long a shutdown waits for open streams and connections before closing them: etcd's request
@@ -116,29 +117,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every `--listen-client-urls` address and serves until `shutdown` completes.
+    /// Binds every `--listen-client-urls`, `--listen-client-http-urls` and `--listen-metrics-urls`
+    /// address and serves until `shutdown` completes.
     pub async fn start(
         config: &Config,
         store: Arc<Store>,
         auth: Arc<AuthStore>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
-        let mut listeners = Vec::new();
-        for url in &config.listen_client_urls {
-            let secure = url.starts_with("https://");
-            listeners.extend(bind(url).await?.into_iter().map(|l| (l, secure)));
-        }
-        let tls = if listeners.iter().any(|(_, secure)| *secure) {
+        let client = bind_all(&config.listen_client_urls).await?;
+        let client_http = bind_all(&config.listen_client_http_urls).await?;
+        let metrics = bind_all(&config.listen_metrics_urls).await?;
+        let tls = if client
+            .iter()
+            .chain(&client_http)
+            .chain(&metrics)
+            .any(|(_, secure)| *secure)
+        {
             Some(tls::acceptor(config)?)
         } else {
             None
         };
-        let addresses: Vec<SocketAddr> = listeners
+        let addresses: Vec<SocketAddr> = client
             .iter()
             .map(|(l, _)| l.local_addr())
             .collect::<std::io::Result<_>>()?;
         let client_urls = if config.advertise_client_urls.is_empty() {
-            listeners
+            client
                 .iter()
                 .zip(&addresses)
                 .map(|((_, secure), a)| {
@@ -153,6 +158,7 @@ impl Server {
             id: store.identity().member_id,
             name: config.name.clone(),
             client_urls,
+            peer_urls: config.peer_urls.clone(),
         };
         store.heartbeat(&member).await?;
         tokio::spawn(heartbeat(Arc::downgrade(&store), member.clone()));
@@ -165,49 +171,22 @@ impl Server {
             },
             quota_bytes: config.quota_bytes(),
             member,
-            watch_progress_interval: config.experimental_watch_progress_notify_interval,
+            watch_progress_interval: config.watch_progress_notify_interval,
         };
-        let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-        // Every service takes requests up to the limit (etcd's gRPC layer allows a little more than
-        // --max-request-bytes, which the handlers then check) and answers of any size.
-        macro_rules! limited {
-            ($server:ident, $service:expr) => {
-                $server::new($service)
-                    .max_decoding_message_size(max_message)
-                    .max_encoding_message_size(usize::MAX)
-            };
+        let grpc = grpc_routes(config, &context);
+        // HTTP beside gRPC on the client URLs, unless URLs of its own serve it (as etcd splits them).
+        let http = || {
+            tonic::service::Routes::from(
+                http::routes(context.clone()).merge(gateway::routes(grpc.clone())),
+            )
+        };
+        let mut client_routes = grpc.clone();
+        if client_http.is_empty() {
+            *client_routes.axum_router_mut() =
+                std::mem::take(client_routes.axum_router_mut()).merge(http().into_axum_router());
         }
-        let mut routes = tonic::service::Routes::builder();
-        routes
-            .add_service(limited!(KvServer, kv::KvService(context.clone())))
-            .add_service(limited!(
-                MaintenanceServer,
-                maintenance::MaintenanceService(context.clone())
-            ))
-            .add_service(limited!(LeaseServer, lease::LeaseService(context.clone())))
-            .add_service(limited!(
-                ElectionServer,
-                election::ElectionService(context.clone())
-            ))
-            .add_service(limited!(LockServer, lock::LockService(context.clone())))
-            .add_service(limited!(WatchServer, watch::WatchService(context.clone())))
-            .add_service(limited!(AuthServer, auth::AuthService(context.clone())))
-            .add_service(limited!(
-                ClusterServer,
-                cluster::ClusterService(context.clone())
-            ));
-        let mut routes = routes.routes();
-        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
-            .fallback(not_built)
-            .layer(axum::middleware::from_fn_with_state(
-                config.client_cert_auth,
-                access::certificate_user,
-            ))
-            .layer(axum::middleware::from_fn(observe::grpc));
-        let grpc = routes.clone();
-        *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
-            .merge(http::routes(context.clone()))
-            .merge(gateway::routes(grpc));
+        let metrics_routes =
+            tonic::service::Routes::from(http::probes_and_metrics(context.clone()));
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
@@ -215,44 +194,24 @@ impl Server {
             let _ = stop.send(true);
         });
         let mut tasks = Vec::new();
-        for (listener, secure) in listeners {
-            let mut stopped = stopped.clone();
-            // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
-            // 0 turns the pings off, and leaves the timeout at its default.
-            let set = |d: std::time::Duration| Some(d).filter(|d| !d.is_zero());
-            let server = tonic::transport::Server::builder()
-                .accept_http1(true)
-                .max_concurrent_streams(config.max_concurrent_streams)
-                .http2_keepalive_interval(set(config.grpc_keepalive_interval))
-                .http2_keepalive_timeout(set(config.grpc_keepalive_timeout))
-                .add_routes(routes.clone());
-            let incoming = TcpListenerStream::new(listener).map(|stream| {
-                if let Ok(s) = &stream {
-                    // Replies are small and latency-bound: Nagle's algorithm would hold each one
-                    // back until the client's delayed acknowledgement (tens of milliseconds).
-                    let _ = s.set_nodelay(true);
-                    // A client whose machine went away is found by TCP in a few minutes, as by
-                    // etcd (Go's listeners probe every 15 s).
-                    let keepalive = socket2::TcpKeepalive::new()
-                        .with_time(TCP_KEEPALIVE)
-                        .with_interval(TCP_KEEPALIVE);
-                    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
+        let mut serve =
+            |listeners: Vec<(TcpListener, bool)>, routes: &tonic::service::Routes, what| {
+                for (listener, secure) in listeners {
+                    if let Ok(address) = listener.local_addr() {
+                        tracing::info!(%address, "ready to serve {what}");
+                    }
+                    tasks.push(serve_listener(
+                        config,
+                        listener,
+                        secure.then(|| tls.clone()).flatten(),
+                        routes.clone(),
+                        stopped.clone(),
+                    ));
                 }
-                stream
-            });
-            let stop = async move {
-                let _ = stopped.wait_for(|s| *s).await;
             };
-            tasks.push(match (secure, &tls) {
-                (true, Some(tls)) => tokio::spawn(
-                    server.serve_with_incoming_shutdown(tls::accept(incoming, tls.clone()), stop),
-                ),
-                _ => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
-            });
-        }
-        for address in &addresses {
-            tracing::info!(%address, "ready to serve client requests");
-        }
+        serve(metrics, &metrics_routes, "metrics and health probes");
+        serve(client_http, &http(), "client HTTP requests");
+        serve(client, &client_routes, "client requests");
         Ok(Server {
             addresses,
             tasks,
@@ -284,6 +243,101 @@ impl Server {
             }
         }
     }
+}
+
+/// The gRPC services, with the routes etcd answers beside them: `Unimplemented` for a method it
+/// does not have, the client-certificate user, and the calls' metrics.
+fn grpc_routes(config: &Config, context: &Context) -> tonic::service::Routes {
+    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    // Every service takes requests up to the limit (etcd's gRPC layer allows a little more than
+    // --max-request-bytes, which the handlers then check) and answers of any size.
+    macro_rules! limited {
+        ($server:ident, $service:expr) => {
+            $server::new($service)
+                .max_decoding_message_size(max_message)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
+    let mut routes = tonic::service::Routes::builder();
+    routes
+        .add_service(limited!(KvServer, kv::KvService(context.clone())))
+        .add_service(limited!(
+            MaintenanceServer,
+            maintenance::MaintenanceService(context.clone())
+        ))
+        .add_service(limited!(LeaseServer, lease::LeaseService(context.clone())))
+        .add_service(limited!(
+            ElectionServer,
+            election::ElectionService(context.clone())
+        ))
+        .add_service(limited!(LockServer, lock::LockService(context.clone())))
+        .add_service(limited!(WatchServer, watch::WatchService(context.clone())))
+        .add_service(limited!(AuthServer, auth::AuthService(context.clone())))
+        .add_service(limited!(
+            ClusterServer,
+            cluster::ClusterService(context.clone())
+        ));
+    let mut routes = routes.routes();
+    *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
+        .fallback(not_built)
+        .layer(axum::middleware::from_fn_with_state(
+            config.client_cert_auth,
+            access::certificate_user,
+        ))
+        .layer(axum::middleware::from_fn(observe::grpc));
+    routes
+}
+
+/// Serves `routes` on `listener` (through `tls` if given) until `stopped` turns true.
+fn serve_listener(
+    config: &Config,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    routes: tonic::service::Routes,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>> {
+    // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
+    // 0 turns the pings off, and leaves the timeout at its default.
+    let set = |d: std::time::Duration| Some(d).filter(|d| !d.is_zero());
+    let server = tonic::transport::Server::builder()
+        .accept_http1(true)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .http2_keepalive_interval(set(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(set(config.grpc_keepalive_timeout))
+        .add_routes(routes);
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(s) = &stream {
+            // Replies are small and latency-bound: Nagle's algorithm would hold each one
+            // back until the client's delayed acknowledgement (tens of milliseconds).
+            let _ = s.set_nodelay(true);
+            // A client whose machine went away is found by TCP in a few minutes, as by
+            // etcd (Go's listeners probe every 15 s).
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(TCP_KEEPALIVE)
+                .with_interval(TCP_KEEPALIVE);
+            let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
+        }
+        stream
+    });
+    let stop = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    match tls {
+        Some(tls) => {
+            tokio::spawn(server.serve_with_incoming_shutdown(tls::accept(incoming, tls), stop))
+        }
+        None => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
+    }
+}
+
+/// Binds every URL of a list, each with whether it is https.
+async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(TcpListener, bool)>> {
+    let mut listeners = Vec::new();
+    for url in urls {
+        let secure = url.starts_with("https://");
+        listeners.extend(bind(url).await?.into_iter().map(|l| (l, secure)));
+    }
+    Ok(listeners)
 }
 
 /// Binds an `http://host:port` or `https://host:port` URL: every address the host resolves to.

@@ -54,6 +54,7 @@ pub struct MemberRecord {
     pub id: u64,
     pub name: String,
     pub client_urls: Vec<String>,
+    pub peer_urls: Vec<String>,
 }
 
 /// Space used by the backend, as etcd's Status reports it.

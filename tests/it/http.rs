@@ -4,13 +4,17 @@ use crate::support::{start_both, Process, Strata};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-/// The status code and body of `GET path`.
+/// The status code and body of `GET path` from the server's client address.
 fn get(server: &Process, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(server.address).unwrap();
+    get_from(server.address, path)
+}
+
+/// The status code and body of `GET path` from `address`.
+pub fn get_from(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-        server.address
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut response = String::new();

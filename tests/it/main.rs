@@ -6,6 +6,7 @@ mod client;
 mod differential;
 mod durability;
 mod election;
+mod etcd_flags;
 mod etcdctl;
 mod frontends;
 mod fuzz;

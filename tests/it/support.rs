@@ -166,7 +166,11 @@ impl Strata {
     /// Runs `command` (the strata binary with its arguments), on a free loopback port unless its
     /// arguments name the client URLs.
     pub fn start_command(mut command: Command) -> Strata {
-        if !command.get_args().any(|a| a == "--listen-client-urls") {
+        let names_client_urls = |a: &std::ffi::OsStr| {
+            a.to_str()
+                .is_some_and(|a| a.trim_start_matches('-').starts_with("listen-client-urls"))
+        };
+        if !command.get_args().any(names_client_urls) {
             command.args(["--listen-client-urls", "http://127.0.0.1:0"]);
         }
         command.env("STRATA_LOG", "info");

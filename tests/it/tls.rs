@@ -15,7 +15,7 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, and a certificate it signs for `name`, valid for 127.0.0.1.
-fn certificates(dir: &Path) {
+pub fn certificates(dir: &Path) {
     let ec = [
         "-newkey",
         "ec",
@@ -82,7 +82,7 @@ fn requiring_client_certificates(dir: &Path) -> Strata {
 }
 
 /// etcdctl on `endpoint` trusting `ca`, with the client certificate of `client` if given.
-fn etcdctl_over_tls(endpoint: &str, ca: &Path, client: Option<&Path>) -> Command {
+pub fn etcdctl_over_tls(endpoint: &str, ca: &Path, client: Option<&Path>) -> Command {
     let mut command = Command::new(etcdctl_binary());
     command
         .env("ETCDCTL_API", "3")

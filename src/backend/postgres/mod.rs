@@ -14,7 +14,7 @@
 //! - `strata_leases`: lease id → TTL, and when it expires by the database's clock (every frontend
 //!   renews through it; `strata_keeper` names the one frontend that expires leases, for a term it
 //!   keeps renewing); `strata_alarms`: (member, alarm).
-//! - `strata_members`: each frontend's id, name and client URLs with the database time of its last
+//! - `strata_members`: each frontend's id, name, client and peer URLs with the database time of its last
 //!   heartbeat; the member list shows those heard from within [`MEMBER_TIMEOUT_SECONDS`].
 //!
 //! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
@@ -121,6 +121,7 @@ CREATE TABLE IF NOT EXISTS strata_members (
     client_urls TEXT NOT NULL,
     last_seen TIMESTAMPTZ NOT NULL
 );
+ALTER TABLE strata_members ADD COLUMN IF NOT EXISTS peer_urls TEXT NOT NULL DEFAULT '';
 ";
 
 /// Every connection's transactions, whatever the database's default.
@@ -1233,14 +1234,15 @@ impl Shared for Postgres {
     }
 
     async fn heartbeat(&self, member: &MemberRecord) -> Result<()> {
-        let urls = member.client_urls.join(",");
+        let (client_urls, peer_urls) = (member.client_urls.join(","), member.peer_urls.join(","));
         self.inner
             .write(
-                "INSERT INTO strata_members (id, name, client_urls, last_seen)
-                 VALUES ($1, $2, $3, now())
+                "INSERT INTO strata_members (id, name, client_urls, peer_urls, last_seen)
+                 VALUES ($1, $2, $3, $4, now())
                  ON CONFLICT (id) DO UPDATE
-                 SET name = excluded.name, client_urls = excluded.client_urls, last_seen = now()",
-                &[&(member.id as i64), &member.name, &urls],
+                 SET name = excluded.name, client_urls = excluded.client_urls,
+                     peer_urls = excluded.peer_urls, last_seen = now()",
+                &[&(member.id as i64), &member.name, &client_urls, &peer_urls],
             )
             .await?;
         self.inner
@@ -1256,22 +1258,24 @@ impl Shared for Postgres {
         let rows = self
             .inner
             .read(
-                "SELECT id, name, client_urls FROM strata_members
+                "SELECT id, name, client_urls, peer_urls FROM strata_members
                  WHERE last_seen >= now() - $1 * INTERVAL '1 second'",
                 &[&(MEMBER_TIMEOUT_SECONDS as f64)],
             )
             .await?;
+        let urls = |text: String| -> Vec<String> {
+            text.split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
         let mut members: Vec<MemberRecord> = rows
             .iter()
             .map(|r| MemberRecord {
                 id: r.get::<_, i64>(0) as u64,
                 name: r.get(1),
-                client_urls: r
-                    .get::<_, String>(2)
-                    .split(',')
-                    .filter(|u| !u.is_empty())
-                    .map(str::to_owned)
-                    .collect(),
+                client_urls: urls(r.get(2)),
+                peer_urls: urls(r.get(3)),
             })
             .collect();
         // etcd lists members by id; ids are unsigned, the column's order is the signed one.

@@ -1,0 +1,513 @@
+//! What a Strata server runs with, read as etcd reads its settings so that Strata can take etcd's
+//! place in existing manifests, units and scripts: every etcd flag (see [`flags`]), in Go's flag
+//! syntax, from `ETCD_*` variables, or from etcd's YAML `--config-file`.
+
+mod file;
+pub mod flags;
+pub mod parse;
+
+use crate::mvcc::compactor::Policy;
+use flags::{Effect, FLAGS};
+pub use parse::{Refusal, Request, Settings};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// What gRPC accepts above `--max-request-bytes` before refusing a message outright (as etcd).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// etcd's default quota when `--quota-backend-bytes` is 0.
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+/// etcd's client URL when none is given; also what it advertises then.
+pub const DEFAULT_CLIENT_URL: &str = "http://localhost:2379";
+/// etcd's peer URL when none is given, as the member list shows it.
+pub const DEFAULT_PEER_URL: &str = "http://localhost:2380";
+
+/// Which metrics `/metrics` exports: etcd's `--metrics basic`, or `extensive` with the latency
+/// histogram of every gRPC method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsLevel {
+    Basic,
+    Extensive,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// `embedded`, or a PostgreSQL connection string.
+    pub backend: String,
+    /// Threads that serve requests (None: one a CPU this process may use).
+    pub worker_threads: Option<u16>,
+    pub listen_client_urls: Vec<String>,
+    /// URLs that serve HTTP only: the JSON gateway, health, version and metrics, no gRPC.
+    pub listen_client_http_urls: Vec<String>,
+    /// URLs to tell clients; empty: the addresses bound.
+    pub advertise_client_urls: Vec<String>,
+    /// URLs that serve `/metrics` and the health probes only.
+    pub listen_metrics_urls: Vec<String>,
+    /// The member's peer URLs, as the member list shows them.
+    pub peer_urls: Vec<String>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
+    pub client_cert_auth: bool,
+    pub auth_token: String,
+    pub auth_token_ttl: u64,
+    pub bcrypt_cost: u32,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub max_concurrent_streams: u32,
+    pub grpc_keepalive_interval: Duration,
+    pub grpc_keepalive_timeout: Duration,
+    pub quota_backend_bytes: u64,
+    pub watch_progress_notify_interval: Duration,
+    pub auto_compaction: Option<Policy>,
+    /// `json`, or anything else for text lines.
+    pub log_format: String,
+    pub log_level: String,
+    /// `default`, `stderr`, `stdout`, `systemd/journal` or file paths.
+    pub log_outputs: Vec<String>,
+    pub metrics: MetricsLevel,
+    /// What was read, for the start-up log lines.
+    pub settings: Settings,
+}
+
+impl Config {
+    /// Reads the command line (`args` without the program's name) and the process's environment.
+    pub fn from_command_line(args: &[String]) -> Result<Request, Refusal> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        parse::read(args, &vars, &|path| std::fs::read_to_string(path))
+    }
+
+    /// The configuration `settings` describe, with etcd's defaults for what they leave unset.
+    pub fn new(settings: Settings) -> Result<Config, String> {
+        let s = &settings;
+        let text = |name: &str, default: &str| s.get(name).unwrap_or(default).to_owned();
+        let path = |name: &str| s.get(name).filter(|p| !p.is_empty()).map(PathBuf::from);
+        let list = |name: &str| -> Vec<String> {
+            s.get(name)
+                .map(|v| {
+                    v.split(',')
+                        .map(|u| u.trim().to_owned())
+                        .filter(|u| !u.is_empty())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let number = |name: &str, default: u64| -> u64 {
+            s.get(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+        };
+        let boolean = |name: &str| s.get(name) == Some("true");
+        let duration = |name: &str, default: Duration| -> Duration {
+            s.get(name)
+                .and_then(|v| crate::duration::parse(v).ok())
+                .unwrap_or(default)
+        };
+        let name = text("name", "default");
+        let data_dir = path("data-dir").unwrap_or_else(|| default_data_dir(&name));
+        let listen_client_urls = match list("listen-client-urls") {
+            urls if urls.is_empty() => vec![DEFAULT_CLIENT_URL.to_owned()],
+            urls => urls,
+        };
+        // etcd advertises its default URL when the client URLs are its default too.
+        let advertise_client_urls = match list("advertise-client-urls") {
+            urls if urls.is_empty() && s.get("listen-client-urls").is_none() => {
+                vec![DEFAULT_CLIENT_URL.to_owned()]
+            }
+            urls => urls,
+        };
+        let peer_urls = match list("initial-advertise-peer-urls") {
+            urls if urls.is_empty() => vec![DEFAULT_PEER_URL.to_owned()],
+            urls => urls,
+        };
+        let auth_token = text("auth-token", "simple");
+        crate::auth::check_token_provider(&auth_token)?;
+        let watch_progress_notify_interval = duration(
+            "watch-progress-notify-interval",
+            duration(
+                "experimental-watch-progress-notify-interval",
+                Duration::from_secs(600),
+            ),
+        );
+        if watch_progress_notify_interval < Duration::from_millis(100) {
+            return Err(format!(
+                "--watch-progress-notify-interval {watch_progress_notify_interval:?} is below the \
+                 minimum of 100ms"
+            ));
+        }
+        check_after_parse(s)?;
+        let auto_compaction = auto_compaction(
+            s.get("auto-compaction-mode").unwrap_or("periodic"),
+            s.get("auto-compaction-retention").unwrap_or("0"),
+        )?;
+        for (flag, value) in s.iter() {
+            if let Some(Effect::Refused(why)) = flags::lookup(flag).map(|f| f.effect) {
+                if !value.is_empty() && value != "false" {
+                    return Err(format!(
+                        "--{flag} is not supported by Strata: {why} (docs/etcd-flags.md)"
+                    ));
+                }
+            }
+        }
+        let worker_threads = match s.get("worker-threads") {
+            Some("0") => return Err("--worker-threads must be at least 1".to_owned()),
+            Some(n) => n.parse().ok(),
+            None => None,
+        };
+        Ok(Config {
+            data_dir,
+            backend: text("backend", "embedded"),
+            worker_threads,
+            listen_client_urls,
+            listen_client_http_urls: list("listen-client-http-urls"),
+            advertise_client_urls,
+            listen_metrics_urls: list("listen-metrics-urls"),
+            peer_urls,
+            cert_file: path("cert-file"),
+            key_file: path("key-file"),
+            trusted_ca_file: path("trusted-ca-file"),
+            client_cert_auth: boolean("client-cert-auth"),
+            auth_token,
+            auth_token_ttl: number("auth-token-ttl", 300),
+            bcrypt_cost: number("bcrypt-cost", crate::auth::DEFAULT_BCRYPT_COST.into())
+                .try_into()
+                .unwrap_or(crate::auth::DEFAULT_BCRYPT_COST),
+            max_request_bytes: number("max-request-bytes", DEFAULT_MAX_REQUEST_BYTES as u64)
+                as usize,
+            max_txn_ops: number("max-txn-ops", 128) as usize,
+            max_concurrent_streams: number("max-concurrent-streams", u32::MAX.into()) as u32,
+            grpc_keepalive_interval: duration("grpc-keepalive-interval", Duration::from_secs(7200)),
+            grpc_keepalive_timeout: duration("grpc-keepalive-timeout", Duration::from_secs(20)),
+            quota_backend_bytes: s
+                .get("quota-backend-bytes")
+                .and_then(|q| q.parse::<i64>().ok())
+                .filter(|q| *q > 0)
+                .map_or(DEFAULT_QUOTA_BYTES, |q| q as u64),
+            watch_progress_notify_interval,
+            auto_compaction,
+            log_format: text("log-format", "text"),
+            // etcd's panic and fatal levels log errors and worse.
+            log_level: match text("log-level", "info").as_str() {
+                "panic" | "fatal" => "error".to_owned(),
+                level => level.to_owned(),
+            },
+            log_outputs: match list("log-outputs") {
+                outputs if outputs.is_empty() => vec!["default".to_owned()],
+                outputs => outputs,
+            },
+            metrics: match s.get("metrics") {
+                Some("extensive") => MetricsLevel::Extensive,
+                _ => MetricsLevel::Basic,
+            },
+            name,
+            settings,
+        })
+    }
+
+    /// One line for each flag set that has no effect here, or whose effect is still to come, with
+    /// the reason: what an operator moving a manifest over should know.
+    pub fn notices(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (name, value) in self.settings.iter() {
+            let Some(flag) = flags::lookup(name) else {
+                continue;
+            };
+            match flag.effect {
+                Effect::NoEffect(why) => {
+                    lines.push(format!("--{name}={value} has no effect in Strata: {why}"));
+                }
+                Effect::NotYet(why) if value != "false" => {
+                    lines.push(format!(
+                        "--{name}={value} is accepted but not acted on yet: {why}"
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if let Some(gates) = self.settings.get("feature-gates") {
+            for (gate, on) in parse::feature_gates(gates).unwrap_or_default() {
+                let why = match gate {
+                    "InitialCorruptCheck" => "the store is not verified at start-up yet",
+                    "CompactHashCheck" => "compaction hashes are not checked yet",
+                    _ => "it changes raft or bbolt behaviour Strata does not have",
+                };
+                lines.push(format!(
+                    "feature gate {gate}={on} has no effect in Strata: {why}"
+                ));
+            }
+        }
+        lines
+    }
+
+    pub fn quota_bytes(&self) -> u64 {
+        self.quota_backend_bytes
+    }
+}
+
+/// The data directory of a member named `name` when none is given, as etcd names it.
+pub fn default_data_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!("{name}.strata"))
+}
+
+/// The checks etcd makes of its flags once they are all read, with its messages.
+fn check_after_parse(s: &Settings) -> Result<(), String> {
+    if let Some(logger) = s.get("logger").filter(|l| *l != "zap") {
+        return Err(format!("unknown logger option {logger:?}"));
+    }
+    if let Some(mode) = s
+        .get("auto-compaction-mode")
+        .filter(|m| !matches!(*m, "periodic" | "revision"))
+    {
+        return Err(format!("unknown auto-compaction-mode {mode:?}"));
+    }
+    for name in ["tls-min-version", "tls-max-version"] {
+        if let Some(version) = s
+            .get(name)
+            .filter(|v| !matches!(*v, "" | "TLS1.2" | "TLS1.3"))
+        {
+            return Err(format!(
+                "unexpected TLS version {version:?} (must be one of: TLS1.2, TLS1.3)"
+            ));
+        }
+    }
+    let milliseconds =
+        |name: &str, default: u64| s.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (heartbeat, election) = (
+        milliseconds("heartbeat-interval", 100),
+        milliseconds("election-timeout", 1000),
+    );
+    if 5 * heartbeat > election {
+        return Err(format!(
+            "--election-timeout[{}] should be at least as 5 times as --heartbeat-interval[{}]",
+            go_milliseconds(election),
+            go_milliseconds(heartbeat)
+        ));
+    }
+    if let Some(cluster) = s.get("initial-cluster").filter(|c| !c.is_empty()) {
+        for member in cluster.split(',') {
+            let Some((_, url)) = member.split_once('=') else {
+                return Err(format!(
+                    "error setting up initial cluster: parse {member:?}: missing '=' in member"
+                ));
+            };
+            let flag = flags::lookup("listen-peer-urls").expect("etcd's flag");
+            let mut scratch = Settings::default();
+            scratch
+                .set(flag, url)
+                .map_err(|e| format!("error setting up initial cluster: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A number of milliseconds as Go prints a duration: `100ms`, `1s`, `1.5s`, `1m0s`.
+fn go_milliseconds(ms: u64) -> String {
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (minutes, ms) = (ms / 60_000, ms % 60_000);
+    let seconds = format!("{}.{:03}", ms / 1000, ms % 1000);
+    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
+    let hours = minutes / 60;
+    match (hours, minutes % 60) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
+    }
+}
+
+/// The automatic compaction asked for, if any, as etcd reads its two flags.
+fn auto_compaction(mode: &str, retention: &str) -> Result<Option<Policy>, String> {
+    let retention = retention.trim();
+    let policy = if mode == "revision" {
+        let revisions: i64 = retention.parse().map_err(|_| {
+            format!("--auto-compaction-retention {retention:?} is not a number of revisions")
+        })?;
+        (revisions > 0).then_some(Policy::Revision(revisions))
+    } else {
+        let period = match retention.parse::<u64>() {
+            Ok(hours) => Duration::from_secs(hours * 3600),
+            Err(_) => crate::duration::parse(retention)?,
+        };
+        (!period.is_zero()).then_some(Policy::Periodic(period))
+    };
+    Ok(policy)
+}
+
+/// A list of every flag, for `strata --help`.
+pub fn help() -> String {
+    let mut text = String::from(
+        "Usage: strata [flags]\n       strata snapshot (save|restore) ...\n       strata migrate ...\n\n\
+         An etcd v3 API server, on an embedded store or on PostgreSQL. Flags are etcd's, in Go's \
+         syntax (-name x, --name=x, -flag for true); each may also be set by ETCD_ and its name in \
+         capitals with '-' as '_' (ETCD_DATA_DIR), or all at once by etcd's --config-file.\n\
+         docs/etcd-flags.md says what each does here.\n\n",
+    );
+    for flag in FLAGS {
+        let effect = match flag.effect {
+            Effect::Honoured => "",
+            Effect::NoEffect(_) => " (accepted, no effect)",
+            Effect::NotYet(_) => " (accepted, not acted on yet)",
+            Effect::Refused(_) => " (refused when set)",
+        };
+        text.push_str(&format!("  --{}{effect}\n", flag.name));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        match parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into())) {
+            Ok(Request::Run(settings)) => Config::new(settings).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_follow_etcd() {
+        let c = config(&["--name", "m"]);
+        assert_eq!(c.data_dir, PathBuf::from("m.strata"));
+        assert_eq!(c.max_request_bytes, 1572864);
+        assert_eq!(c.max_txn_ops, 128);
+        assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(c.advertise_client_urls, vec!["http://localhost:2379"]);
+        assert_eq!(c.peer_urls, vec!["http://localhost:2380"]);
+        assert_eq!(c.quota_bytes(), 2 << 30);
+        assert_eq!(c.auth_token, "simple");
+        assert_eq!(c.metrics, MetricsLevel::Basic);
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(600));
+        // Client URLs of its own and no advertised ones: the addresses bound are advertised.
+        let c = config(&["--listen-client-urls", "http://127.0.0.1:0"]);
+        assert!(c.advertise_client_urls.is_empty());
+    }
+
+    #[test]
+    fn watch_progress_interval_by_either_name() {
+        let c = config(&["-experimental-watch-progress-notify-interval=2s"]);
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(2));
+        let c = config(&["--watch-progress-notify-interval=5s"]);
+        assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5));
+        let too_short = parse::read(
+            &["--watch-progress-notify-interval=50ms".to_owned()],
+            &[],
+            &|_| Err(std::io::ErrorKind::NotFound.into()),
+        );
+        let Ok(Request::Run(settings)) = too_short else {
+            panic!()
+        };
+        assert!(Config::new(settings).is_err());
+    }
+
+    #[test]
+    fn auto_compaction_flags() {
+        assert_eq!(config(&[]).auto_compaction, None);
+        let hours = config(&["--auto-compaction-retention", "1"]).auto_compaction;
+        assert_eq!(hours, Some(Policy::Periodic(Duration::from_secs(3600))));
+        let minutes = config(&["--auto-compaction-retention=30m"]).auto_compaction;
+        assert_eq!(minutes, Some(Policy::Periodic(Duration::from_secs(1800))));
+        let revisions = config(&[
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=1000",
+        ]);
+        assert_eq!(revisions.auto_compaction, Some(Policy::Revision(1000)));
+        assert!(auto_compaction("revision", "1h").is_err());
+    }
+
+    #[test]
+    fn flags_of_raft_and_peers_are_named_as_without_effect() {
+        let c = config(&[
+            "--listen-peer-urls=http://127.0.0.1:2380",
+            "--snapshot-count=10000",
+            "--feature-gates=InitialCorruptCheck=true",
+            "--initial-advertise-peer-urls=https://10.0.0.1:2380",
+        ]);
+        assert_eq!(c.peer_urls, vec!["https://10.0.0.1:2380"]);
+        let notices = c.notices();
+        assert!(notices
+            .iter()
+            .any(|n| n.starts_with("--listen-peer-urls=http://127.0.0.1:2380 has no effect")));
+        assert!(notices
+            .iter()
+            .any(|n| n.starts_with("--snapshot-count=10000 has no effect")));
+        assert!(notices
+            .iter()
+            .any(|n| n.starts_with("feature gate InitialCorruptCheck=true")));
+        assert!(!notices
+            .iter()
+            .any(|n| n.contains("initial-advertise-peer-urls")));
+    }
+
+    #[test]
+    fn flags_that_would_weaken_security_are_refused_when_set() {
+        let args = ["--client-crl-file=/crl.pem".to_owned()];
+        let Ok(Request::Run(settings)) =
+            parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into()))
+        else {
+            panic!()
+        };
+        let refused = Config::new(settings).unwrap_err();
+        assert!(refused.starts_with("--client-crl-file is not supported by Strata"));
+        let c = config(&["--auto-tls=false"]);
+        assert!(!c.client_cert_auth);
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        match parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into())) {
+            Ok(Request::Run(settings)) => Config::new(settings).unwrap_err(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn checks_after_parsing_give_etcd_messages() {
+        assert_eq!(
+            refusal(&["--logger=bogus"]),
+            "unknown logger option \"bogus\""
+        );
+        assert_eq!(
+            refusal(&["--auto-compaction-mode=bogus"]),
+            "unknown auto-compaction-mode \"bogus\""
+        );
+        assert_eq!(
+            refusal(&["--tls-min-version=TLS1.0"]),
+            "unexpected TLS version \"TLS1.0\" (must be one of: TLS1.2, TLS1.3)"
+        );
+        assert_eq!(
+            refusal(&["--election-timeout=1"]),
+            "--election-timeout[1ms] should be at least as 5 times as --heartbeat-interval[100ms]"
+        );
+        assert_eq!(
+            refusal(&["--heartbeat-interval=500", "--election-timeout=1500"]),
+            "--election-timeout[1.5s] should be at least as 5 times as --heartbeat-interval[500ms]"
+        );
+        assert_eq!(
+            refusal(&["--initial-cluster=default=foo"]),
+            "error setting up initial cluster: URL scheme must be http, https, unix, or unixs: foo"
+        );
+        assert_eq!(go_milliseconds(60_000), "1m0s");
+        // etcd takes any --metrics value; only `extensive` changes anything.
+        assert_eq!(config(&["--metrics=bogus"]).metrics, MetricsLevel::Basic);
+        assert_eq!(
+            config(&["--metrics=extensive"]).metrics,
+            MetricsLevel::Extensive
+        );
+    }
+
+    #[test]
+    fn docs_list_every_flag() {
+        let docs = include_str!("../../docs/etcd-flags.md");
+        for flag in FLAGS {
+            assert!(
+                docs.contains(&format!("`--{}`", flag.name)),
+                "docs/etcd-flags.md does not list --{}",
+                flag.name
+            );
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Strata in etcd's place: kubeadm's etcd command lines over mutual TLS with the kubelet's probes
+//! on the metrics URL, etcd's config file, `ETCD_*` variables, and malformed flags refused with
+//! etcd's messages and exit statuses (the same command lines given to etcd itself).
+
+use crate::http::get_from;
+use crate::support::{
+    etcd_binary, etcdctl_binary, free_port, on_postgres, postgres_database, Strata,
+};
+use crate::tls::{certificates, etcdctl_over_tls};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+/// kubeadm's layout of the etcd certificates under `pki/` (its server and peer certificates
+/// both serve and authenticate; the API server's client certificate beside them).
+fn kubeadm_certificates(dir: &Path) {
+    certificates(dir);
+    let etcd = dir.join("pki/etcd");
+    std::fs::create_dir_all(&etcd).unwrap();
+    for (from, to) in [
+        ("ca.pem", "pki/etcd/ca.crt"),
+        ("ca-key.pem", "pki/etcd/ca.key"),
+        ("server.pem", "pki/etcd/server.crt"),
+        ("server-key.pem", "pki/etcd/server.key"),
+        ("server.pem", "pki/etcd/peer.crt"),
+        ("server-key.pem", "pki/etcd/peer.key"),
+        ("client.pem", "pki/apiserver-etcd-client.crt"),
+        ("client-key.pem", "pki/apiserver-etcd-client.key"),
+    ] {
+        std::fs::copy(dir.join(from), dir.join(to)).unwrap();
+    }
+}
+
+/// The arguments kubeadm's `getEtcdCommand` writes for a single control-plane node `node1` on
+/// 127.0.0.1 (v1.36, or with `experimental` the 3.5-era names of v1.31 to v1.33), with the
+/// certificates under `dir` and the given ports in place of 2379, 2380 and 2381.
+fn kubeadm_arguments(dir: &Path, experimental: bool, ports: [u16; 3]) -> Vec<String> {
+    let [client, peer, metrics] = ports;
+    let pki = dir.join("pki").display().to_string();
+    let data = dir.join("var/lib/etcd").display().to_string();
+    let (corrupt_check, progress) = if experimental {
+        (
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-watch-progress-notify-interval=5s",
+        )
+    } else {
+        (
+            "--feature-gates=InitialCorruptCheck=true",
+            "--watch-progress-notify-interval=5s",
+        )
+    };
+    let mut args = vec![
+        format!("--advertise-client-urls=https://127.0.0.1:{client}"),
+        format!("--cert-file={pki}/etcd/server.crt"),
+        "--client-cert-auth=true".to_owned(),
+        format!("--data-dir={data}"),
+        corrupt_check.to_owned(),
+        format!("--initial-advertise-peer-urls=https://127.0.0.1:{peer}"),
+        format!("--initial-cluster=node1=https://127.0.0.1:{peer}"),
+        format!("--key-file={pki}/etcd/server.key"),
+        format!("--listen-client-urls=https://127.0.0.1:{client},https://127.0.0.1:{client}"),
+        format!("--listen-metrics-urls=http://127.0.0.1:{metrics}"),
+        format!("--listen-peer-urls=https://127.0.0.1:{peer}"),
+        "--name=node1".to_owned(),
+        format!("--peer-cert-file={pki}/etcd/peer.crt"),
+        "--peer-client-cert-auth=true".to_owned(),
+        format!("--peer-key-file={pki}/etcd/peer.key"),
+        format!("--peer-trusted-ca-file={pki}/etcd/ca.crt"),
+        "--snapshot-count=10000".to_owned(),
+        format!("--trusted-ca-file={pki}/etcd/ca.crt"),
+        progress.to_owned(),
+    ];
+    args.sort();
+    args
+}
+
+/// `etcdctl member list -w json` through `command`, as (name, peer URLs, client URLs).
+fn members(mut command: Command) -> Vec<(String, Vec<String>, Vec<String>)> {
+    let out = command
+        .args(["member", "list", "-w", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    list["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap_or("").to_owned(),
+                strings(&m["peerURLs"]),
+                strings(&m["clientURLs"]),
+            )
+        })
+        .collect()
+}
+
+fn etcdctl(endpoint: &str) -> Command {
+    let mut command = Command::new(etcdctl_binary());
+    command
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", endpoint, "--dial-timeout", "3s"]);
+    command
+}
+
+/// The kubelet's probes of kubeadm's manifest, over plain HTTP on the metrics URL.
+fn kubelet_probes(metrics: SocketAddr) {
+    assert_eq!(get_from(metrics, "/livez"), (200, "ok\n".to_owned()));
+    assert_eq!(get_from(metrics, "/readyz"), (200, "ok\n".to_owned()));
+    let (status, health) = get_from(metrics, "/health");
+    assert_eq!(
+        (status, health.as_str()),
+        (200, r#"{"health":"true","reason":""}"#)
+    );
+    let (status, scrape) = get_from(metrics, "/metrics");
+    assert_eq!(status, 200);
+    assert!(scrape.contains("etcd_server_has_leader 1"), "{scrape}");
+}
+
+#[test]
+fn kubeadm_etcd_command_lines_serve_over_mutual_tls() {
+    for experimental in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        kubeadm_certificates(dir.path());
+        let ports = [free_port(), free_port(), free_port()];
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command.args(kubeadm_arguments(dir.path(), experimental, ports));
+        if on_postgres() {
+            command.arg(format!("--backend={}", postgres_database(dir.path())));
+        }
+        let strata = Strata::start_command(command);
+        let [client, peer, metrics] = ports;
+        assert_eq!(strata.address.port(), client);
+        kubelet_probes(SocketAddr::from(([127, 0, 0, 1], metrics)));
+
+        let endpoint = format!("https://127.0.0.1:{client}");
+        let pki = dir.path().join("pki");
+        let api_server = |args: &[&str]| {
+            let mut command = etcdctl_over_tls(&endpoint, &pki.join("etcd/ca.crt"), None);
+            command
+                .arg("--cert")
+                .arg(pki.join("apiserver-etcd-client.crt"))
+                .arg("--key")
+                .arg(pki.join("apiserver-etcd-client.key"))
+                .args(args);
+            command
+        };
+        let put = api_server(&["put", "/registry/ns/default", "v"])
+            .output()
+            .unwrap();
+        assert!(put.status.success(), "{put:?}");
+        let get = api_server(&["get", "/registry/ns/default", "--print-value-only"])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&get.stdout), "v\n");
+        let without_certificate = etcdctl_over_tls(&endpoint, &pki.join("etcd/ca.crt"), None)
+            .args(["get", "x"])
+            .output()
+            .unwrap();
+        assert!(!without_certificate.status.success());
+
+        let list = members(api_server(&[]));
+        assert_eq!(
+            list,
+            vec![(
+                "node1".to_owned(),
+                vec![format!("https://127.0.0.1:{peer}")],
+                vec![endpoint.clone()],
+            )]
+        );
+        let log = strata.log();
+        assert!(
+            log.contains(&format!(
+                "--listen-peer-urls=https://127.0.0.1:{peer} has no effect in Strata"
+            )),
+            "{log}"
+        );
+        assert!(log.contains("--snapshot-count=10000 has no effect in Strata"));
+    }
+}
+
+#[test]
+fn a_config_file_is_read_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, metrics) = (free_port(), free_port());
+    let mut file = format!(
+        "name: from-file\n\
+         data-dir: {}\n\
+         listen-client-urls: http://127.0.0.1:{client}\n\
+         advertise-client-urls: http://127.0.0.1:{client}\n\
+         listen-metrics-urls: http://127.0.0.1:{metrics}\n\
+         initial-advertise-peer-urls: http://127.0.0.1:2390\n\
+         max-txn-ops: 3\n\
+         client-transport-security:\n  client-cert-auth: false\n",
+        dir.path().join("data").display()
+    );
+    if on_postgres() {
+        file.push_str(&format!("backend: {}\n", postgres_database(dir.path())));
+    }
+    let path = dir.path().join("etcd.conf.yml");
+    std::fs::write(&path, file).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    // The file alone counts: etcd ignores the other flags and the variables.
+    command
+        .arg("--config-file")
+        .arg(&path)
+        .args(["--name", "from-flag"])
+        .env("ETCD_MAX_TXN_OPS", "1000");
+    let strata = Strata::start_command(command);
+    assert_eq!(strata.address.port(), client);
+    let endpoint = format!("http://127.0.0.1:{client}");
+    assert_eq!(
+        members(etcdctl(&endpoint)),
+        vec![(
+            "from-file".to_owned(),
+            vec!["http://127.0.0.1:2390".to_owned()],
+            vec![endpoint.clone()]
+        )]
+    );
+    let txn = etcdctl(&endpoint)
+        .arg("txn")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = txn.stdin.as_ref().unwrap();
+    std::io::Write::write_all(&mut stdin, b"\nput a 1\nput b 2\nput c 3\nput d 4\n\n\n").unwrap();
+    let out = txn.wait_with_output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("too many operations in txn request"),
+        "{out:?}"
+    );
+    kubelet_probes(SocketAddr::from(([127, 0, 0, 1], metrics)));
+}
+
+#[test]
+fn environment_variables_set_what_the_command_line_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let client = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .env("ETCD_NAME", "from-env")
+        .env("ETCD_DATA_DIR", dir.path().join("data"))
+        .env("ETCD_NO_SUCH_FLAG", "1")
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"));
+    if on_postgres() {
+        command.env("STRATA_BACKEND", postgres_database(dir.path()));
+    }
+    let strata = Strata::start_command(command);
+    let endpoint = format!("http://127.0.0.1:{client}");
+    assert_eq!(members(etcdctl(&endpoint))[0].0, "from-env");
+    let log = strata.log();
+    assert!(
+        log.contains("recognized and used environment variable ETCD_NAME=from-env"),
+        "{log}"
+    );
+    assert!(log.contains("unrecognized environment variable ETCD_NO_SUCH_FLAG=1"));
+}
+
+/// Environment variables to run a program with.
+type Variables<'a> = &'a [(&'a str, &'a str)];
+
+/// What a program printed on standard error and how it exited, for a command line it refuses.
+fn refused(program: &str, args: &[&str], vars: Variables) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = format!("--data-dir={}", dir.path().join("data").display());
+    let client = format!("--listen-client-urls=http://127.0.0.1:{}", free_port());
+    let advertise = client.replace("--listen-", "--advertise-");
+    let peer = format!("--listen-peer-urls=http://127.0.0.1:{}", free_port());
+    let mut command = Command::new(program);
+    command.args([data, client, advertise, peer]).args(args);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in vars {
+        command.env(k, v);
+    }
+    let out = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let code = out
+        .status
+        .code()
+        .expect("exited, not killed: it refused to start");
+    (code, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// The reason etcd gave: its first line when Go's flag package refused the command line, or the
+/// `error` of its last (JSON) log line when etcd did.
+fn etcd_reason(code: i32, stderr: &str) -> String {
+    if code == 2 {
+        return stderr.lines().next().unwrap_or("").to_owned();
+    }
+    let last = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
+    let line: serde_json::Value = serde_json::from_str(last).unwrap();
+    line["error"]
+        .as_str()
+        .or_else(|| line["msg"].as_str())
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[test]
+fn malformed_flags_are_refused_as_etcd_refuses_them() {
+    let cases: &[(&[&str], Variables)] = &[
+        (&["--no-such-flag"], &[]),
+        (&["--max-txn-ops=abc"], &[]),
+        (&["--max-txn-ops=-1"], &[]),
+        (&["--client-cert-auth=maybe"], &[]),
+        (&["--initial-cluster-state=bogus"], &[]),
+        (&["--grpc-keepalive-min-time=xyz"], &[]),
+        (&["--max-concurrent-streams=x"], &[]),
+        (&["--initial-advertise-peer-urls=foo"], &[]),
+        (&["--initial-advertise-peer-urls=http://1.2.3.4"], &[]),
+        (&["--listen-metrics-urls=http://127.0.0.1:1/metrics"], &[]),
+        (&["--client-cert-auth", "false"], &[]),
+        (&["---name"], &[]),
+        (&["--name"], &[]),
+        (&["--logger=bogus"], &[]),
+        (&["--auto-compaction-mode=bogus"], &[]),
+        (&["--election-timeout=1"], &[]),
+        (&[], &[("ETCD_MAX_TXN_OPS", "abc")]),
+    ];
+    for (args, vars) in cases {
+        let (etcd_code, etcd_stderr) = refused(&etcd_binary(), args, vars);
+        let (code, stderr) = refused(env!("CARGO_BIN_EXE_strata"), args, vars);
+        assert_eq!(
+            code, etcd_code,
+            "{args:?} {vars:?}: {stderr}\netcd: {etcd_stderr}"
+        );
+        let reason = etcd_reason(etcd_code, &etcd_stderr);
+        assert_eq!(
+            stderr.lines().next().unwrap_or(""),
+            reason,
+            "{args:?} {vars:?}: etcd said {etcd_stderr}"
+        );
+    }
+    // A variable and a flag for the same setting: etcd stops (its log line carries no error).
+    let (code, stderr) = refused(
+        env!("CARGO_BIN_EXE_strata"),
+        &["--name=b"],
+        &[("ETCD_NAME", "a")],
+    );
+    assert_eq!(code, 1);
+    assert!(stderr.starts_with("conflicting environment variable is shadowed"));
+}
+
+#[test]
+fn version_and_help() {
+    let version = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("-version")
+        .output()
+        .unwrap();
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("etcd Version: 3.5."));
+    let help = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--listen-peer-urls (accepted, no effect)")
+    );
+}
