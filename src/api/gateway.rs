@@ -183,13 +183,14 @@ pub fn routes(grpc: Routes) -> Router {
     router
 }
 
-/// An error as grpc-gateway writes it, with the HTTP status it gives the gRPC code.
-/// The HTTP status grpc-gateway gives a gRPC code.
+/// The HTTP status the grpc-gateway of etcd 3.5 (v1.16) gives a gRPC code: FailedPrecondition is
+/// 400, not 412 as under etcd 3.4's older gateway.
 fn http_status(code: Code) -> StatusCode {
     match code {
         Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
-        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
-        Code::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
+            StatusCode::BAD_REQUEST
+        }
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,

@@ -124,9 +124,8 @@ impl Maintenance for MaintenanceService {
     ) -> Result<Response<DefragmentResponse>, Status> {
         self.admin_unconverted(&req).await?;
         self.0.store.defragment().await?;
-        let mut resp = DefragmentResponse::default();
-        self.0.fill(&mut resp.header);
-        Ok(Response::new(resp))
+        // etcd answers without a header.
+        Ok(Response::new(DefragmentResponse::default()))
     }
 
     async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -195,9 +194,8 @@ impl Maintenance for MaintenanceService {
         if req.into_inner().target_id != self.0.store.identity().member_id {
             return Err(Error::BadLeaderTransferee.into());
         }
-        let mut resp = MoveLeaderResponse::default();
-        self.0.fill(&mut resp.header);
-        Ok(Response::new(resp))
+        // etcd answers without a header.
+        Ok(Response::new(MoveLeaderResponse::default()))
     }
 
     /// VALIDATE and CANCEL answer as a one-member etcd 3.5 with no downgrade under way: the only

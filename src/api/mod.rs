@@ -51,7 +51,7 @@ fn cluster_version() -> String {
 
 /// A single-member cluster never changes leader, so its raft term never moves from the one a
 /// fresh etcd member reports once it has elected itself.
-const RAFT_TERM: u64 = 1;
+const RAFT_TERM: u64 = 2;
 
 /// How long a shutdown waits for open streams and connections before closing them: etcd's request
 /// timeout (5 s plus twice its 1 s election timeout), which bounds its graceful stop the same way.
