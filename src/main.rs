@@ -10,7 +10,7 @@ use strata::auth::{AuthStore, TokenProvider};
 use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
 use strata::backend::Backend;
-use strata::config::{Config, Request};
+use strata::config::{Config, MetricsLevel, Request};
 use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
@@ -103,6 +103,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
     for notice in config.notices() {
         tracing::warn!("{notice}");
+    }
+    if config.metrics == MetricsLevel::Extensive {
+        strata::metrics::export_handling_times();
     }
 
     let member = format!(

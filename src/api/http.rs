@@ -146,70 +146,111 @@ async fn version() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// A Prometheus text exposition of the gauges etcd exports under the same names, read at scrape
-/// time.
+/// etcd's metrics: the process-wide ones and those read off the store now, under etcd's names, in
+/// OpenMetrics' text format (which Prometheus asks for, and reads as it reads etcd's).
 async fn metrics(axum::extract::State(context): State) -> Response {
     let store = &context.store;
     let usage = store.usage();
-    let gauges: [(&str, &str, String); 8] = [
+    let revision = store.revision();
+    let mut now = crate::metrics::Exposition::new();
+    let gauges: [(&str, &str, i64); 12] = [
         (
             "etcd_server_has_leader",
-            "Whether or not a leader exists. 1 is existence, 0 is not.",
-            "1".into(),
+            "Whether or not a leader exists. 1 is existence, 0 is not",
+            1,
         ),
         (
             "etcd_server_is_leader",
-            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-            "1".into(),
+            "Whether or not this member is a leader. 1 if is, 0 otherwise",
+            1,
+        ),
+        (
+            "etcd_server_is_learner",
+            "Whether or not this member is a learner. 1 if is, 0 otherwise",
+            0,
         ),
         (
             "etcd_server_quota_backend_bytes",
-            "Current backend storage quota size in bytes.",
-            context.quota_bytes.to_string(),
+            "Current backend storage quota size in bytes",
+            context.quota_bytes as i64,
         ),
         (
             "etcd_mvcc_db_total_size_in_bytes",
-            "Total size of the underlying database physically allocated in bytes.",
-            usage.size.to_string(),
+            "Total size of the underlying database physically allocated in bytes",
+            usage.size,
         ),
         (
             "etcd_mvcc_db_total_size_in_use_in_bytes",
-            "Total size of the underlying database logically in use in bytes.",
-            usage.in_use.to_string(),
+            "Total size of the underlying database logically in use in bytes",
+            usage.in_use,
         ),
         (
             "etcd_debugging_mvcc_current_revision",
-            "The current revision of store.",
-            store.revision().to_string(),
+            "The current revision of store",
+            revision,
         ),
         (
             "etcd_debugging_mvcc_compact_revision",
-            "The revision of the last compaction in store.",
-            store.compacted().to_string(),
+            "The revision of the last compaction in store",
+            store.compacted(),
         ),
         (
             "etcd_debugging_mvcc_keys_total",
-            "Total number of keys.",
-            store.key_count().to_string(),
+            "Total number of keys",
+            store.key_count() as i64,
+        ),
+        // A write is a proposal here: every revision was committed and applied, none waits.
+        (
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed",
+            revision,
+        ),
+        (
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied",
+            revision,
+        ),
+        (
+            "etcd_server_proposals_pending",
+            "The current number of pending proposals to commit",
+            0,
         ),
     ];
-    let mut body = String::new();
     for (name, help, value) in gauges {
-        body.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
+        now.gauge(name, help, value);
     }
-    crate::metrics::render(&mut body);
-    body.push_str(&format!(
-        "# HELP etcd_server_version Which version is running. 1 for 'server_version' label with current version.\n\
-         # TYPE etcd_server_version gauge\netcd_server_version{{server_version=\"{ETCD_VERSION}\"}} 1\n"
-    ));
+    // A member that leads from its start has seen one leader change, its own election.
+    now.counter(
+        "etcd_server_leader_changes_seen",
+        "The number of leader changes seen",
+        1,
+    );
+    now.labelled(
+        "etcd_server_version",
+        "Which version is running. 1 for 'server_version' label with current version",
+        "server_version",
+        ETCD_VERSION.to_owned(),
+    );
+    now.labelled(
+        "etcd_cluster_version",
+        "Which version is running. 1 for 'cluster_version' label with current cluster version",
+        "cluster_version",
+        super::cluster_version()
+            .rsplit_once('.')
+            .map_or_else(super::cluster_version, |(minor, _)| minor.to_owned()),
+    );
+    now.labelled(
+        "etcd_server_id",
+        "Server or member ID in hexadecimal format. 1 for 'server_id' label with current ID",
+        "server_id",
+        format!("{:x}", store.identity().member_id),
+    );
     (
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        body,
+        now.render(),
     )
         .into_response()
 }

@@ -1,6 +1,7 @@
 //! What every gRPC call leaves behind: `grpc_server_started_total` and `grpc_server_handled_total`
-//! by method and status, the bytes in and out, and a log line for a unary call slower than
-//! [`metrics::SLOW_REQUEST`] (etcd's "apply request took too long").
+//! by method and status (with `--metrics extensive`, `grpc_server_handling_seconds` too), the bytes
+//! in and out, and a log line for a unary call slower than [`metrics::SLOW_REQUEST`] (etcd's "apply
+//! request took too long").
 
 use crate::metrics;
 use axum::body::{Body, Bytes};
@@ -13,8 +14,10 @@ use std::task::{Context, Poll};
 
 /// The middleware, for the gRPC routes.
 pub async fn grpc(request: Request, next: Next) -> Response {
-    let path = request.uri().path().to_owned();
-    metrics::grpc_started(&path);
+    let method = metrics::method(request.uri().path());
+    if let Some(method) = method {
+        method.started();
+    }
     let request = request.map(|body| {
         Body::new(Counted {
             inner: body,
@@ -25,23 +28,24 @@ pub async fn grpc(request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let response = next.run(request).await;
     let took = start.elapsed();
-    if took > metrics::SLOW_REQUEST && metrics::grpc_type(&path) == "unary" {
+    if let Some(method) = method.filter(|m| m.unary && took > metrics::SLOW_REQUEST) {
         metrics::SLOW_REQUESTS.inc();
         tracing::warn!(
             ?took,
             expected_duration = ?metrics::SLOW_REQUEST,
-            method = %path,
+            method = %method.path,
             "apply request took too long"
         );
     }
     // An error before any message comes back as headers only ("trailers-only"); otherwise the
     // status is in the trailers after the messages.
-    let call = match status(response.headers()) {
-        Some(code) => {
-            metrics::grpc_handled(&path, code);
+    let call = match (method, status(response.headers())) {
+        (Some(method), Some(code)) => {
+            method.handled(code, took);
             None
         }
-        None => Some(path),
+        (Some(method), None) => Some((method, start)),
+        (None, _) => None,
     };
     response.map(|body| {
         Body::new(Counted {
@@ -60,11 +64,12 @@ fn status(headers: &axum::http::HeaderMap) -> Option<usize> {
 }
 
 /// A body whose data bytes are counted; for a response whose status is still to come, the call
-/// whose status its trailers (or its being dropped before them: Canceled) complete.
+/// (and when it started) whose status its trailers (or its being dropped before them: Canceled)
+/// complete.
 struct Counted {
     inner: Body,
-    bytes: &'static metrics::Counter,
-    call: Option<String>,
+    bytes: &'static prometheus_client::metrics::counter::Counter,
+    call: Option<(&'static metrics::Method, std::time::Instant)>,
 }
 
 impl http_body::Body for Counted {
@@ -78,11 +83,11 @@ impl http_body::Body for Counted {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
-                self.bytes.add(data.len() as u64);
+                self.bytes.inc_by(data.len() as u64);
             } else if let Some(trailers) = frame.trailers_ref() {
-                if let Some(path) = self.call.take() {
+                if let Some((method, start)) = self.call.take() {
                     let code = status(trailers).unwrap_or(tonic::Code::Unknown as usize);
-                    metrics::grpc_handled(&path, code);
+                    method.handled(code, start.elapsed());
                 }
             }
         }
@@ -100,8 +105,8 @@ impl http_body::Body for Counted {
 
 impl Drop for Counted {
     fn drop(&mut self) {
-        if let Some(path) = self.call.take() {
-            metrics::grpc_handled(&path, tonic::Code::Cancelled as usize);
+        if let Some((method, start)) = self.call.take() {
+            method.handled(tonic::Code::Cancelled as usize, start.elapsed());
         }
     }
 }

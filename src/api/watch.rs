@@ -235,7 +235,7 @@ async fn send(
     responses: mpsc::Sender<Result<WatchResponse, Status>>,
     watchers: Shared,
 ) {
-    let _open = crate::metrics::WATCH_STREAMS.hold();
+    let _open = crate::metrics::hold(&crate::metrics::WATCH_STREAMS);
     let mut ticker = tokio::time::interval_at(
         tokio::time::Instant::now() + context.watch_progress_interval,
         context.watch_progress_interval,

@@ -1031,6 +1031,7 @@ impl Writer {
                     self.take_back(g).await;
                 }
                 Err(e) => {
+                    crate::metrics::APPENDS_FAILED.inc();
                     tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
                     self.unresolved = Some(Unresolved {
                         undo: g.undo,

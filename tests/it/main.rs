@@ -19,6 +19,7 @@ mod linearizability;
 mod lock;
 mod maintenance;
 mod migrate;
+mod monitoring;
 mod requests;
 mod snapshot;
 mod support;

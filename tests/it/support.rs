@@ -253,8 +253,13 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    /// An etcd started with `args` besides those that make it a throwaway member on loopback.
+    pub fn start_with(args: &[&str]) -> Etcd {
         let peer = format!("http://127.0.0.1:{}", free_port());
-        Etcd::start_in(tempfile::tempdir().unwrap(), peer)
+        Etcd::start_in(tempfile::tempdir().unwrap(), peer, args)
     }
 
     /// An etcd on the data that `etcdctl snapshot restore` makes of `snapshot`.
@@ -281,10 +286,10 @@ impl Etcd {
             "etcdctl snapshot restore failed: {}",
             String::from_utf8_lossy(&restore.stderr)
         );
-        Etcd::start_in(dir, peer)
+        Etcd::start_in(dir, peer, &[])
     }
 
-    fn start_in(dir: TempDir, peer: String) -> Etcd {
+    fn start_in(dir: TempDir, peer: String, args: &[&str]) -> Etcd {
         let client = format!("http://127.0.0.1:{}", free_port());
         let mut command = Command::new(etcd_binary());
         command
@@ -302,7 +307,8 @@ impl Etcd {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("diff={peer}")]);
+            .args(["--initial-cluster", &format!("diff={peer}")])
+            .args(args);
         let address = client.trim_start_matches("http://").parse().unwrap();
         Etcd {
             // etcd 3.4 logging with zap has no "ready to serve" line; this one comes right after it.
