@@ -1,6 +1,8 @@
-//! TLS on https:// client URLs, from etcd's flags: the server certificate, and client certificates
-//! verified against the trusted CA (required with --client-cert-auth). A renewed certificate is
-//! served from the next handshake on, without a restart. Both HTTP/2 (gRPC) and
+//! TLS on https:// client URLs, from etcd's flags: the server certificate (or a self-signed one,
+//! --auto-tls), the versions and cipher suites offered, and client certificates verified against
+//! the trusted CA (required with --client-cert-auth), the revocation list and the allowed host
+//! names. A renewed certificate or revocation list counts from the next handshake on, without a
+//! restart. Both HTTP/2 (gRPC) and
 //! HTTP/1.1 (probes, scrapers, the JSON gateway) are offered by ALPN, as etcd offers them.
 
 use crate::config::Config;
@@ -8,11 +10,23 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
+use tokio_rustls::rustls::client::verify_server_name;
 use tokio_rustls::rustls::crypto::CryptoProvider;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
+use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use tokio_rustls::rustls::server::{
+    ClientHello, NoClientAuth, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier,
+};
 use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::version::{TLS12, TLS13};
+use tokio_rustls::rustls::{
+    DigitallySignedStruct, DistinguishedName, SignatureScheme, SupportedCipherSuite,
+    SupportedProtocolVersion,
+};
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -28,27 +42,28 @@ fn read(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
 }
 
+/// The TLS side of https:// URLs, as etcd's flags configure it: the server certificate (or a
+/// self-signed one with `--auto-tls`), the TLS versions and TLS 1.2 cipher suites offered, and
+/// client certificates verified against `--trusted-ca-file`, `--client-crl-file` and
+/// `--client-cert-allowed-hostname`.
 pub fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
-    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
-        anyhow::bail!("https:// client URLs need --cert-file and --key-file");
-    };
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let certificate = Reloading::new(cert, key, provider.clone())?;
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?;
+    let (cert, key) = server_certificate(config)?;
+    let (provider, versions) = provider_and_versions(config)?;
+    let provider = Arc::new(provider);
+    let certificate = Reloading::new(&cert, &key, provider.clone())?;
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match &config.trusted_ca_file {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in CertificateDer::pem_slice_iter(&read(ca)?) {
                 roots.add(c?)?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider);
-            let verifier = if config.client_cert_auth {
-                verifier.build()?
-            } else {
-                verifier.allow_unauthenticated().build()?
-            };
-            builder.with_client_cert_verifier(verifier)
+            builder.with_client_cert_verifier(Arc::new(ClientCertificates::new(
+                config,
+                Arc::new(roots),
+                provider,
+            )?))
         }
         None if config.client_cert_auth => {
             anyhow::bail!("--client-cert-auth needs --trusted-ca-file to verify clients with")
@@ -58,6 +73,279 @@ pub fn acceptor(config: &Config) -> anyhow::Result<TlsAcceptor> {
     let mut tls = builder.with_cert_resolver(Arc::new(certificate));
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(tls)))
+}
+
+/// The server certificate's files: `--cert-file` and `--key-file`, or with `--auto-tls` and
+/// neither, a self-signed certificate made once in `<data-dir>/fixtures/client`, as etcd makes it.
+fn server_certificate(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
+    match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => {
+            if config.auto_tls {
+                tracing::warn!("ignoring client auto TLS since certs given");
+            }
+            Ok((cert.clone(), key.clone()))
+        }
+        _ if config.auto_tls => self_signed(config),
+        _ => anyhow::bail!("https:// client URLs need --cert-file and --key-file"),
+    }
+}
+
+/// etcd's self-signed certificate for `--auto-tls`: organisation "etcd", the listen URLs' hosts as
+/// its names, valid `--self-signed-cert-validity` years; kept and used again by later starts.
+fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = config.data_dir.join("fixtures").join("client");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let hosts: Vec<String> = config
+        .listen_client_urls
+        .iter()
+        .chain(&config.listen_client_http_urls)
+        .filter_map(|url| url.split_once("://"))
+        .map(|(_, authority)| {
+            let host = authority
+                .rsplit_once(':')
+                .map_or(authority, |(host, _)| host);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        })
+        .collect();
+    let pair = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(hosts)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "etcd");
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now;
+    params.not_after = now + time::Duration::days(365 * config.self_signed_cert_validity as i64);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let made = params.self_signed(&pair)?;
+    std::fs::create_dir_all(&dir)?;
+    let mut options = std::fs::OpenOptions::new();
+    std::os::unix::fs::OpenOptionsExt::mode(options.write(true).create_new(true), 0o600);
+    std::io::Write::write_all(&mut options.open(&key)?, pair.serialize_pem().as_bytes())?;
+    std::fs::write(&cert, made.pem())?;
+    tracing::info!(
+        cert = %cert.display(),
+        not_after = %params.not_after,
+        "made a self-signed certificate for the client URLs (--auto-tls)"
+    );
+    Ok((cert, key))
+}
+
+/// The cryptography offered: with `--cipher-suites`, TLS 1.2 takes only those of them that rustls
+/// has, in their order (TLS 1.3's suites are not chosen, as in Go); the versions between
+/// `--tls-min-version` and `--tls-max-version`, less TLS 1.2 if none of its suites is left.
+fn provider_and_versions(
+    config: &Config,
+) -> anyhow::Result<(CryptoProvider, Vec<&'static SupportedProtocolVersion>)> {
+    let mut provider = tokio_rustls::rustls::crypto::ring::default_provider();
+    let mut versions = Vec::new();
+    if config.tls_min_version.as_deref() != Some("TLS1.3") {
+        versions.push(&TLS12);
+    }
+    if config.tls_max_version.as_deref() != Some("TLS1.2") {
+        versions.push(&TLS13);
+    }
+    if config.cipher_suites.is_empty() {
+        return Ok((provider, versions));
+    }
+    let mut chosen: Vec<SupportedCipherSuite> = provider
+        .cipher_suites
+        .iter()
+        .filter(|s| s.version() == &TLS13)
+        .copied()
+        .collect();
+    let mut not_offered = Vec::new();
+    for name in &config.cipher_suites {
+        match crate::config::cipher_suite(name).map_err(anyhow::Error::msg)? {
+            Some(rustls_name) => {
+                let suite = provider
+                    .cipher_suites
+                    .iter()
+                    .find(|s| s.suite().as_str() == Some(rustls_name));
+                if let Some(suite) = suite.filter(|s| s.version() == &TLS12) {
+                    if !chosen.contains(suite) {
+                        chosen.push(*suite);
+                    }
+                }
+            }
+            None => not_offered.push(name.as_str()),
+        }
+    }
+    if !not_offered.is_empty() {
+        tracing::warn!(
+            suites = ?not_offered,
+            "cipher suites of --cipher-suites that rustls does not have (no forward secrecy, or \
+             not AEAD) are not offered; the others are"
+        );
+    }
+    if !chosen.iter().any(|s| s.version() == &TLS12) {
+        versions.retain(|v| *v != &TLS12);
+        anyhow::ensure!(
+            !versions.is_empty(),
+            "none of --cipher-suites is offered by Strata, and --tls-max-version rules out TLS 1.3"
+        );
+        tracing::warn!("none of --cipher-suites is offered by Strata: TLS 1.3 only");
+    }
+    provider.cipher_suites = chosen;
+    Ok((provider, versions))
+}
+
+/// Client certificates verified as etcd verifies them: against the trusted CA (required with
+/// `--client-cert-auth`); against `--client-crl-file`, read again whenever it changes (etcd reads
+/// it for every connection); and valid for one of `--client-cert-allowed-hostname`.
+#[derive(Debug)]
+struct ClientCertificates {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    mandatory: bool,
+    crl: Option<PathBuf>,
+    allowed_hostnames: Vec<ServerName<'static>>,
+    /// The trusted CAs' names, which the server sends clients to choose a certificate by.
+    hints: Vec<DistinguishedName>,
+    /// The revocation list's modification time as last read, and the verifier made with it.
+    current: RwLock<(Option<SystemTime>, Arc<dyn ClientCertVerifier>)>,
+}
+
+impl ClientCertificates {
+    fn new(
+        config: &Config,
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> anyhow::Result<ClientCertificates> {
+        let allowed_hostnames = config
+            .client_cert_allowed_hostnames
+            .iter()
+            .map(|h| {
+                ServerName::try_from(h.clone()).map_err(|e| {
+                    anyhow::anyhow!("--client-cert-allowed-hostname {h:?} is not a host name: {e}")
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let mut verifier = ClientCertificates {
+            roots,
+            provider,
+            mandatory: config.client_cert_auth,
+            crl: config.client_crl_file.clone(),
+            allowed_hostnames,
+            hints: Vec::new(),
+            current: RwLock::new((None, Arc::new(NoClientAuth))),
+        };
+        let stamp = verifier.crl_stamp();
+        let built = verifier.build()?;
+        verifier.hints = built.root_hint_subjects().to_vec();
+        verifier.current = RwLock::new((stamp, built));
+        Ok(verifier)
+    }
+
+    fn crl_stamp(&self) -> Option<SystemTime> {
+        let crl = self.crl.as_ref()?;
+        std::fs::metadata(crl).and_then(|m| m.modified()).ok()
+    }
+
+    fn build(&self) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone());
+        if let Some(crl) = &self.crl {
+            let crls = CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
+                .collect::<Result<Vec<_>, _>>()?;
+            // As etcd, a certificate is refused if the list names it, and only then.
+            builder = builder.with_crls(crls).allow_unknown_revocation_status();
+        }
+        if !self.mandatory {
+            builder = builder.allow_unauthenticated();
+        }
+        Ok(builder.build()?)
+    }
+
+    /// The verifier for the revocation list as it is now.
+    fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, tokio_rustls::rustls::Error> {
+        let now = self.crl_stamp();
+        {
+            let current = self.current.read().expect("verifier lock");
+            if current.0 == now {
+                return Ok(current.1.clone());
+            }
+        }
+        let built = self.build().map_err(|e| {
+            tracing::warn!(error = %e, "cannot read --client-crl-file; refusing client certificates");
+            tokio_rustls::rustls::Error::General(format!("certificate revocation list: {e}"))
+        })?;
+        *self.current.write().expect("verifier lock") = (now, built.clone());
+        Ok(built)
+    }
+
+    fn settled(&self) -> Arc<dyn ClientCertVerifier> {
+        self.current.read().expect("verifier lock").1.clone()
+    }
+}
+
+impl ClientCertVerifier for ClientCertificates {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, tokio_rustls::rustls::Error> {
+        let verified = self
+            .verifier()?
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self.allowed_hostnames.is_empty() {
+            return Ok(verified);
+        }
+        let parsed = ParsedCertificate::try_from(end_entity)?;
+        if self
+            .allowed_hostnames
+            .iter()
+            .any(|name| verify_server_name(&parsed, name).is_ok())
+        {
+            return Ok(verified);
+        }
+        Err(tokio_rustls::rustls::Error::General(
+            "the client certificate is valid for none of --client-cert-allowed-hostname".to_owned(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.settled().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, tokio_rustls::rustls::Error> {
+        self.settled().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.settled().supported_verify_schemes()
+    }
 }
 
 /// The server certificate, read again from its files when they change (looked at in each

@@ -52,6 +52,19 @@ pub struct Config {
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
     pub client_cert_auth: bool,
+    /// A certificate revocation list (PEM) that client certificates are checked against.
+    pub client_crl_file: Option<PathBuf>,
+    /// Client certificates must be valid for one of these host names or addresses.
+    pub client_cert_allowed_hostnames: Vec<String>,
+    /// Make a self-signed server certificate when https:// URLs have none.
+    pub auto_tls: bool,
+    /// Years a self-signed certificate is valid.
+    pub self_signed_cert_validity: u64,
+    /// Go's names of the TLS 1.2 cipher suites to offer, in order (empty: the defaults).
+    pub cipher_suites: Vec<String>,
+    /// `TLS1.2` or `TLS1.3` (None: TLS 1.2 and up to TLS 1.3).
+    pub tls_min_version: Option<String>,
+    pub tls_max_version: Option<String>,
     pub auth_token: String,
     pub auth_token_ttl: u64,
     pub bcrypt_cost: u32,
@@ -168,6 +181,22 @@ impl Config {
             key_file: path("key-file"),
             trusted_ca_file: path("trusted-ca-file"),
             client_cert_auth: boolean("client-cert-auth"),
+            client_crl_file: path("client-crl-file"),
+            client_cert_allowed_hostnames: list("client-cert-allowed-hostname"),
+            auto_tls: boolean("auto-tls"),
+            self_signed_cert_validity: match number("self-signed-cert-validity", 1) {
+                0 => 1,
+                years => years,
+            },
+            cipher_suites: list("cipher-suites"),
+            tls_min_version: s
+                .get("tls-min-version")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            tls_max_version: s
+                .get("tls-max-version")
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
             auth_token,
             auth_token_ttl: number("auth-token-ttl", 300),
             bcrypt_cost: number("bcrypt-cost", crate::auth::DEFAULT_BCRYPT_COST.into())
@@ -271,6 +300,22 @@ fn check_after_parse(s: &Settings) -> Result<(), String> {
             ));
         }
     }
+    let (min, max) = (
+        s.get("tls-min-version").unwrap_or(""),
+        s.get("tls-max-version").unwrap_or(""),
+    );
+    if min == "TLS1.3" && max == "TLS1.2" {
+        return Err(format!(
+            "min version ({min}) is greater than max version ({max})"
+        ));
+    }
+    let ciphers = s.get("cipher-suites").filter(|c| !c.is_empty());
+    if min == "TLS1.3" && ciphers.is_some() {
+        return Err("cipher suites cannot be configured when only TLS1.3 is enabled".to_owned());
+    }
+    for suite in ciphers.unwrap_or("").split(',').filter(|c| !c.is_empty()) {
+        cipher_suite(suite)?;
+    }
     let milliseconds =
         |name: &str, default: u64| s.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     let (heartbeat, election) = (
@@ -299,6 +344,81 @@ fn check_after_parse(s: &Settings) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Go's cipher suites that rustls also has, by Go's name (and Go's aliases), with rustls's name.
+const CIPHER_SUITES: &[(&str, &str)] = &[
+    ("TLS_AES_128_GCM_SHA256", "TLS13_AES_128_GCM_SHA256"),
+    ("TLS_AES_256_GCM_SHA384", "TLS13_AES_256_GCM_SHA384"),
+    (
+        "TLS_CHACHA20_POLY1305_SHA256",
+        "TLS13_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+    (
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    ),
+];
+
+/// Go's cipher suites that rustls does not have: without forward secrecy, or not AEAD.
+const CIPHER_SUITES_NOT_OFFERED: &[&str] = &[
+    "TLS_RSA_WITH_RC4_128_SHA",
+    "TLS_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_RSA_WITH_AES_128_CBC_SHA256",
+    "TLS_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_RC4_128_SHA",
+    "TLS_ECDHE_RSA_WITH_3DES_EDE_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA",
+    "TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",
+];
+
+/// rustls's name of the cipher suite Go calls `name`, None for one of Go's that rustls does not
+/// offer (a list that names it offers the others only), or etcd's refusal of a name Go does not
+/// know.
+pub fn cipher_suite(name: &str) -> Result<Option<&'static str>, String> {
+    if let Some((_, rustls)) = CIPHER_SUITES.iter().find(|(go, _)| *go == name) {
+        return Ok(Some(rustls));
+    }
+    if CIPHER_SUITES_NOT_OFFERED.contains(&name) {
+        return Ok(None);
+    }
+    Err(format!("unexpected TLS cipher suite {name:?}"))
 }
 
 /// A number of milliseconds as Go prints a duration: `100ms`, `1s`, `1.5s`, `1m0s`.
@@ -444,14 +564,14 @@ mod tests {
 
     #[test]
     fn flags_that_would_weaken_security_are_refused_when_set() {
-        let args = ["--client-crl-file=/crl.pem".to_owned()];
+        let args = ["--cors=*".to_owned()];
         let Ok(Request::Run(settings)) =
             parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into()))
         else {
             panic!()
         };
         let refused = Config::new(settings).unwrap_err();
-        assert!(refused.starts_with("--client-crl-file is not supported by Strata"));
+        assert!(refused.starts_with("--cors is not supported by Strata"));
         let c = config(&["--auto-tls=false"]);
         assert!(!c.client_cert_auth);
     }
@@ -491,6 +611,30 @@ mod tests {
             "error setting up initial cluster: URL scheme must be http, https, unix, or unixs: foo"
         );
         assert_eq!(go_milliseconds(60_000), "1m0s");
+        assert_eq!(
+            refusal(&["--tls-min-version=TLS1.3", "--tls-max-version=TLS1.2"]),
+            "min version (TLS1.3) is greater than max version (TLS1.2)"
+        );
+        assert_eq!(
+            refusal(&[
+                "--tls-min-version=TLS1.3",
+                "--cipher-suites=TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
+            ]),
+            "cipher suites cannot be configured when only TLS1.3 is enabled"
+        );
+        assert_eq!(
+            refusal(&["--cipher-suites=BOGUS"]),
+            "unexpected TLS cipher suite \"BOGUS\""
+        );
+        let cis = config(&[
+            "--cipher-suites=TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305,TLS_RSA_WITH_AES_256_GCM_SHA384",
+        ]);
+        assert_eq!(cis.cipher_suites.len(), 2);
+        assert_eq!(
+            cipher_suite("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"),
+            Ok(Some("TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"))
+        );
+        assert_eq!(cipher_suite("TLS_RSA_WITH_AES_256_GCM_SHA384"), Ok(None));
         // etcd takes any --metrics value; only `extensive` changes anything.
         assert_eq!(config(&["--metrics=bogus"]).metrics, MetricsLevel::Basic);
         assert_eq!(
