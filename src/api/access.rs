@@ -29,12 +29,20 @@ pub(super) async fn certificate_user(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
     request.headers_mut().remove(CERTIFICATE_USER);
+    let extensions = request.extensions();
+    let certificates = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .or_else(|| {
+            extensions
+                .get::<TlsConnectInfo<UdsConnectInfo>>()
+                .and_then(TlsConnectInfo::peer_certs)
+        });
     let name = enabled
-        .then(|| request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>())
+        .then_some(certificates)
         .flatten()
-        .and_then(|tls| tls.peer_certs())
         .and_then(|chain| chain.first().and_then(|leaf| super::tls::common_name(leaf)))
         .and_then(|name| axum::http::HeaderValue::from_str(&name).ok());
     if let Some(name) = name {

@@ -140,17 +140,13 @@ impl Server {
         };
         let addresses: Vec<SocketAddr> = client
             .iter()
-            .map(|(l, _)| l.local_addr())
+            .filter_map(|(l, _)| match l {
+                Bound::Tcp(l) => Some(l.local_addr()),
+                Bound::Unix(..) => None,
+            })
             .collect::<std::io::Result<_>>()?;
         let client_urls = if config.advertise_client_urls.is_empty() {
-            client
-                .iter()
-                .zip(&addresses)
-                .map(|((_, secure), a)| {
-                    let scheme = if *secure { "https" } else { "http" };
-                    format!("{scheme}://{a}")
-                })
-                .collect()
+            client.iter().map(|(l, secure)| l.url(*secure)).collect()
         } else {
             config.advertise_client_urls.clone()
         };
@@ -194,21 +190,27 @@ impl Server {
             let _ = stop.send(true);
         });
         let mut tasks = Vec::new();
-        let mut serve =
-            |listeners: Vec<(TcpListener, bool)>, routes: &tonic::service::Routes, what| {
-                for (listener, secure) in listeners {
-                    if let Ok(address) = listener.local_addr() {
-                        tracing::info!(%address, "ready to serve {what}");
+        let mut serve = |listeners: Vec<(Bound, bool)>, routes: &tonic::service::Routes, what| {
+            for (listener, secure) in listeners {
+                match &listener {
+                    Bound::Tcp(l) => {
+                        if let Ok(address) = l.local_addr() {
+                            tracing::info!(%address, "ready to serve {what}");
+                        }
                     }
-                    tasks.push(serve_listener(
-                        config,
-                        listener,
-                        secure.then(|| tls.clone()).flatten(),
-                        routes.clone(),
-                        stopped.clone(),
-                    ));
+                    Bound::Unix(_, path) => {
+                        tracing::info!(path = %path.display(), "ready to serve {what} on a unix socket");
+                    }
                 }
-            };
+                tasks.push(serve_listener(
+                    config,
+                    listener,
+                    secure.then(|| tls.clone()).flatten(),
+                    routes.clone(),
+                    stopped.clone(),
+                ));
+            }
+        };
         serve(metrics, &metrics_routes, "metrics and health probes");
         serve(client_http, &http(), "client HTTP requests");
         serve(client, &client_routes, "client requests");
@@ -288,10 +290,37 @@ fn grpc_routes(config: &Config, context: &Context) -> tonic::service::Routes {
     routes
 }
 
-/// Serves `routes` on `listener` (through `tls` if given) until `stopped` turns true.
+/// A listener bound for a listen URL: a TCP port, or a unix socket (`unix://` and `unixs://`
+/// URLs, the socket at the URL's host and path, as etcd places it).
+enum Bound {
+    Tcp(TcpListener),
+    Unix(tokio::net::UnixListener, std::path::PathBuf),
+}
+
+impl Bound {
+    /// The URL clients reach it at.
+    fn url(&self, secure: bool) -> String {
+        match self {
+            Bound::Tcp(l) => {
+                let scheme = if secure { "https" } else { "http" };
+                let address = l
+                    .local_addr()
+                    .map_or_else(|e| e.to_string(), |a| a.to_string());
+                format!("{scheme}://{address}")
+            }
+            Bound::Unix(_, path) => {
+                let scheme = if secure { "unixs" } else { "unix" };
+                format!("{scheme}://{}", path.display())
+            }
+        }
+    }
+}
+
+/// Serves `routes` on `listener` (through `tls` if given) until `stopped` turns true; a unix
+/// socket's file is removed when it stops, as etcd removes it.
 fn serve_listener(
     config: &Config,
-    listener: TcpListener,
+    listener: Bound,
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: tonic::service::Routes,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -305,37 +334,78 @@ fn serve_listener(
         .http2_keepalive_interval(set(config.grpc_keepalive_interval))
         .http2_keepalive_timeout(set(config.grpc_keepalive_timeout))
         .add_routes(routes);
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        if let Ok(s) = &stream {
-            // Replies are small and latency-bound: Nagle's algorithm would hold each one
-            // back until the client's delayed acknowledgement (tens of milliseconds).
-            let _ = s.set_nodelay(true);
-            // A client whose machine went away is found by TCP in a few minutes, as by
-            // etcd (Go's listeners probe every 15 s).
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(TCP_KEEPALIVE)
-                .with_interval(TCP_KEEPALIVE);
-            let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
-        }
-        stream
-    });
     let stop = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    match tls {
-        Some(tls) => {
-            tokio::spawn(server.serve_with_incoming_shutdown(tls::accept(incoming, tls), stop))
+    match (listener, tls) {
+        (Bound::Tcp(listener), tls) => {
+            let incoming = TcpListenerStream::new(listener).map(|stream| {
+                if let Ok(s) = &stream {
+                    // Replies are small and latency-bound: Nagle's algorithm would hold each
+                    // one back until the client's delayed acknowledgement (tens of
+                    // milliseconds).
+                    let _ = s.set_nodelay(true);
+                    // A client whose machine went away is found by TCP in a few minutes, as by
+                    // etcd (Go's listeners probe every 15 s).
+                    let keepalive = socket2::TcpKeepalive::new()
+                        .with_time(TCP_KEEPALIVE)
+                        .with_interval(TCP_KEEPALIVE);
+                    let _ = socket2::SockRef::from(s).set_tcp_keepalive(&keepalive);
+                }
+                stream
+            });
+            match tls {
+                Some(tls) => tokio::spawn(
+                    server.serve_with_incoming_shutdown(tls::accept(incoming, tls), stop),
+                ),
+                None => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
+            }
         }
-        None => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
+        (Bound::Unix(listener, path), tls) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            tokio::spawn(async move {
+                let served = match tls {
+                    Some(tls) => {
+                        server
+                            .serve_with_incoming_shutdown(tls::accept(incoming, tls), stop)
+                            .await
+                    }
+                    None => server.serve_with_incoming_shutdown(incoming, stop).await,
+                };
+                let _ = std::fs::remove_file(&path);
+                served
+            })
+        }
     }
 }
 
-/// Binds every URL of a list, each with whether it is https.
-async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(TcpListener, bool)>> {
+/// Binds every URL of a list, each with whether it is secure (https, unixs).
+async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(Bound, bool)>> {
     let mut listeners = Vec::new();
     for url in urls {
-        let secure = url.starts_with("https://");
-        listeners.extend(bind(url).await?.into_iter().map(|l| (l, secure)));
+        let secure = url.starts_with("https://") || url.starts_with("unixs://");
+        if let Some(path) = url
+            .strip_prefix("unix://")
+            .or_else(|| url.strip_prefix("unixs://"))
+        {
+            // etcd removes a socket left by an earlier run before listening.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    anyhow::bail!("cannot listen on {url}: {e}")
+                }
+                _ => {}
+            }
+            let listener = tokio::net::UnixListener::bind(path)
+                .map_err(|e| anyhow::anyhow!("cannot listen on {url}: {e}"))?;
+            listeners.push((Bound::Unix(listener, path.into()), secure));
+            continue;
+        }
+        listeners.extend(
+            bind(url)
+                .await?
+                .into_iter()
+                .map(|l| (Bound::Tcp(l), secure)),
+        );
     }
     Ok(listeners)
 }
@@ -346,7 +416,9 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
     else {
-        anyhow::bail!("cannot listen on {url}: client URLs are http:// or https://");
+        anyhow::bail!(
+            "cannot listen on {url}: listen URLs are http://, https://, unix:// or unixs://"
+        );
     };
     let authority = authority.trim_end_matches('/');
     let mut listeners = Vec::new();

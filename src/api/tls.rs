@@ -9,7 +9,6 @@ use crate::config::Config;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
-use tokio::net::TcpStream;
 use tokio_rustls::rustls::client::danger::HandshakeSignatureValid;
 use tokio_rustls::rustls::client::verify_server_name;
 use tokio_rustls::rustls::crypto::CryptoProvider;
@@ -416,10 +415,13 @@ impl ResolvesServerCert for Reloading {
 
 /// The TLS connections of `incoming`, each handshake on its own task; a failed handshake drops its
 /// connection and nothing else.
-pub fn accept(
-    mut incoming: impl Stream<Item = std::io::Result<TcpStream>> + Send + Unpin + 'static,
+pub fn accept<S>(
+    mut incoming: impl Stream<Item = std::io::Result<S>> + Send + Unpin + 'static,
     acceptor: TlsAcceptor,
-) -> impl Stream<Item = std::io::Result<TlsStream<TcpStream>>> {
+) -> impl Stream<Item = std::io::Result<TlsStream<S>>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (accepted, rx) = tokio::sync::mpsc::channel(ACCEPTED);
     tokio::spawn(async move {
         while let Some(stream) = incoming.next().await {

@@ -379,3 +379,56 @@ fn version_and_help() {
         String::from_utf8_lossy(&help.stdout).contains("--listen-peer-urls (accepted, no effect)")
     );
 }
+
+#[test]
+fn unix_sockets_serve_clients_as_etcd_does() {
+    let dir = tempfile::tempdir().unwrap();
+    crate::tls::certificates(dir.path());
+    let plain = dir.path().join("client.sock");
+    let secure = dir.path().join("secure.sock");
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let mut strata = Strata::start_with(&[
+        &format!(
+            "--listen-client-urls=http://127.0.0.1:0,unix://{},unixs://{}",
+            plain.display(),
+            secure.display()
+        ),
+        &format!("--cert-file={}", file("server.pem")),
+        &format!("--key-file={}", file("server-key.pem")),
+    ]);
+    let over_socket = format!("unix://{}", plain.display());
+    let put = etcdctl(&over_socket)
+        .args(["put", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    let get = etcdctl(&strata.endpoint())
+        .args(["get", "k", "--print-value-only"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&get.stdout), "v\n");
+    let list = members(etcdctl(&over_socket));
+    assert_eq!(
+        list[0].2,
+        vec![
+            strata.endpoint(),
+            over_socket.clone(),
+            format!("unixs://{}", secure.display())
+        ]
+    );
+    let handshake = Command::new("openssl")
+        .current_dir(dir.path())
+        .arg("s_client")
+        .arg("-unix")
+        .arg(&secure)
+        .args(["-CAfile", "ca.pem", "-servername", "localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&handshake.stdout).contains("Verify return code: 0 (ok)"),
+        "{handshake:?}"
+    );
+    assert!(strata.terminate().success());
+    assert!(!plain.exists() && !secure.exists(), "sockets left behind");
+}
