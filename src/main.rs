@@ -114,7 +114,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.listen_client_urls.join(","),
         config.advertise_client_urls.join(",")
     );
-    let backend = open_backend(&config.backend, config.data_dir.clone(), &member).await?;
+    let backend = open_backend(
+        &config.backend,
+        config.data_dir.clone(),
+        &member,
+        config.initial_corrupt_check,
+    )
+    .await?;
     let tokens = TokenProvider::new(
         &config.auth_token,
         std::time::Duration::from_secs(config.auth_token_ttl),
@@ -169,19 +175,36 @@ fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
     ))
 }
 
-/// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells
-/// a frontend on PostgreSQL apart from the others.
+/// The embedded store in `data_dir` (checked first with `verify`, etcd's initial corruption
+/// check), or the PostgreSQL database `backend` names; `member` tells a frontend on PostgreSQL
+/// apart from the others.
 async fn open_backend(
     backend: &str,
     data_dir: PathBuf,
     member: &str,
+    verify: bool,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match backend {
         "embedded" => {
+            if verify {
+                match Embedded::verify(&data_dir) {
+                    Ok(()) => tracing::info!("initial corruption checking passed; no corruption"),
+                    Err(e) => anyhow::bail!(
+                        "the store in {} failed the initial corruption check: {e}",
+                        data_dir.display()
+                    ),
+                }
+            }
             tracing::info!(data_dir = %data_dir.display(), "opening the embedded store");
             Arc::new(Embedded::open(&data_dir)?)
         }
         connection => {
+            if verify {
+                tracing::warn!(
+                    "the initial corruption check has no effect on PostgreSQL, which checks its \
+                     own pages (initdb --data-checksums)"
+                );
+            }
             let postgres = strata::backend::postgres::tls::parse(connection).map_err(|e| {
                 anyhow::anyhow!(
                     "--backend is neither `embedded` nor a PostgreSQL connection string: {e}"
@@ -214,7 +237,7 @@ struct Target {
 
 impl Target {
     async fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
-        open_backend(&self.backend, self.data_dir(), &self.name).await
+        open_backend(&self.backend, self.data_dir(), &self.name, false).await
     }
 
     fn data_dir(&self) -> PathBuf {

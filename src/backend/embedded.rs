@@ -70,6 +70,21 @@ impl Embedded {
         Self::init(open_store(&path)?, Some(path))
     }
 
+    /// etcd's initial corruption check of the store in `dir`, before it is opened: redb checks every
+    /// page of the file against its checksum as it opens it (a plain open may panic on a file
+    /// altered behind its back). An error if the file is corrupt.
+    pub fn verify(dir: &Path) -> Result<()> {
+        let path = dir.join("strata.redb");
+        if !path.exists() {
+            return Ok(());
+        }
+        Database::builder()
+            .set_check_integrity_on_open(true)
+            .open(&path)
+            .map(drop)
+            .map_err(storage)
+    }
+
     /// A store in memory only, for tests.
     pub fn in_memory() -> Result<Self> {
         let db = Database::builder()

@@ -393,11 +393,7 @@ pub const FLAGS: &[Flag] = &[
         NoEffect(STORAGE),
     ),
     flag("feature-gates", FeatureGates, Honoured),
-    flag(
-        "experimental-initial-corrupt-check",
-        Bool,
-        NotYet("the store is not verified at start-up yet"),
-    ),
+    flag("experimental-initial-corrupt-check", Bool, Honoured),
     flag(
         "corrupt-check-time",
         Duration,

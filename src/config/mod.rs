@@ -82,6 +82,8 @@ pub struct Config {
     /// `default`, `stderr`, `stdout`, `systemd/journal` or file paths.
     pub log_outputs: Vec<String>,
     pub metrics: MetricsLevel,
+    /// Check the embedded store's file before serving it (etcd's initial corruption check).
+    pub initial_corrupt_check: bool,
     /// What was read, for the start-up log lines.
     pub settings: Settings,
 }
@@ -225,6 +227,12 @@ impl Config {
                 outputs if outputs.is_empty() => vec!["default".to_owned()],
                 outputs => outputs,
             },
+            initial_corrupt_check: boolean("experimental-initial-corrupt-check")
+                || s.get("feature-gates").is_some_and(|gates| {
+                    parse::feature_gates(gates)
+                        .unwrap_or_default()
+                        .contains(&("InitialCorruptCheck", true))
+                }),
             metrics: match s.get("metrics") {
                 Some("extensive") => MetricsLevel::Extensive,
                 _ => MetricsLevel::Basic,
@@ -257,7 +265,7 @@ impl Config {
         if let Some(gates) = self.settings.get("feature-gates") {
             for (gate, on) in parse::feature_gates(gates).unwrap_or_default() {
                 let why = match gate {
-                    "InitialCorruptCheck" => "the store is not verified at start-up yet",
+                    "InitialCorruptCheck" => continue,
                     "CompactHashCheck" => "compaction hashes are not checked yet",
                     _ => "it changes raft or bbolt behaviour Strata does not have",
                 };
@@ -554,9 +562,8 @@ mod tests {
         assert!(notices
             .iter()
             .any(|n| n.starts_with("--snapshot-count=10000 has no effect")));
-        assert!(notices
-            .iter()
-            .any(|n| n.starts_with("feature gate InitialCorruptCheck=true")));
+        assert!(!notices.iter().any(|n| n.contains("InitialCorruptCheck")));
+        assert!(c.initial_corrupt_check);
         assert!(!notices
             .iter()
             .any(|n| n.contains("initial-advertise-peer-urls")));

@@ -432,3 +432,54 @@ fn unix_sockets_serve_clients_as_etcd_does() {
     assert!(strata.terminate().success());
     assert!(!plain.exists() && !secure.exists(), "sockets left behind");
 }
+
+/// `--experimental-initial-corrupt-check` (and `--feature-gates=InitialCorruptCheck=true`, as
+/// kubeadm passes it) checks every page of the embedded store's file before serving it, and
+/// refuses to serve one that fails; the store itself (not the test's backend) is what is checked.
+#[test]
+fn the_initial_corruption_check_refuses_a_damaged_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let run = |args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--backend", "embedded"])
+            .args(args);
+        command
+    };
+    {
+        let mut strata = Strata::start_command(run(&["--feature-gates=InitialCorruptCheck=true"]));
+        for i in 0..200 {
+            let put = etcdctl(&strata.endpoint())
+                .args(["put", &format!("key{i}"), &"v".repeat(100)])
+                .output()
+                .unwrap();
+            assert!(put.status.success());
+        }
+        assert!(strata
+            .log()
+            .contains("initial corruption checking passed; no corruption"));
+        assert!(strata.terminate().success());
+    }
+    let file = data.join("strata.redb");
+    // Damage inside every page past the file's header, so that the pages in use are hit.
+    let mut bytes = std::fs::read(&file).unwrap();
+    for page in (2 * 4096..bytes.len()).step_by(4096) {
+        for byte in &mut bytes[page + 64..page + 96] {
+            *byte ^= 0xff;
+        }
+    }
+    std::fs::write(&file, bytes).unwrap();
+    let refused = run(&[
+        "--experimental-initial-corrupt-check",
+        "--listen-client-urls=http://127.0.0.1:0",
+    ])
+    .output()
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("failed the initial corruption check")
+    );
+}
