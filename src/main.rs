@@ -104,6 +104,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     for notice in config.notices() {
         tracing::warn!("{notice}");
     }
+    strata::metrics::set_slow_request(config.warning_apply_duration);
     if config.metrics == MetricsLevel::Extensive {
         strata::metrics::export_handling_times();
     }

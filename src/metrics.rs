@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::LazyLock;
 
 /// etcd's buckets for backend commits and WAL syncs: 1 ms doubling to about 8 s.
@@ -42,13 +42,24 @@ pub static APPENDS_FAILED: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static READ_INDEX_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static WATCHERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static WATCH_STREAMS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
-/// Unary requests that took longer than [`SLOW_REQUEST`].
+/// Unary requests that took longer than [`slow_request`].
 pub static SLOW_REQUESTS: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static GRPC_RECEIVED_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static GRPC_SENT_BYTES: LazyLock<Counter> = LazyLock::new(Counter::default);
 
-/// A request slower than this is logged, as etcd's "apply request took too long".
-pub const SLOW_REQUEST: std::time::Duration = std::time::Duration::from_millis(100);
+/// A request slower than this, in microseconds, is logged as etcd's "apply request took too long"
+/// (`--warning-apply-duration`, 100 ms unless set).
+static SLOW_REQUEST_MICROS: AtomicU64 = AtomicU64::new(100_000);
+
+/// Sets the time past which a unary request is slow.
+pub fn set_slow_request(after: std::time::Duration) {
+    SLOW_REQUEST_MICROS.store(after.as_micros() as u64, Ordering::Relaxed);
+}
+
+/// The time past which a unary request is slow.
+pub fn slow_request() -> std::time::Duration {
+    std::time::Duration::from_micros(SLOW_REQUEST_MICROS.load(Ordering::Relaxed))
+}
 
 /// Whether gRPC calls' latencies are kept and exported (`--metrics extensive`).
 static EXTENSIVE: AtomicBool = AtomicBool::new(false);

@@ -125,9 +125,12 @@ impl Server {
         auth: Arc<AuthStore>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<Server> {
-        let client = bind_all(&config.listen_client_urls).await?;
-        let client_http = bind_all(&config.listen_client_http_urls).await?;
-        let metrics = bind_all(&config.listen_metrics_urls).await?;
+        let sockets = Sockets {
+            reuse_port: config.socket_reuse_port,
+        };
+        let client = bind_all(&config.listen_client_urls, sockets).await?;
+        let client_http = bind_all(&config.listen_client_http_urls, sockets).await?;
+        let metrics = bind_all(&config.listen_metrics_urls, sockets).await?;
         let tls = if client
             .iter()
             .chain(&client_http)
@@ -172,9 +175,12 @@ impl Server {
         let grpc = grpc_routes(config, &context);
         // HTTP beside gRPC on the client URLs, unless URLs of its own serve it (as etcd splits them).
         let http = || {
-            tonic::service::Routes::from(
-                http::routes(context.clone()).merge(gateway::routes(grpc.clone())),
-            )
+            let routes = http::routes(context.clone());
+            tonic::service::Routes::from(if config.enable_grpc_gateway {
+                routes.merge(gateway::routes(grpc.clone()))
+            } else {
+                routes
+            })
         };
         let mut client_routes = grpc.clone();
         if client_http.is_empty() {
@@ -380,7 +386,7 @@ fn serve_listener(
 }
 
 /// Binds every URL of a list, each with whether it is secure (https, unixs).
-async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(Bound, bool)>> {
+async fn bind_all(urls: &[String], sockets: Sockets) -> anyhow::Result<Vec<(Bound, bool)>> {
     let mut listeners = Vec::new();
     for url in urls {
         let secure = url.starts_with("https://") || url.starts_with("unixs://");
@@ -401,7 +407,7 @@ async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(Bound, bool)>> {
             continue;
         }
         listeners.extend(
-            bind(url)
+            bind(url, sockets)
                 .await?
                 .into_iter()
                 .map(|l| (Bound::Tcp(l), secure)),
@@ -410,8 +416,32 @@ async fn bind_all(urls: &[String]) -> anyhow::Result<Vec<(Bound, bool)>> {
     Ok(listeners)
 }
 
+/// Socket options of TCP listeners: etcd's `--socket-reuse-port`.
+#[derive(Clone, Copy)]
+struct Sockets {
+    reuse_port: bool,
+}
+
+impl Sockets {
+    fn bind(self, address: SocketAddr) -> std::io::Result<TcpListener> {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As Go's listeners do on Linux whatever --socket-reuse-address says: a restarted server
+        // takes its port back at once.
+        socket.set_reuseaddr(true)?;
+        if self.reuse_port {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(address)?;
+        socket.listen(1024)
+    }
+}
+
 /// Binds an `http://host:port` or `https://host:port` URL: every address the host resolves to.
-async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
+async fn bind(url: &str, sockets: Sockets) -> anyhow::Result<Vec<TcpListener>> {
     let Some(authority) = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -427,7 +457,7 @@ async fn bind(url: &str) -> anyhow::Result<Vec<TcpListener>> {
     for address in tokio::net::lookup_host(authority).await? {
         // Port 0 picks a free port once; every address of the host then shares it.
         let address = SocketAddr::new(address.ip(), port.unwrap_or(address.port()));
-        match TcpListener::bind(address).await {
+        match sockets.bind(address) {
             Ok(listener) => {
                 port = Some(listener.local_addr()?.port());
                 listeners.push(listener);

@@ -1,6 +1,6 @@
 //! What every gRPC call leaves behind: `grpc_server_started_total` and `grpc_server_handled_total`
 //! by method and status (with `--metrics extensive`, `grpc_server_handling_seconds` too), the bytes
-//! in and out, and a log line for a unary call slower than [`metrics::SLOW_REQUEST`] (etcd's "apply
+//! in and out, and a log line for a unary call slower than [`metrics::slow_request`] (etcd's "apply
 //! request took too long").
 
 use crate::metrics;
@@ -28,11 +28,12 @@ pub async fn grpc(request: Request, next: Next) -> Response {
     let start = std::time::Instant::now();
     let response = next.run(request).await;
     let took = start.elapsed();
-    if let Some(method) = method.filter(|m| m.unary && took > metrics::SLOW_REQUEST) {
+    let slow = metrics::slow_request();
+    if let Some(method) = method.filter(|m| m.unary && took > slow) {
         metrics::SLOW_REQUESTS.inc();
         tracing::warn!(
             ?took,
-            expected_duration = ?metrics::SLOW_REQUEST,
+            expected_duration = ?slow,
             method = %method.path,
             "apply request took too long"
         );

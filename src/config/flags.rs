@@ -192,15 +192,11 @@ pub const FLAGS: &[Flag] = &[
     ),
     flag("grpc-keepalive-interval", Duration, Honoured),
     flag("grpc-keepalive-timeout", Duration, Honoured),
-    flag(
-        "socket-reuse-port",
-        Bool,
-        NotYet("listeners are bound without SO_REUSEPORT"),
-    ),
+    flag("socket-reuse-port", Bool, Honoured),
     flag(
         "socket-reuse-address",
         Bool,
-        NotYet("listeners are bound with the operating system's default"),
+        NoEffect("Go's listeners, and Strata's, set SO_REUSEADDR on Linux whatever it says"),
     ),
     flag(
         "unsafe-no-fsync",
@@ -243,11 +239,7 @@ pub const FLAGS: &[Flag] = &[
     flag("cipher-suites", List, Honoured),
     flag("tls-min-version", Text, Honoured),
     flag("tls-max-version", Text, Honoured),
-    flag(
-        "enable-grpc-gateway",
-        Bool,
-        NotYet("the JSON gateway is always served"),
-    ),
+    flag("enable-grpc-gateway", Bool, Honoured),
     // Peers and bootstrap.
     flag("listen-peer-urls", Urls, NoEffect(PEERS)),
     flag("initial-advertise-peer-urls", Urls, Honoured),
@@ -439,16 +431,8 @@ pub const FLAGS: &[Flag] = &[
         Duration,
         NoEffect("a Strata cluster is never downgraded member by member"),
     ),
-    flag(
-        "warning-apply-duration",
-        Duration,
-        NotYet("slow requests are logged past a fixed 100ms"),
-    ),
-    flag(
-        "experimental-warning-apply-duration",
-        Duration,
-        NotYet("slow requests are logged past a fixed 100ms"),
-    ),
+    flag("warning-apply-duration", Duration, Honoured),
+    flag("experimental-warning-apply-duration", Duration, Honoured),
     flag(
         "warning-unary-request-duration",
         Duration,

@@ -82,6 +82,12 @@ pub struct Config {
     /// `default`, `stderr`, `stdout`, `systemd/journal` or file paths.
     pub log_outputs: Vec<String>,
     pub metrics: MetricsLevel,
+    /// A unary request slower than this is logged and counted as etcd's slow applies.
+    pub warning_apply_duration: Duration,
+    /// Serve the JSON gateway (`/v3/...`) beside gRPC.
+    pub enable_grpc_gateway: bool,
+    /// Listen with SO_REUSEPORT, so that several processes may share a port.
+    pub socket_reuse_port: bool,
     /// Check the embedded store's file before serving it (etcd's initial corruption check).
     pub initial_corrupt_check: bool,
     /// What was read, for the start-up log lines.
@@ -227,6 +233,15 @@ impl Config {
                 outputs if outputs.is_empty() => vec!["default".to_owned()],
                 outputs => outputs,
             },
+            warning_apply_duration: duration(
+                "warning-apply-duration",
+                duration(
+                    "experimental-warning-apply-duration",
+                    Duration::from_millis(100),
+                ),
+            ),
+            enable_grpc_gateway: s.get("enable-grpc-gateway") != Some("false"),
+            socket_reuse_port: boolean("socket-reuse-port"),
             initial_corrupt_check: boolean("experimental-initial-corrupt-check")
                 || s.get("feature-gates").is_some_and(|gates| {
                     parse::feature_gates(gates)

@@ -483,3 +483,33 @@ fn the_initial_corruption_check_refuses_a_damaged_store() {
         String::from_utf8_lossy(&refused.stderr).contains("failed the initial corruption check")
     );
 }
+
+#[test]
+fn flags_for_the_gateway_sockets_and_slow_requests() {
+    // --enable-grpc-gateway=false: etcd's /v3/ JSON paths answer 404; the probes stay.
+    let strata = Strata::start_with(&["--enable-grpc-gateway=false"]);
+    let range = crate::http::post_json(strata.address, "/v3/kv/range", r#"{"key":"YQ=="}"#);
+    assert_eq!(range.0, 404);
+    assert_eq!(get_from(strata.address, "/health").0, 200);
+
+    // --warning-apply-duration: a request slower than it is logged and counted as etcd's.
+    let strata = Strata::start_with(&["--warning-apply-duration=1ns"]);
+    let put = etcdctl(&strata.endpoint())
+        .args(["put", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(put.status.success());
+    let (_, metrics) = get_from(strata.address, "/metrics");
+    assert!(
+        metrics.contains("etcd_server_slow_apply_total 1"),
+        "{metrics}"
+    );
+    assert!(strata.log().contains("apply request took too long"));
+
+    // --socket-reuse-port: a second server may take the same port.
+    let port = free_port();
+    let url = format!("--listen-client-urls=http://127.0.0.1:{port}");
+    let first = Strata::start_with(&[&url, "--socket-reuse-port"]);
+    let second = Strata::start_with(&[&url, "--socket-reuse-port=true"]);
+    assert_eq!(first.address, second.address);
+}

@@ -9,14 +9,30 @@ fn get(server: &Process, path: &str) -> (u16, String) {
     get_from(server.address, path)
 }
 
+/// The status code and body of a JSON `POST` of `body` to `path` at `address`.
+pub fn post_json(address: std::net::SocketAddr, path: &str, body: &str) -> (u16, String) {
+    request(
+        address,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
 /// The status code and body of `GET path` from `address`.
 pub fn get_from(address: std::net::SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    request(
+        address,
+        &format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"),
     )
-    .unwrap();
+}
+
+/// Sends one HTTP/1.1 request and reads the status and body of its answer.
+fn request(address: std::net::SocketAddr, text: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     let status = response
