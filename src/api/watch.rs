@@ -99,6 +99,14 @@ async fn receive(
     while let Some(Ok(request)) = requests.next().await {
         if let Some(RequestUnion::CreateRequest(c)) = &request.request_union {
             context.store.prepare_watch(c.start_revision).await;
+            // On a shared backend a refusal stands only if this frontend's auth state is the
+            // stored one: another frontend may have just turned auth off or granted the
+            // permission, which an etcd member would have applied within milliseconds.
+            if permitted(&context, &credentials, &watched_key(&c.key), &c.range_end).is_err() {
+                if let Err(e) = context.refresh_auth().await {
+                    tracing::warn!(error = %e, "cannot read the stored auth state");
+                }
+            }
         }
         // Reserving first keeps the stream's order: nothing about a watcher can be queued between
         // the check of a request and its answer.
@@ -138,6 +146,15 @@ async fn receive(
     }
 }
 
+/// The key a watch of `key` starts from: an empty key watches from the smallest key.
+fn watched_key(key: &Bytes) -> Bytes {
+    if key.is_empty() {
+        Bytes::from_static(b"\0")
+    } else {
+        key.clone()
+    }
+}
+
 /// Whether the sender may read what a watch of `key` (already "\0" for an empty one) asks for;
 /// if not, the reason its refusal gives.
 fn permitted(
@@ -171,12 +188,7 @@ fn create(
             kind: NoticeKind::Refused(reason.to_owned()),
         })
     };
-    // An empty key watches from the smallest key.
-    let key = if create.key.is_empty() {
-        Bytes::from_static(b"\0")
-    } else {
-        create.key
-    };
+    let key = watched_key(&create.key);
     if let Err(reason) = permitted(context, credentials, &key, &create.range_end) {
         return refuse(permit, &reason);
     }

@@ -754,6 +754,26 @@ async fn auth_changes_hold_at_once_on_other_frontends() {
         .auth_disable(with_token(AuthDisableRequest {}, &root))
         .await
         .unwrap();
+    // A watch opened through b at once is created, not canceled for want of a user.
+    {
+        use strata::proto::etcdserverpb::watch_client::WatchClient;
+        use strata::proto::etcdserverpb::watch_request::RequestUnion;
+        use strata::proto::etcdserverpb::WatchRequest;
+        let (send, requests) = tokio::sync::mpsc::channel(1);
+        let create = RequestUnion::CreateRequest(crate::watch::create("k3", "", 0));
+        send.send(WatchRequest {
+            request_union: Some(create),
+        })
+        .await
+        .unwrap();
+        let mut stream = WatchClient::new(b.channel().await)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(requests))
+            .await
+            .unwrap()
+            .into_inner();
+        let created = stream.message().await.unwrap().unwrap();
+        assert!(created.created && !created.canceled, "{created:?}");
+    }
     kv_b.range(with_token(get("k3"), &alice_on_a))
         .await
         .unwrap();
