@@ -115,13 +115,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.listen_client_urls.join(","),
         config.advertise_client_urls.join(",")
     );
-    let backend = open_backend(
-        &config.backend,
-        config.data_dir.clone(),
-        &member,
-        config.initial_corrupt_check,
-    )
-    .await?;
+    let options = Opening {
+        verify: config.initial_corrupt_check,
+        fsync: !config.unsafe_no_fsync,
+    };
+    let backend = open_backend(&config.backend, config.data_dir.clone(), &member, options).await?;
     let tokens = TokenProvider::new(
         &config.auth_token,
         std::time::Duration::from_secs(config.auth_token_ttl),
@@ -176,18 +174,32 @@ fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
     ))
 }
 
-/// The embedded store in `data_dir` (checked first with `verify`, etcd's initial corruption
-/// check), or the PostgreSQL database `backend` names; `member` tells a frontend on PostgreSQL
-/// apart from the others.
+/// How the embedded store is opened: checked first (etcd's initial corruption check), and
+/// whether its write-ahead log syncs (not with `--unsafe-no-fsync`).
+#[derive(Clone, Copy)]
+struct Opening {
+    verify: bool,
+    fsync: bool,
+}
+
+impl Opening {
+    const PLAIN: Opening = Opening {
+        verify: false,
+        fsync: true,
+    };
+}
+
+/// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells a
+/// frontend on PostgreSQL apart from the others.
 async fn open_backend(
     backend: &str,
     data_dir: PathBuf,
     member: &str,
-    verify: bool,
+    options: Opening,
 ) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match backend {
         "embedded" => {
-            if verify {
+            if options.verify {
                 match Embedded::verify(&data_dir) {
                     Ok(()) => tracing::info!("initial corruption checking passed; no corruption"),
                     Err(e) => anyhow::bail!(
@@ -197,10 +209,22 @@ async fn open_backend(
                 }
             }
             tracing::info!(data_dir = %data_dir.display(), "opening the embedded store");
-            Arc::new(Embedded::open(&data_dir)?)
+            if options.fsync {
+                Arc::new(Embedded::open(&data_dir)?)
+            } else {
+                tracing::warn!(
+                    "--unsafe-no-fsync: acknowledged writes may be lost in a crash of the machine"
+                );
+                Arc::new(Embedded::open_without_fsync(&data_dir)?)
+            }
         }
         connection => {
-            if verify {
+            if !options.fsync {
+                tracing::warn!(
+                    "--unsafe-no-fsync has no effect on PostgreSQL: its synchronous_commit decides"
+                );
+            }
+            if options.verify {
                 tracing::warn!(
                     "the initial corruption check has no effect on PostgreSQL, which checks its \
                      own pages (initdb --data-checksums)"
@@ -238,7 +262,7 @@ struct Target {
 
 impl Target {
     async fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
-        open_backend(&self.backend, self.data_dir(), &self.name, false).await
+        open_backend(&self.backend, self.data_dir(), &self.name, Opening::PLAIN).await
     }
 
     fn data_dir(&self) -> PathBuf {

@@ -42,6 +42,8 @@ pub struct Embedded {
     path: Option<PathBuf>,
     store: Arc<Mutex<Option<Store>>>,
     identity: Identity,
+    /// Whether the write-ahead log syncs its records (see [`Embedded::open_without_fsync`]).
+    fsync: bool,
 }
 
 /// The open database, and the write-ahead log of a store on disk.
@@ -63,11 +65,22 @@ fn storage(e: impl Into<redb::Error>) -> BackendError {
 impl Embedded {
     /// Opens (creating if needed) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// As [`Embedded::open`], with etcd's `--unsafe-no-fsync`: appends are acknowledged once
+    /// written, before they reach the disk. A crash of Strata loses nothing; a crash of the
+    /// machine or a power cut may lose acknowledged writes. For tests and throwaway clusters.
+    pub fn open_without_fsync(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, fsync: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
             BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("strata.redb");
-        Self::init(open_store(&path)?, Some(path))
+        Self::init(open_store(&path, fsync)?, Some(path), fsync)
     }
 
     /// etcd's initial corruption check of the store in `dir`, before it is opened: redb checks every
@@ -90,10 +103,10 @@ impl Embedded {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        Self::init(Store { db, wal: None }, None)
+        Self::init(Store { db, wal: None }, None, true)
     }
 
-    fn init(store: Store, path: Option<PathBuf>) -> Result<Self> {
+    fn init(store: Store, path: Option<PathBuf>, fsync: bool) -> Result<Self> {
         let tx = store.db.begin_write().map_err(storage)?;
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
@@ -119,6 +132,7 @@ impl Embedded {
             path,
             store: Arc::new(Mutex::new(Some(store))),
             identity,
+            fsync,
         })
     }
 
@@ -131,7 +145,7 @@ impl Embedded {
         f: impl FnOnce(&mut Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let store = self.store.clone();
-        let path = self.path.clone();
+        let (path, fsync) = (self.path.clone(), self.fsync);
         let run = move || {
             // A call that panicked left the store in an unknown state: open it again.
             let mut guard = store.lock().unwrap_or_else(|poisoned| {
@@ -145,7 +159,7 @@ impl Embedded {
                         "in-memory store lost after a failed commit".into(),
                     ));
                 };
-                *guard = Some(open_store(path)?);
+                *guard = Some(open_store(path, fsync)?);
             }
             let store = guard.as_mut().expect("store is open");
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
@@ -259,12 +273,15 @@ fn create(path: &Path) -> Result<Database> {
         .map_err(storage)
 }
 
-/// Opens the store at `path` with its write-ahead log beside it, replaying the log's records that
-/// the database lacks, and starts the log's next cycle.
-fn open_store(path: &Path) -> Result<Store> {
+/// Opens the store at `path` with its write-ahead log beside it (syncing its records if `fsync`),
+/// replaying the log's records that the database lacks, and starts the log's next cycle.
+fn open_store(path: &Path, fsync: bool) -> Result<Store> {
     let db = create(path)?;
     let (mut wal, records) = Wal::open(&path.with_extension("wal"), stored_cycle(&db)?)
         .map_err(|e| BackendError::Storage(format!("cannot open the write-ahead log: {e}")))?;
+    if !fsync {
+        wal.skip_fsync();
+    }
     let tx = db.begin_write().map_err(storage)?;
     {
         let mut meta = tx.open_table(META).map_err(storage)?;

@@ -29,6 +29,9 @@ pub struct Wal {
     /// Where the next record goes.
     offset: u64,
     cycle: u64,
+    /// Whether an append waits for its record to reach the disk (etcd's `--unsafe-no-fsync` turns
+    /// it off).
+    fsync: bool,
 }
 
 impl Wal {
@@ -81,9 +84,16 @@ impl Wal {
                 file,
                 offset,
                 cycle,
+                fsync: true,
             },
             records,
         ))
+    }
+
+    /// Appends from now on leave their records to the operating system to write out, unsynced: a
+    /// power cut or a crash of the machine may lose acknowledged writes.
+    pub fn skip_fsync(&mut self) {
+        self.fsync = false;
     }
 
     /// Whether a record of `payload` fits in the current cycle.
@@ -91,7 +101,7 @@ impl Wal {
         self.offset + (HEADER + payload.len()) as u64 <= WAL_BYTES
     }
 
-    /// Writes a record and syncs it: durable when this returns Ok. The caller has checked that it
+    /// Writes a record and syncs it (unless told not to): durable when this returns Ok. The caller has checked that it
     /// [`fits`](Wal::fits).
     pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         let mut record = Vec::with_capacity(HEADER + payload.len());
@@ -100,9 +110,11 @@ impl Wal {
         record.extend_from_slice(&self.cycle.to_le_bytes());
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.offset)?;
-        let start = std::time::Instant::now();
-        self.file.sync_data()?;
-        crate::metrics::WAL_SYNCS.observe(start.elapsed().as_secs_f64());
+        if self.fsync {
+            let start = std::time::Instant::now();
+            self.file.sync_data()?;
+            crate::metrics::WAL_SYNCS.observe(start.elapsed().as_secs_f64());
+        }
         self.offset += record.len() as u64;
         Ok(())
     }

@@ -198,11 +198,7 @@ pub const FLAGS: &[Flag] = &[
         Bool,
         NoEffect("Go's listeners, and Strata's, set SO_REUSEADDR on Linux whatever it says"),
     ),
-    flag(
-        "unsafe-no-fsync",
-        Bool,
-        NotYet("every write is still made durable before it is acknowledged"),
-    ),
+    flag("unsafe-no-fsync", Bool, Honoured),
     // Client URLs and their security.
     flag("listen-client-urls", Urls, Honoured),
     flag("listen-client-http-urls", Urls, Honoured),

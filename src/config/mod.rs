@@ -88,6 +88,8 @@ pub struct Config {
     pub enable_grpc_gateway: bool,
     /// Listen with SO_REUSEPORT, so that several processes may share a port.
     pub socket_reuse_port: bool,
+    /// The embedded store acknowledges writes before they reach the disk.
+    pub unsafe_no_fsync: bool,
     /// Check the embedded store's file before serving it (etcd's initial corruption check).
     pub initial_corrupt_check: bool,
     /// What was read, for the start-up log lines.
@@ -242,6 +244,7 @@ impl Config {
             ),
             enable_grpc_gateway: s.get("enable-grpc-gateway") != Some("false"),
             socket_reuse_port: boolean("socket-reuse-port"),
+            unsafe_no_fsync: boolean("unsafe-no-fsync"),
             initial_corrupt_check: boolean("experimental-initial-corrupt-check")
                 || s.get("feature-gates").is_some_and(|gates| {
                     parse::feature_gates(gates)

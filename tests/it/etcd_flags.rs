@@ -513,3 +513,39 @@ fn flags_for_the_gateway_sockets_and_slow_requests() {
     let second = Strata::start_with(&[&url, "--socket-reuse-port=true"]);
     assert_eq!(first.address, second.address);
 }
+
+/// `--unsafe-no-fsync`: the embedded store acknowledges writes without syncing its write-ahead log
+/// (none is counted in etcd's fsync histogram), and still keeps them across a clean restart.
+#[test]
+fn unsafe_no_fsync_skips_the_log_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--backend", "embedded", "--unsafe-no-fsync"]);
+        Strata::start_command(command)
+    };
+    let mut strata = run();
+    for i in 0..20 {
+        let put = etcdctl(&strata.endpoint())
+            .args(["put", &format!("k{i}"), "v"])
+            .output()
+            .unwrap();
+        assert!(put.status.success());
+    }
+    let (_, metrics) = get_from(strata.address, "/metrics");
+    assert!(
+        metrics.contains("etcd_disk_wal_fsync_duration_seconds_count 0\n"),
+        "{metrics}"
+    );
+    assert!(strata.terminate().success());
+    let strata = run();
+    let got = etcdctl(&strata.endpoint())
+        .args(["get", "k", "--prefix", "--keys-only", "-w", "json"])
+        .output()
+        .unwrap();
+    let got: serde_json::Value = serde_json::from_slice(&got.stdout).unwrap();
+    assert_eq!(got["count"], 20);
+}
