@@ -5,6 +5,7 @@
 
 mod access;
 mod auth;
+mod authority;
 mod cluster;
 mod election;
 mod gateway;
@@ -361,10 +362,13 @@ fn serve_listener(
                 stream
             });
             match tls {
-                Some(tls) => tokio::spawn(
-                    server.serve_with_incoming_shutdown(tls::accept(incoming, tls), stop),
-                ),
-                None => tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop)),
+                Some(tls) => {
+                    let incoming = tls::accept(incoming, tls).map(lenient);
+                    tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
+                }
+                None => {
+                    tokio::spawn(server.serve_with_incoming_shutdown(incoming.map(lenient), stop))
+                }
             }
         }
         (Bound::Unix(listener, path), tls) => {
@@ -372,17 +376,25 @@ fn serve_listener(
             tokio::spawn(async move {
                 let served = match tls {
                     Some(tls) => {
+                        let incoming = tls::accept(incoming, tls).map(lenient);
+                        server.serve_with_incoming_shutdown(incoming, stop).await
+                    }
+                    None => {
                         server
-                            .serve_with_incoming_shutdown(tls::accept(incoming, tls), stop)
+                            .serve_with_incoming_shutdown(incoming.map(lenient), stop)
                             .await
                     }
-                    None => server.serve_with_incoming_shutdown(incoming, stop).await,
                 };
                 let _ = std::fs::remove_file(&path);
                 served
             })
         }
     }
+}
+
+/// A client connection whose requests may name any authority, as etcd takes them.
+fn lenient<T>(connection: std::io::Result<T>) -> std::io::Result<authority::Lenient<T>> {
+    connection.map(authority::Lenient::new)
 }
 
 /// Binds every URL of a list, each with whether it is secure (https, unixs).

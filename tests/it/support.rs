@@ -419,6 +419,12 @@ pub fn etcdctl_binary() -> String {
     std::env::var("STRATA_TEST_ETCDCTL").unwrap_or_else(|_| "etcdctl".to_owned())
 }
 
+/// etcdctl 3.4 (Debian 12's etcd-client, which scripts/test installs), for what its clients do
+/// differently.
+pub fn etcdctl_34_binary() -> String {
+    std::env::var("STRATA_TEST_ETCDCTL_34").unwrap_or_else(|_| "/usr/bin/etcdctl".to_owned())
+}
+
 /// A fresh etcd and a fresh Strata, started side by side.
 pub fn start_both() -> (Etcd, Strata) {
     std::thread::scope(|s| {
