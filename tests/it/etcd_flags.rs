@@ -127,18 +127,29 @@ fn kubelet_probes(metrics: SocketAddr) {
     assert!(scrape.contains("etcd_server_has_leader 1"), "{scrape}");
 }
 
+/// Strata started with the arguments kubeadm writes (see [`kubeadm_arguments`]) in a new
+/// directory with kubeadm's certificates, and the ports in place of 2379, 2380 and 2381.
+pub fn kubeadm_strata(experimental: bool) -> (Strata, tempfile::TempDir, u16) {
+    let (strata, dir, [client, ..]) = kubeadm_strata_on_ports(experimental);
+    (strata, dir, client)
+}
+
+fn kubeadm_strata_on_ports(experimental: bool) -> (Strata, tempfile::TempDir, [u16; 3]) {
+    let dir = tempfile::tempdir().unwrap();
+    kubeadm_certificates(dir.path());
+    let ports = [free_port(), free_port(), free_port()];
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command.args(kubeadm_arguments(dir.path(), experimental, ports));
+    if on_postgres() {
+        command.arg(format!("--backend={}", postgres_database(dir.path())));
+    }
+    (Strata::start_command(command), dir, ports)
+}
+
 #[test]
 fn kubeadm_etcd_command_lines_serve_over_mutual_tls() {
     for experimental in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        kubeadm_certificates(dir.path());
-        let ports = [free_port(), free_port(), free_port()];
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command.args(kubeadm_arguments(dir.path(), experimental, ports));
-        if on_postgres() {
-            command.arg(format!("--backend={}", postgres_database(dir.path())));
-        }
-        let strata = Strata::start_command(command);
+        let (strata, dir, ports) = kubeadm_strata_on_ports(experimental);
         let [client, peer, metrics] = ports;
         assert_eq!(strata.address.port(), client);
         kubelet_probes(SocketAddr::from(([127, 0, 0, 1], metrics)));
