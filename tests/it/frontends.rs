@@ -310,6 +310,9 @@ async fn leases_are_shared_and_outlive_their_keeper() {
 /// What a writer had acknowledged, as (key, revision), and how many of its puts failed.
 type Written = (Vec<(String, i64)>, usize);
 
+/// How long the writers may take to make progress a test waits for: long past any failover here.
+const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Eight writers putting keys of their own until stopped, each counting its failures (which must
 /// be Unavailable, or the client's transport error when the frontend is gone).
 struct Writers {
@@ -363,10 +366,16 @@ impl Writers {
     }
 
     /// Waits until `more` keys have been written since `since`, through failures while the
-    /// frontend reconnects (each failure drops a dead connection, so there are few).
+    /// frontend reconnects (each failure drops a dead connection, so there are few); fails if that
+    /// takes longer than [`WRITES_DEADLINE`].
     async fn wait_for(&mut self, since: i64, more: i64) {
+        let deadline = std::time::Instant::now() + WRITES_DEADLINE;
         let mut failures = 0;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fewer than {more} writes after {WRITES_DEADLINE:?}"
+            );
             match self.count().await {
                 Ok(n) if n >= since + more => return,
                 Ok(_) => {}
