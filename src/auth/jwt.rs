@@ -171,8 +171,8 @@ impl Jwt {
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(sig)))
     }
 
-    /// The user and auth revision of a token this key signed with this method, if it has not
-    /// expired by `now`.
+    /// The user and auth revision of a token this key signed with this method, if it has an expiry
+    /// and has not reached it by `now`.
     pub fn verify(&self, token: &str, now: SystemTime) -> Option<(String, u64)> {
         let (signed, sig) = token.rsplit_once('.')?;
         let (header, claims) = signed.split_once('.')?;
@@ -201,8 +201,9 @@ impl Jwt {
         }
         let claims: serde_json::Value =
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(claims).ok()?).ok()?;
+        // Every token this provider signs expires; one without an expiry was not made by it.
         let now = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-        if claims["exp"].as_f64().is_some_and(|exp| exp <= now) {
+        if claims["exp"].as_f64()? <= now {
             return None;
         }
         let user = claims["username"].as_str()?.to_owned();
@@ -237,6 +238,13 @@ mod tests {
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
         parts[1] = URL_SAFE_NO_PAD.encode(r#"{"exp":9999999999,"revision":7,"username":"root"}"#);
         assert_eq!(jwt.verify(&parts.join("."), now), None);
+        // Signed with the key, but without an expiry: refused, as it would never expire.
+        let claims = URL_SAFE_NO_PAD.encode(r#"{"revision":7,"username":"alice"}"#);
+        let header = token.split('.').next().unwrap();
+        let signed = format!("{header}.{claims}");
+        let key = hmac::Key::new(hmac::HMAC_SHA256, b"secret");
+        let sig = URL_SAFE_NO_PAD.encode(hmac::sign(&key, signed.as_bytes()));
+        assert_eq!(jwt.verify(&format!("{signed}.{sig}"), now), None);
         parts[0] = URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#);
         assert_eq!(
             jwt.verify(&format!("{}.{}.", parts[0], parts[1]), now),
