@@ -4,7 +4,7 @@
 
 use super::{Context, ETCD_VERSION};
 use crate::proto::etcdserverpb::RangeRequest;
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -22,12 +22,12 @@ pub fn probes_and_metrics(context: Context) -> Router {
     for (root, checks) in [("/livez", LIVEZ), ("/readyz", READYZ)] {
         router = router.route(
             root,
-            get(move |ctx, uri| run_checks(ctx, uri, checks.to_vec())),
+            get(move |ctx, query| run_checks(ctx, query, checks.to_vec())),
         );
         for &check in checks {
             router = router.route(
                 &format!("{root}/{check}"),
-                get(move |ctx, uri| run_checks(ctx, uri, vec![check])),
+                get(move |ctx, query| run_checks(ctx, query, vec![check])),
             );
         }
     }
@@ -36,18 +36,11 @@ pub fn probes_and_metrics(context: Context) -> Router {
 
 type State = axum::extract::State<Context>;
 
-fn query_has(uri: &Uri, name: &str) -> bool {
-    uri.query().is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split('=').next() == Some(name))
-    })
-}
+/// A request's query string, pair by pair (`?verbose` is `("verbose", "")`; names may repeat).
+type Pairs = axum::extract::Query<Vec<(String, String)>>;
 
-fn query_value<'u>(uri: &'u Uri, name: &str) -> Option<&'u str> {
-    uri.query()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then_some(v)
-    })
+fn has(query: &[(String, String)], name: &str) -> bool {
+    query.iter().any(|(k, _)| k == name)
 }
 
 /// A one-key read, as etcd's health checks make it.
@@ -69,8 +62,13 @@ async fn read_check(context: &Context, serializable: bool) -> Result<(), String>
 
 /// `{"health":"true","reason":""}`, or 503 with the reason: a single member always has a leader and
 /// no alarm can be raised yet, so the read is what can fail.
-async fn health(axum::extract::State(context): State, uri: Uri) -> Response {
-    let serializable = query_value(&uri, "serializable") == Some("true");
+async fn health(
+    axum::extract::State(context): State,
+    axum::extract::Query(query): Pairs,
+) -> Response {
+    let serializable = query
+        .iter()
+        .any(|(k, v)| k == "serializable" && v == "true");
     let (status, healthy, reason) = match read_check(&context, serializable).await {
         Ok(()) => (StatusCode::OK, "true", String::new()),
         Err(e) => (
@@ -79,9 +77,12 @@ async fn health(axum::extract::State(context): State, uri: Uri) -> Response {
             format!("RANGE ERROR:{e}"),
         ),
     };
+    // In etcd's order of the fields, each value written by serde_json (a reason may hold quotes,
+    // backslashes or newlines).
     let body = format!(
-        "{{\"health\":\"{healthy}\",\"reason\":\"{}\"}}",
-        reason.replace('\\', "\\\\").replace('"', "\\\"")
+        "{{\"health\":{},\"reason\":{}}}",
+        serde_json::Value::from(healthy),
+        serde_json::Value::from(reason)
     );
     (status, body).into_response()
 }
@@ -96,12 +97,15 @@ const READYZ: &[&str] = &[
 
 /// Runs the named checks (less those in `?exclude=`): "ok", the per-check lines with `?verbose`,
 /// or 503 with them when one fails.
-async fn run_checks(axum::extract::State(context): State, uri: Uri, checks: Vec<&str>) -> Response {
-    let excluded: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("exclude="))
+async fn run_checks(
+    axum::extract::State(context): State,
+    axum::extract::Query(query): Pairs,
+    checks: Vec<&str>,
+) -> Response {
+    let excluded: Vec<&str> = query
+        .iter()
+        .filter(|(k, _)| k == "exclude")
+        .map(|(_, v)| v.as_str())
         .collect();
     let mut report = String::new();
     let mut failed = false;
@@ -123,7 +127,7 @@ async fn run_checks(axum::extract::State(context): State, uri: Uri, checks: Vec<
     if failed {
         return (StatusCode::SERVICE_UNAVAILABLE, report).into_response();
     }
-    let body = if query_has(&uri, "verbose") {
+    let body = if has(&query, "verbose") {
         format!("{report}ok\n")
     } else {
         "ok\n".to_owned()
@@ -139,9 +143,11 @@ async fn run_checks(axum::extract::State(context): State, uri: Uri, checks: Vec<
 }
 
 async fn version() -> Response {
+    // In etcd's order of the fields, each value written by serde_json.
     let body = format!(
-        "{{\"etcdserver\":\"{ETCD_VERSION}\",\"etcdcluster\":\"{}\"}}",
-        super::cluster_version()
+        "{{\"etcdserver\":{},\"etcdcluster\":{}}}",
+        serde_json::Value::from(ETCD_VERSION),
+        serde_json::Value::from(super::cluster_version())
     );
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
