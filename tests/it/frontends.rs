@@ -872,3 +872,36 @@ async fn count(s: &Strata, token: &str, key: &str) -> i64 {
     let answer = kv.range(with_token(get(key), token)).await.unwrap();
     answer.into_inner().count
 }
+
+/// A frozen primary (its kernel accepts connections, nothing answers) named first in a multi-host
+/// connection string holds a frontend up for that host's own deadline only, as libpq's
+/// connect_timeout does: the frontend starts on the next host and serves.
+#[test]
+fn a_frozen_first_host_is_passed_over() {
+    let frozen = OwnPostgres::start();
+    let live = OwnPostgres::start();
+    frozen.freeze();
+    let backend = format!(
+        "host=127.0.0.1,127.0.0.1 port={},{} user=strata dbname=postgres connect_timeout=2 \
+         target_session_attrs=read-write",
+        frozen.port(),
+        live.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .args(["--name", "f", "--backend", &backend, "--data-dir"])
+        .arg(dir.path().join("unused"));
+    let strata = Strata::start_command(command);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut kv = strata.kv().await;
+        kv.put(put("k", "v")).await.unwrap();
+        let got = kv.range(get("k")).await.unwrap().into_inner();
+        assert_eq!(got.kvs[0].value, b"v"[..]);
+    });
+    frozen.thaw();
+}

@@ -356,6 +356,24 @@ impl OwnPostgres {
         OwnPostgres::script("kill", self.dir.path());
     }
 
+    /// Freezes the server (SIGSTOP to its postmaster): its kernel still accepts connections, and
+    /// nothing answers them, as from a primary that hangs.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
+        let pid = pid.lines().next().unwrap().trim().to_owned();
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&self) {
         let url = OwnPostgres::script("start", self.dir.path());

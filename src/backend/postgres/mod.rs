@@ -28,6 +28,7 @@
 //! Every statement has a deadline: while the database is unreachable calls fail (and requests with
 //! them) instead of hanging, and the next call reconnects.
 
+mod connect;
 pub mod tls;
 
 pub use tls::Connection;
@@ -300,7 +301,7 @@ struct Conn {
 
 impl Conn {
     async fn open(config: &Connection) -> Result<Conn> {
-        let (client, connection) = deadline(config.config.connect(config.tls.clone())).await?;
+        let (client, connection) = connect::connect(config).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
@@ -651,18 +652,17 @@ async fn tail(inner: Weak<Inner>) {
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
-        let (client, mut connection) =
-            match deadline(config.config.connect(config.tls.clone())).await {
-                Ok(connected) => connected,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tailer cannot connect; polling");
-                    if !poll_once(&inner).await {
-                        return;
-                    }
-                    tokio::time::sleep(POLL_INTERVAL).await;
-                    continue;
+        let (client, mut connection) = match connect::connect(&config).await {
+            Ok(connected) => connected,
+            Err(e) => {
+                tracing::warn!(error = %e, "tailer cannot connect; polling");
+                if !poll_once(&inner).await {
+                    return;
                 }
-            };
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+        };
         let statement = format!("LISTEN {CHANNEL}");
         let listen = client.batch_execute(&statement);
         let listening = tokio::select! {
