@@ -7,6 +7,8 @@
 
 pub mod embedded;
 pub mod postgres;
+#[cfg(test)]
+pub(crate) mod testing;
 mod wal;
 
 use crate::mvcc::Revision;
