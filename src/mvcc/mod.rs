@@ -7,12 +7,15 @@ pub mod compactor;
 mod hash;
 mod index;
 mod key_index;
+mod lease_keeper;
 pub mod lessor;
 pub mod quota;
 mod range;
+mod recovery;
 mod store;
 mod txn;
 pub mod watch;
+mod writer;
 
 pub use store::Store;
 

@@ -1,0 +1,609 @@
+//! The writer: the one task that applies writes, in the order of its queue.
+//!
+//! What the store promises about writes is decided here and nowhere else: one total order of
+//! revisions, durable before acknowledged (a batch is one append), compares evaluated under the
+//! append right, and a failed append never acknowledged and settled before anything is applied on
+//! top of it. Kept apart from the public calls so that this reasoning reads in one place.
+
+use super::index::{Index, Undo};
+use super::lessor::{Lease, Lessor};
+use super::recovery::{load_index, restore, RECOVERY_CHUNK};
+use super::store::{Queued, Write, Written};
+use super::txn::{self, TxnOutcome};
+use super::watch::WatchHub;
+use crate::backend::{Backend, BackendError, LogEntry};
+use crate::error::{Error, Result};
+use crate::proto::etcdserverpb::{
+    CompactionRequest, CompactionResponse, LeaseRevokeResponse, ResponseHeader,
+};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// The most writes one commit takes; more wait for the next.
+pub(super) const MAX_BATCH: usize = 1024;
+
+pub(super) struct Writer {
+    index: Arc<RwLock<Index>>,
+    backend: Arc<dyn Backend>,
+    hub: Arc<Mutex<WatchHub>>,
+    lessor: Arc<Mutex<Lessor>>,
+    compacting: Arc<tokio::sync::RwLock<()>>,
+    /// A batch whose append failed and whose fate the backend has not told yet.
+    unresolved: Option<Unresolved>,
+    /// Tells readers waiting for a revision that it is committed.
+    committed: tokio::sync::watch::Sender<i64>,
+    /// A compaction taken from the queue while gathering a batch's writes, to run after it.
+    held: Option<Queued>,
+    /// See [`Store::auth_seen`](super::Store::auth_seen).
+    auth_seen: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct Unresolved {
+    undo: Undo,
+    entries: Vec<LogEntry>,
+}
+
+/// A write applied to the index, waiting for its batch to become durable.
+enum Applied {
+    Done(Result<Written>),
+    Txn(TxnOutcome),
+}
+
+/// A group applied to the index: what to append, the answers, and how to take it back.
+struct AppliedGroup {
+    entries: Vec<LogEntry>,
+    applied: Vec<Applied>,
+    revoked: Vec<(i64, Lease)>,
+    undo: Undo,
+}
+
+/// Answers the writes of `group` allowed under an auth state older than generation `auth` with
+/// [`Error::AuthStale`] and leaves them out: another frontend changed the state before they could
+/// be appended, and they must be allowed again under the new one.
+fn refuse_stale(group: &mut Vec<Queued>, auth: u64) {
+    if group.iter().all(|q| q.auth.is_none_or(|a| a >= auth)) {
+        return;
+    }
+    let (stale, current) = std::mem::take(group)
+        .into_iter()
+        .partition(|q| q.auth.is_some_and(|a| a < auth));
+    *group = current;
+    for q in stale {
+        let _ = q.reply.send(Err(Error::AuthStale));
+    }
+}
+
+/// Whether `group` holds anything but catch-ups.
+fn may_write(group: &[Queued]) -> bool {
+    group.iter().any(|q| !matches!(q.write, Write::CatchUp))
+}
+
+/// How often a batch is applied again after another process's append got in before it.
+const MAX_ATTEMPTS: usize = 16;
+
+impl Writer {
+    /// A writer over the store's shared state; [`Writer::run`] then owns the order of writes.
+    pub(super) fn new(
+        index: Arc<RwLock<Index>>,
+        backend: Arc<dyn Backend>,
+        hub: Arc<Mutex<WatchHub>>,
+        lessor: Arc<Mutex<Lessor>>,
+        compacting: Arc<tokio::sync::RwLock<()>>,
+        committed: tokio::sync::watch::Sender<i64>,
+        auth_seen: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Writer {
+        Writer {
+            index,
+            backend,
+            hub,
+            lessor,
+            compacting,
+            unresolved: None,
+            committed,
+            held: None,
+            auth_seen,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while !batch.is_empty() || queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            // A compaction runs alone, between the batches before and after it.
+            let mut rest = batch.drain(..).peekable();
+            while rest.peek().is_some() {
+                let mut group = Vec::new();
+                while let Some(q) = rest.next_if(|q| !matches!(q.write, Write::Compact(_))) {
+                    group.push(q);
+                }
+                if !group.is_empty() {
+                    // Only the last group may take in what arrived since, so that writes keep
+                    // their order in the queue.
+                    let last = rest.peek().is_none();
+                    self.commit(group, last.then_some(&mut queue)).await;
+                }
+                if let Some(Queued {
+                    write: Write::Compact(req),
+                    reply,
+                    ..
+                }) = rest.next()
+                {
+                    let _ = reply.send(self.compact(req).await.map(Written::Compact));
+                }
+            }
+            drop(rest);
+            batch.extend(self.held.take());
+        }
+    }
+
+    /// Applies `group` to the index, makes it durable in one append, then answers each write. On a
+    /// shared backend the writes that arrive in `queue` while the append right is awaited join the
+    /// group once it is held.
+    async fn commit(
+        &mut self,
+        mut group: Vec<Queued>,
+        mut queue: Option<&mut mpsc::Receiver<Queued>>,
+    ) {
+        let mut attempt = 0;
+        // On a shared backend a batch that may write holds the append right from here on.
+        let locked = may_write(&group) && self.backend.shared().is_some();
+        let done = loop {
+            attempt += 1;
+            if let Err(e) = self.prepare(&mut group, queue.take()).await {
+                break Err(e);
+            }
+            let g = self.apply_group(&group);
+            if locked {
+                // A revoke forgets its lease in the same transaction as its deletes.
+                if let Err(e) = self.forget_revoked(&g.revoked).await {
+                    self.take_back(g).await;
+                    break Err(e);
+                }
+            }
+            let Some(last) = g.entries.last() else {
+                if locked {
+                    if let Err(e) = self.unlock().await {
+                        self.take_back(g).await;
+                        break Err(e);
+                    }
+                }
+                self.settle_revokes(g.revoked, true).await;
+                break Ok(g.applied);
+            };
+            let head = last.revision;
+            let start = std::time::Instant::now();
+            let appended = self.backend.append(&g.entries).await;
+            crate::metrics::COMMITS.observe(start.elapsed().as_secs_f64());
+            crate::metrics::APPENDED.observe(g.entries.len() as f64);
+            match appended {
+                Ok(()) => {
+                    self.publish(&g.entries);
+                    self.settle_revokes(g.revoked, true).await;
+                    break Ok(g.applied);
+                }
+                Err(BackendError::OutOfOrder { .. })
+                    if self.backend.shared().is_some() && attempt < MAX_ATTEMPTS =>
+                {
+                    // Another process appended first and nothing of this batch was written: take
+                    // it back and apply it again on top of theirs.
+                    self.take_back(g).await;
+                }
+                Err(e) => {
+                    crate::metrics::APPENDS_FAILED.inc();
+                    tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
+                    self.unresolved = Some(Unresolved {
+                        undo: g.undo,
+                        entries: g.entries,
+                    });
+                    let _ = self.resolve().await;
+                    let durable = self.index.read().expect("index lock").committed >= head
+                        && self.unresolved.is_none();
+                    self.settle_revokes(g.revoked, durable).await;
+                    break Err(Error::from(e));
+                }
+            }
+        };
+        let applied = match done {
+            Ok(applied) => applied,
+            Err(e) => {
+                for q in group {
+                    let _ = q.reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
+        for (q, result) in group.into_iter().zip(applied) {
+            let result = match result {
+                Applied::Done(r) => r,
+                Applied::Txn(mut outcome) => outcome
+                    .load(self.backend.as_ref())
+                    .await
+                    .map(|()| Written::Txn(outcome.finish())),
+            };
+            let _ = q.reply.send(result);
+        }
+    }
+
+    /// Before a batch: settles an earlier failed append and, on a shared backend, catches up with
+    /// everything committed before the batch's requests arrived. A batch that may write takes the
+    /// append right first, so that its compares see the head and nothing gets in before its append,
+    /// and learns which of the leases it names are live (another frontend may have granted or
+    /// revoked them). Writes that arrive in `queue` meanwhile join the group once the append right
+    /// is held (see [`Writer::gather`]).
+    async fn prepare(
+        &mut self,
+        group: &mut Vec<Queued>,
+        queue: Option<&mut mpsc::Receiver<Queued>>,
+    ) -> Result<()> {
+        self.resolve().await?;
+        let backend = self.backend.clone();
+        let Some(shared) = backend.shared() else {
+            return Ok(());
+        };
+        if !may_write(group) {
+            let progress = self.backend.progress().await?;
+            return self.catch_up(progress, Vec::new()).await;
+        }
+        let committed = self.index.read().expect("index lock").committed;
+        let locked = shared.lock(committed).await?;
+        if let Some(queue) = queue {
+            self.gather(group, queue);
+        }
+        self.auth_seen
+            .fetch_max(locked.auth, std::sync::atomic::Ordering::SeqCst);
+        refuse_stale(group, locked.auth);
+        let ready = match self.catch_up(locked.progress, locked.entries).await {
+            Ok(()) => self.sync_leases(shared, group).await,
+            Err(e) => Err(e),
+        };
+        if ready.is_err() {
+            if let Err(e) = self.unlock().await {
+                tracing::warn!(error = %e, "could not give back the append right");
+            }
+        }
+        ready
+    }
+
+    /// Takes into `group` the writes that arrived while its append right was awaited: they share its
+    /// append instead of waiting for this frontend's next turn at the lock. A compaction is held
+    /// back, to run alone after the group.
+    fn gather(&mut self, group: &mut Vec<Queued>, queue: &mut mpsc::Receiver<Queued>) {
+        while group.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(q) if matches!(q.write, Write::Compact(_)) => {
+                    self.held = Some(q);
+                    return;
+                }
+                Ok(q) => group.push(q),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Gives back the append right of a shared backend (nothing to give back otherwise).
+    async fn unlock(&self) -> Result<()> {
+        match self.backend.shared() {
+            Some(shared) => Ok(shared.unlock().await?),
+            None => Ok(()),
+        }
+    }
+
+    /// Brings the lessor's view of the leases `group` names up to date with the backend.
+    async fn sync_leases(
+        &self,
+        shared: &dyn crate::backend::Shared,
+        group: &[Queued],
+    ) -> Result<()> {
+        let mut ids = Vec::new();
+        for q in group {
+            q.write.leases(&mut ids);
+        }
+        ids.retain(|id| *id != 0);
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let live: std::collections::HashMap<i64, i64> =
+            shared.leases_among(&ids).await?.into_iter().collect();
+        let now = Instant::now();
+        let mut leases = self.lessor.lock().expect("lessor lock");
+        for id in ids {
+            match live.get(&id) {
+                Some(&ttl) if !leases.contains(id) => leases.grant(id, ttl, now),
+                Some(_) => {}
+                None => {
+                    leases.remove(id);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Under the append right: forgets the revoked leases in the transaction the append commits.
+    async fn forget_revoked(&self, revoked: &[(i64, Lease)]) -> Result<()> {
+        for (id, _) in revoked {
+            self.backend.remove_lease(*id).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes back a group applied to the index whose append did not happen.
+    async fn take_back(&self, g: AppliedGroup) {
+        let mut undo = g.undo;
+        {
+            let mut index = self.index.write().expect("index lock");
+            let committed = index.committed;
+            index.rollback(&mut undo, 0, committed);
+        }
+        self.settle_revokes(g.revoked, false).await;
+    }
+
+    fn apply_group(&self, group: &[Queued]) -> AppliedGroup {
+        let mut g = AppliedGroup {
+            entries: Vec::new(),
+            applied: Vec::with_capacity(group.len()),
+            revoked: Vec::new(),
+            undo: Undo::default(),
+        };
+        let mut leases = self.lessor.lock().expect("lessor lock");
+        let mut index = self.index.write().expect("index lock");
+        for q in group {
+            let (result, entry) = apply(
+                &mut index,
+                &mut g.undo,
+                &mut leases,
+                &mut g.revoked,
+                &q.write,
+            );
+            g.entries.extend(entry);
+            g.applied.push(result);
+        }
+        g
+    }
+
+    /// Makes durable revisions visible: to readers, and to watchers in the same step.
+    fn publish(&self, entries: &[LogEntry]) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        // Under the hub lock, so that a watcher catching up from the log cannot miss them; the
+        // revisions are readable first, as a watcher asking for prev_kv reads the one before.
+        let mut hub = self.hub.lock().expect("hub lock");
+        {
+            let mut index = self.index.write().expect("index lock");
+            index.committed = last.revision;
+            index.current = index.current.max(last.revision);
+        }
+        hub.notify(entries);
+        self.committed.send_replace(last.revision);
+    }
+
+    /// Forgets the leases whose keys' deletion is durable (a shared backend forgot them with it);
+    /// takes back the others, still recorded.
+    async fn settle_revokes(&self, revoked: Vec<(i64, Lease)>, durable: bool) {
+        for (id, lease) in revoked {
+            if !durable {
+                self.lessor.lock().expect("lessor lock").restore(id, lease);
+            } else if self.backend.shared().is_some() {
+                continue;
+            } else if let Err(e) = self.backend.remove_lease(id).await {
+                // Its keys are gone; the record brings back an empty lease at restart, which
+                // then expires.
+                tracing::warn!(lease = id, error = %e, "could not forget a revoked lease");
+            }
+        }
+    }
+
+    /// After a failed append, reads the log to learn whether the batch became durable after all,
+    /// and keeps it or undoes it accordingly. Until then no write can be applied on top of it.
+    async fn resolve(&mut self) -> Result<()> {
+        let Some(unresolved) = self.unresolved.as_ref() else {
+            return Ok(());
+        };
+        let committed = self.index.read().expect("index lock").committed;
+        let progress = self.backend.progress().await?;
+        let head = progress.head;
+        let last = unresolved.entries.last().map_or(committed, |e| e.revision);
+        let durable = head >= last && {
+            let events = unresolved.entries.iter().map(|e| e.events.len()).sum();
+            self.backend.read_log(committed + 1, events).await? == unresolved.entries
+        };
+        let Unresolved { mut undo, entries } = self.unresolved.take().expect("checked above");
+        if durable {
+            self.publish(&entries);
+        } else {
+            self.index
+                .write()
+                .expect("index lock")
+                .rollback(&mut undo, 0, committed);
+        }
+        if head > self.index.read().expect("index lock").committed {
+            // Only another process can have appended: catch up with it.
+            self.catch_up(progress, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Applies what other processes appended to the backend since the committed revision, and
+    /// their compactions. If a compaction removed history this process had not read yet, the index
+    /// is rebuilt and every watcher replays from the log (those that needed the removed history are
+    /// told it was compacted, as etcd tells a watcher that fell behind a compaction).
+    /// `read` is the start of what is to be applied, if the caller read it already.
+    async fn catch_up(
+        &mut self,
+        progress: crate::backend::Progress,
+        mut read: Vec<LogEntry>,
+    ) -> Result<()> {
+        let mut from = self.index.read().expect("index lock").committed + 1;
+        if progress.compacted > from {
+            tracing::warn!(
+                revision = from - 1,
+                compacted = progress.compacted,
+                "another frontend compacted history this one had not read: reloading the index"
+            );
+            let (loaded, progress) = load_index(self.backend.as_ref()).await?;
+            let mut hub = self.hub.lock().expect("hub lock");
+            *self.index.write().expect("index lock") = loaded.index;
+            hub.unsync_all();
+            self.committed.send_replace(progress.head);
+            return Ok(());
+        }
+        while from <= progress.head {
+            let entries = match std::mem::take(&mut read) {
+                read if !read.is_empty() => read,
+                _ => self.backend.read_log(from, RECOVERY_CHUNK).await?,
+            };
+            let contiguous = entries
+                .iter()
+                .zip(from..)
+                .all(|(e, expected)| e.revision == expected);
+            if entries.is_empty() || !contiguous {
+                return Err(Error::Storage(format!(
+                    "the log's head is {} but revision {from} cannot be read",
+                    progress.head
+                )));
+            }
+            {
+                let mut index = self.index.write().expect("index lock");
+                for entry in entries.iter().cloned() {
+                    restore(&mut index, entry);
+                }
+            }
+            self.publish(&entries);
+            from = entries.last().expect("not empty").revision + 1;
+        }
+        let mut index = self.index.write().expect("index lock");
+        if progress.compacted > index.compacted {
+            // The compacting process removes the rows; this one only forgets them.
+            index.compact(progress.compacted);
+        }
+        Ok(())
+    }
+
+    async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
+        self.prepare(&mut Vec::new(), None).await?;
+        let current = {
+            let index = self.index.read().expect("index lock");
+            if req.revision <= index.compacted {
+                return Err(Error::Compacted);
+            }
+            if req.revision > index.current {
+                return Err(Error::FutureRevision);
+            }
+            index.current
+        };
+        let compacting = self.compacting.clone().write_owned().await;
+        self.backend.set_compacted(req.revision).await?;
+        let removed = self
+            .index
+            .write()
+            .expect("index lock")
+            .compact(req.revision);
+        let backend = self.backend.clone();
+        let removal = tokio::spawn(async move {
+            let _compacting = compacting;
+            if let Err(e) = backend.remove(&removed).await {
+                // The log still holds the rows; the next start-up removes them.
+                tracing::warn!(error = %e, "physical compaction failed");
+                return Err(Error::from(e));
+            }
+            Ok(())
+        });
+        if req.physical {
+            removal.await.map_err(|e| Error::Storage(e.to_string()))??;
+        }
+        Ok(CompactionResponse {
+            header: Some(ResponseHeader {
+                revision: current,
+                ..Default::default()
+            }),
+        })
+    }
+}
+
+fn apply(
+    index: &mut Index,
+    undo: &mut Undo,
+    leases: &mut Lessor,
+    revoked: &mut Vec<(i64, Lease)>,
+    write: &Write,
+) -> (Applied, Option<LogEntry>) {
+    match write {
+        Write::Put(req) => match txn::put(index, undo, leases, req) {
+            Ok((resp, entry)) => (Applied::Done(Ok(Written::Put(resp))), entry),
+            Err(e) => (Applied::Done(Err(e)), None),
+        },
+        Write::Delete(req) => {
+            let (resp, entry) = txn::delete_range(index, undo, req);
+            (Applied::Done(Ok(Written::Delete(resp))), entry)
+        }
+        Write::Txn(req) => match txn::txn(index, undo, leases, req) {
+            Ok((outcome, entry)) => (Applied::Txn(outcome), entry),
+            Err(e) => (Applied::Done(Err(e)), None),
+        },
+        &Write::Revoke(id) => {
+            // Gone from the lessor at once, so that no later write of the batch attaches to it.
+            let Some(lease) = leases.remove(id) else {
+                return (Applied::Done(Err(Error::LeaseNotFound)), None);
+            };
+            revoked.push((id, lease));
+            let (revision, entry) = txn::revoke(index, undo, id);
+            let resp = LeaseRevokeResponse {
+                header: Some(ResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+            };
+            (Applied::Done(Ok(Written::Revoke(resp))), entry)
+        }
+        Write::CatchUp => (Applied::Done(Ok(Written::CaughtUp)), None),
+        Write::Compact(_) => unreachable!("compactions are run apart from batches"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::backend::testing::Faulty;
+    use crate::mvcc::store::tests::{key, keys_and_revision, put_request};
+    use crate::mvcc::Store;
+
+    /// A failed append is never acknowledged; the store then carries on from whatever the backend
+    /// holds: without the batch if it was lost, with it if it became durable after all.
+    #[tokio::test]
+    async fn failed_append_is_not_acknowledged_and_the_store_carries_on() {
+        let faulty = Arc::new(Faulty {
+            inner: Embedded::in_memory().unwrap(),
+            fail_next: Mutex::new(None),
+        });
+        let store = Store::open(faulty.clone()).await.unwrap();
+        store.put(put_request(0, 0), None).await.unwrap();
+
+        *faulty.fail_next.lock().unwrap() = Some(false);
+        let lost = store.put(put_request(1, 1), None).await;
+        assert!(matches!(lost, Err(Error::Storage(_))), "{lost:?}");
+        assert_eq!(keys_and_revision(&store).await, (vec![key(0)], 2));
+        let next = store.put(put_request(2, 2), None).await.unwrap();
+        assert_eq!(
+            next.header.unwrap().revision,
+            3,
+            "no gap where the lost write was"
+        );
+
+        *faulty.fail_next.lock().unwrap() = Some(true);
+        let unacknowledged = store.put(put_request(3, 3), None).await;
+        assert!(matches!(unacknowledged, Err(Error::Storage(_))));
+        let held = (vec![key(0), key(2), key(3)], 4);
+        assert_eq!(keys_and_revision(&store).await, held);
+        let next = store.put(put_request(4, 4), None).await.unwrap();
+        assert_eq!(next.header.unwrap().revision, 5);
+
+        let reopened = Store::open(faulty).await.unwrap();
+        assert_eq!(
+            keys_and_revision(&reopened).await,
+            (vec![key(0), key(2), key(3), key(4)], 5)
+        );
+    }
+}
