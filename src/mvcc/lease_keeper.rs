@@ -6,7 +6,7 @@
 //! writer's queue like a client's revoke, so the writer stays the only one to delete keys.
 
 use super::lessor::Lessor;
-use super::store::{Queued, Write};
+use super::store::{Write, WriteQueue};
 use super::writer::MAX_BATCH;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -27,7 +27,7 @@ const EXPIRED_PER_LOOK: usize = 1000;
 
 /// On a shared backend: while this frontend holds the lease-keeper role, revokes the leases whose
 /// time is up by the backend's clock, through the writer like a client's revoke.
-pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<Queued>) {
+pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {
     let Some(shared) = backend.shared() else {
         return;
     };
@@ -48,15 +48,9 @@ pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: mpsc::Sender<
         let mut answers = Vec::with_capacity(expired.len());
         for id in expired {
             tracing::debug!(lease = id, "lease expired: revoking it");
-            let (reply, answer) = oneshot::channel();
-            let queued = Queued {
-                write: Write::Revoke(id),
-                auth: None,
-                reply,
-            };
-            if writes.send(queued).await.is_err() {
+            let Ok(answer) = writes.enqueue(Write::Revoke(id), None).await else {
                 return;
-            }
+            };
             answers.push(answer);
         }
         // Revoked (or gone already) before the next look, which would find them again.
@@ -136,7 +130,7 @@ pub(super) async fn renew_leases(backend: Arc<dyn Backend>, mut queue: mpsc::Rec
 pub(super) async fn expire_leases(
     lessor: Arc<Mutex<Lessor>>,
     granted: Arc<Notify>,
-    writes: mpsc::Sender<Queued>,
+    writes: WriteQueue,
 ) {
     loop {
         let next = lessor.lock().expect("lessor lock").next_deadline();
@@ -157,13 +151,7 @@ pub(super) async fn expire_leases(
         for id in expired {
             // The answer is not awaited: a revoke that fails is retried when the lease comes due
             // again.
-            let (reply, _) = oneshot::channel();
-            let queued = Queued {
-                write: Write::Revoke(id),
-                auth: None,
-                reply,
-            };
-            if writes.send(queued).await.is_err() {
+            if writes.enqueue(Write::Revoke(id), None).await.is_err() {
                 return;
             }
         }

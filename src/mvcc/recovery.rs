@@ -6,12 +6,11 @@
 //! the log through these, so how a logged revision becomes index state is written once.
 
 use super::index::Index;
-use super::store::{Queued, Write};
+use super::store::{Write, WriteQueue};
 use crate::backend::{Backend, LogEntry};
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::event::EventType;
 use std::sync::{Arc, RwLock};
-use tokio::sync::{mpsc, oneshot};
 
 /// Log events read per step at start-up, or when reading the whole history.
 pub(super) const RECOVERY_CHUNK: usize = 16 * 1024;
@@ -22,20 +21,14 @@ const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(100
 pub(super) async fn follow(
     mut tail: tokio::sync::watch::Receiver<i64>,
     index: Arc<RwLock<Index>>,
-    writes: mpsc::Sender<Queued>,
+    writes: WriteQueue,
 ) {
     loop {
         let head = *tail.borrow_and_update();
         if head > index.read().expect("index lock").committed {
-            let (reply, answer) = oneshot::channel();
-            let queued = Queued {
-                write: Write::CatchUp,
-                auth: None,
-                reply,
-            };
-            if writes.send(queued).await.is_err() {
+            let Ok(answer) = writes.enqueue(Write::CatchUp, None).await else {
                 return;
-            }
+            };
             // One at a time: a burst of notifications needs one catch-up, not one each. One that
             // failed (the backend unreachable for a moment) is asked for again, as nothing else
             // may come to wake this task while readers wait for that head.

@@ -36,7 +36,7 @@ use tokio::time::Instant;
 pub struct Store {
     index: Arc<RwLock<Index>>,
     backend: Arc<dyn Backend>,
-    writes: mpsc::Sender<Queued>,
+    writes: WriteQueue,
     /// Locked before the index whenever both are.
     hub: Arc<Mutex<WatchHub>>,
     /// Locked before the index whenever both are; never together with the hub.
@@ -119,6 +119,28 @@ impl Write {
     }
 }
 
+/// The writer's queue. Every write reaches the writer through [`WriteQueue::enqueue`]: clients'
+/// through [`Store`], the server's own (expiries, catch-ups) from the tasks that make them.
+#[derive(Clone)]
+pub(super) struct WriteQueue(mpsc::Sender<Queued>);
+
+impl WriteQueue {
+    /// Queues `write`, allowed under the auth state of generation `auth` (see [`Queued::auth`]);
+    /// its answer comes on the receiver returned.
+    pub(super) async fn enqueue(
+        &self,
+        write: Write,
+        auth: Option<u64>,
+    ) -> Result<oneshot::Receiver<Result<Written>>> {
+        let (reply, answer) = oneshot::channel();
+        self.0
+            .send(Queued { write, auth, reply })
+            .await
+            .map_err(|_| Error::Stopped)?;
+        Ok(answer)
+    }
+}
+
 impl Store {
     /// Rebuilds the index from the backend's log and starts the writer.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Arc<Store>> {
@@ -145,6 +167,7 @@ impl Store {
         let lease_granted = Arc::new(Notify::new());
         let compacting = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = mpsc::channel(MAX_BATCH);
+        let tx = WriteQueue(tx);
         let tail = backend.shared().map(|s| s.tail());
         let shared = tail.is_some();
         let (committed_tx, committed) = tokio::sync::watch::channel(progress.head);
@@ -632,11 +655,7 @@ impl Store {
     }
 
     async fn write(&self, write: Write, auth: Option<u64>) -> Result<Written> {
-        let (reply, answer) = oneshot::channel();
-        self.writes
-            .send(Queued { write, auth, reply })
-            .await
-            .map_err(|_| Error::Stopped)?;
+        let answer = self.writes.enqueue(write, auth).await?;
         answer.await.map_err(|_| Error::Stopped)?
     }
 }
