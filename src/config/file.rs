@@ -4,7 +4,7 @@
 //! sequences, URL lists as one comma-separated string).
 
 use super::flags::{self, Kind};
-use super::parse::Settings;
+use super::settings::Settings;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The keys under `client-transport-security`, and the flags they set.

@@ -5,10 +5,12 @@
 mod file;
 pub mod flags;
 pub mod parse;
+mod settings;
 
 use crate::mvcc::compactor::Policy;
 use flags::{Effect, FLAGS};
-pub use parse::{Refusal, Request, Settings};
+pub use parse::{Refusal, Request};
+pub use settings::Settings;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -247,7 +249,7 @@ impl Config {
             unsafe_no_fsync: boolean("unsafe-no-fsync"),
             initial_corrupt_check: boolean("experimental-initial-corrupt-check")
                 || s.get("feature-gates").is_some_and(|gates| {
-                    parse::feature_gates(gates)
+                    settings::feature_gates(gates)
                         .unwrap_or_default()
                         .contains(&("InitialCorruptCheck", true))
                 }),
@@ -281,7 +283,7 @@ impl Config {
             }
         }
         if let Some(gates) = self.settings.get("feature-gates") {
-            for (gate, on) in parse::feature_gates(gates).unwrap_or_default() {
+            for (gate, on) in settings::feature_gates(gates).unwrap_or_default() {
                 let why = match gate {
                     "InitialCorruptCheck" => continue,
                     "CompactHashCheck" => "compaction hashes are not checked yet",
