@@ -6,8 +6,7 @@
 //! writer's queue like a client's revoke, so the writer stays the only one to delete keys.
 
 use super::lessor::Lessor;
-use super::store::{Write, WriteQueue};
-use super::writer::MAX_BATCH;
+use super::queue::{Write, WriteQueue, MAX_BATCH};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};

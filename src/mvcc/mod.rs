@@ -9,6 +9,7 @@ mod index;
 mod key_index;
 mod lease_keeper;
 pub mod lessor;
+mod queue;
 pub mod quota;
 mod range;
 mod recovery;

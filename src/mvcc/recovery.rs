@@ -6,7 +6,7 @@
 //! the log through these, so how a logged revision becomes index state is written once.
 
 use super::index::Index;
-use super::store::{Write, WriteQueue};
+use super::queue::{Write, WriteQueue};
 use crate::backend::{Backend, LogEntry};
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::event::EventType;

@@ -14,11 +14,12 @@ use super::hash::KvHasher;
 use super::index::{Index, KeyRange};
 use super::lease_keeper::{self, Grant, Renewal};
 use super::lessor::{self, Lessor};
+use super::queue::{Write, WriteQueue, Written, MAX_BATCH};
 use super::quota::Alarms;
 use super::range;
 use super::recovery::{self, load_index, visit_log};
 use super::watch::{self, Notice, WatchHub, WatchSpec, WatcherKey};
-use super::writer::{Writer, MAX_BATCH};
+use super::writer::Writer;
 use crate::backend::{Backend, Identity, LogEntry, MemberRecord, Usage};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
@@ -69,78 +70,6 @@ struct ReadIndex {
 /// The longest a linearizable read waits for this process to catch up with a shared backend.
 const READ_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-pub(super) enum Write {
-    Put(PutRequest),
-    Delete(DeleteRangeRequest),
-    Txn(TxnRequest),
-    Compact(CompactionRequest),
-    /// Revoke lease: delete its keys, then forget it.
-    Revoke(i64),
-    /// Catch up with what other processes appended to a shared backend, as of now.
-    CatchUp,
-}
-
-pub(super) enum Written {
-    Put(PutResponse),
-    Delete(DeleteRangeResponse),
-    Txn(TxnResponse),
-    Compact(CompactionResponse),
-    Revoke(LeaseRevokeResponse),
-    CaughtUp,
-}
-
-pub(super) struct Queued {
-    pub(super) write: Write,
-    /// The generation of the auth state a client's write was allowed under (see [`Store::put`]);
-    /// None for writes nobody's permissions govern.
-    pub(super) auth: Option<u64>,
-    pub(super) reply: oneshot::Sender<Result<Written>>,
-}
-
-impl Write {
-    /// Adds the leases this write attaches keys to or revokes to `ids`.
-    pub(super) fn leases(&self, ids: &mut Vec<i64>) {
-        fn txn_leases(txn: &TxnRequest, ids: &mut Vec<i64>) {
-            use crate::proto::etcdserverpb::request_op::Request;
-            for op in txn.success.iter().chain(&txn.failure) {
-                match &op.request {
-                    Some(Request::RequestPut(put)) => ids.push(put.lease),
-                    Some(Request::RequestTxn(txn)) => txn_leases(txn, ids),
-                    _ => {}
-                }
-            }
-        }
-        match self {
-            Write::Put(put) => ids.push(put.lease),
-            Write::Txn(txn) => txn_leases(txn, ids),
-            Write::Revoke(id) => ids.push(*id),
-            Write::Delete(_) | Write::Compact(_) | Write::CatchUp => {}
-        }
-    }
-}
-
-/// The writer's queue. Every write reaches the writer through [`WriteQueue::enqueue`]: clients'
-/// through [`Store`], the server's own (expiries, catch-ups) from the tasks that make them.
-#[derive(Clone)]
-pub(super) struct WriteQueue(mpsc::Sender<Queued>);
-
-impl WriteQueue {
-    /// Queues `write`, allowed under the auth state of generation `auth` (see [`Queued::auth`]);
-    /// its answer comes on the receiver returned.
-    pub(super) async fn enqueue(
-        &self,
-        write: Write,
-        auth: Option<u64>,
-    ) -> Result<oneshot::Receiver<Result<Written>>> {
-        let (reply, answer) = oneshot::channel();
-        self.0
-            .send(Queued { write, auth, reply })
-            .await
-            .map_err(|_| Error::Stopped)?;
-        Ok(answer)
-    }
-}
-
 impl Store {
     /// Rebuilds the index from the backend's log and starts the writer.
     pub async fn open(backend: Arc<dyn Backend>) -> Result<Arc<Store>> {
@@ -166,8 +95,7 @@ impl Store {
         let lessor = Arc::new(Mutex::new(leases));
         let lease_granted = Arc::new(Notify::new());
         let compacting = Arc::new(tokio::sync::RwLock::new(()));
-        let (tx, rx) = mpsc::channel(MAX_BATCH);
-        let tx = WriteQueue(tx);
+        let (tx, rx) = WriteQueue::new();
         let tail = backend.shared().map(|s| s.tail());
         let shared = tail.is_some();
         let (committed_tx, committed) = tokio::sync::watch::channel(progress.head);

@@ -7,8 +7,8 @@
 
 use super::index::{Index, Undo};
 use super::lessor::{Lease, Lessor};
+use super::queue::{Queued, Write, Written, MAX_BATCH};
 use super::recovery::{load_index, restore, RECOVERY_CHUNK};
-use super::store::{Queued, Write, Written};
 use super::txn::{self, TxnOutcome};
 use super::watch::WatchHub;
 use crate::backend::{Backend, BackendError, LogEntry};
@@ -19,9 +19,6 @@ use crate::proto::etcdserverpb::{
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-
-/// The most writes one commit takes; more wait for the next.
-pub(super) const MAX_BATCH: usize = 1024;
 
 pub(super) struct Writer {
     index: Arc<RwLock<Index>>,
