@@ -18,7 +18,7 @@
 
 use super::wal::Wal;
 use super::{random_id, Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
-use crate::mvcc::Revision;
+use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use prost::Message;

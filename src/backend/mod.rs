@@ -11,9 +11,16 @@ pub mod postgres;
 pub(crate) mod testing;
 mod wal;
 
-use crate::mvcc::Revision;
 use crate::proto::mvccpb::{Event, KeyValue};
 use async_trait::async_trait;
+
+/// A position in the history. `main` is the revision of the txn that made the change (what clients
+/// see); `sub` orders the changes within that txn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Revision {
+    pub main: i64,
+    pub sub: i64,
+}
 
 /// One revision of the log: the changes of one txn, in sub-revision order.
 #[derive(Clone, Debug, PartialEq)]

@@ -4,7 +4,7 @@
 
 use super::embedded::Embedded;
 use super::{Backend, Identity, LogEntry, Usage};
-use crate::mvcc::Revision;
+use crate::backend::Revision;
 use crate::proto::mvccpb::KeyValue;
 use std::sync::Mutex;
 

@@ -20,10 +20,5 @@ mod writer;
 
 pub use store::Store;
 
-/// A position in the history. `main` is the revision of the txn that made the change (what clients
-/// see); `sub` orders the changes within that txn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Revision {
-    pub main: i64,
-    pub sub: i64,
-}
+/// Positions in the history are the log's own (the backend stores and reads values by them).
+pub use crate::backend::Revision;

@@ -37,7 +37,7 @@ use super::{
     Backend, BackendError, Identity, Locked, LogEntry, MemberRecord, Progress, ReadIndex, Result,
     Shared, Usage,
 };
-use crate::mvcc::Revision;
+use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use std::collections::HashMap;
