@@ -1,7 +1,7 @@
-//! Every error a client can see, each with etcd 3.5's gRPC code and message.
+//! Every error a client can see, each with etcd 3.5's message; the gRPC code that carries it is the
+//! API's (`api/status.rs`).
 
 use crate::backend::BackendError;
-use tonic::Code;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -105,63 +105,6 @@ pub enum Error {
     /// etcd has no gRPC error for this one: its auth store's own message reaches the client.
     #[error("auth: authentication failed, password was given for no password user")]
     NoPasswordUser,
-}
-
-impl Error {
-    pub fn code(&self) -> Code {
-        match self {
-            Error::EmptyKey
-            | Error::KeyNotFound
-            | Error::ValueProvided
-            | Error::LeaseProvided
-            | Error::TooManyOps
-            | Error::DuplicateKey
-            | Error::InvalidSortOption
-            | Error::RequestTooLarge
-            | Error::UserEmpty
-            | Error::RoleEmpty
-            | Error::AuthFailed
-            | Error::PermissionNotGiven
-            | Error::InvalidAuthMgmt
-            | Error::AuthOldRevision
-            | Error::AuthStale
-            | Error::WrongDowngradeVersionFormat
-            | Error::InvalidDowngradeTargetVersion => Code::InvalidArgument,
-            Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists
-            | Error::BadLeaderTransferee
-            | Error::NoInflightDowngrade
-            | Error::DowngradeBySnapshot(_)
-            | Error::MembershipByFrontends(_)
-            | Error::RootUserNotExist
-            | Error::RootRoleNotExist
-            | Error::UserAlreadyExist
-            | Error::UserNotFound
-            | Error::RoleAlreadyExist
-            | Error::RoleNotFound
-            | Error::RoleNotGranted
-            | Error::PermissionNotGranted
-            | Error::AuthNotEnabled => Code::FailedPrecondition,
-            Error::PermissionDenied => Code::PermissionDenied,
-            Error::InvalidAuthToken => Code::Unauthenticated,
-            Error::NoSpace => Code::ResourceExhausted,
-            Error::Storage(_) | Error::Stopped => Code::Unavailable,
-            // etcd returns these as plain Go errors, which gRPC turns into Unknown.
-            Error::SessionExpired
-            | Error::ElectionNotLeader
-            | Error::ElectionNoLeader
-            | Error::MissingLeaderKey
-            | Error::NoPasswordUser
-            | Error::UnknownMethod => Code::Unknown,
-        }
-    }
-}
-
-impl From<Error> for tonic::Status {
-    fn from(e: Error) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
-    }
 }
 
 impl From<BackendError> for Error {

@@ -15,6 +15,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod observe;
+mod status;
 mod tls;
 pub mod validation;
 mod watch;
