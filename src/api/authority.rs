@@ -28,6 +28,9 @@ const PRIORITY: u8 = 0x20;
 /// The largest frame the server takes unless it says otherwise (HTTP/2's initial
 /// SETTINGS_MAX_FRAME_SIZE, which tonic keeps).
 const MAX_FRAME: usize = 16_384;
+/// The most of one header block held back here: past it the bytes go on as they came, for the
+/// server to refuse by its own limits (nothing a client sends makes this hold more).
+const MAX_BLOCK: usize = 1 << 20;
 
 enum Mode {
     /// Reading the connection's first bytes: HTTP/2's preface, or anything else.
@@ -102,6 +105,12 @@ impl<T> Lenient<T> {
                     }
                     let length =
                         u32::from_be_bytes([0, self.read[0], self.read[1], self.read[2]]) as usize;
+                    // A frame larger than the server takes is its to refuse, unread here.
+                    if length > MAX_FRAME {
+                        let read = std::mem::take(&mut self.read);
+                        self.give_up(read);
+                        continue;
+                    }
                     if self.read.len() < FRAME_HEADER + length {
                         return;
                     }
@@ -142,6 +151,9 @@ impl<T> Lenient<T> {
         }
         let block = self.block.as_mut().expect("a block");
         block.original.extend_from_slice(&frame);
+        if block.original.len() > MAX_BLOCK {
+            return self.give_up(Vec::new());
+        }
         if flags & END_HEADERS != 0 {
             let block = self.block.take().expect("a block");
             self.header_block(block);
@@ -413,6 +425,15 @@ mod tests {
             Some(&b"localhost"[..])
         );
         assert_eq!(acceptable(b"localhost:2379"), None);
+    }
+
+    #[tokio::test]
+    async fn an_oversized_frame_is_passed_on_unread() {
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend((MAX_FRAME as u32 + 1).to_be_bytes()[1..].to_vec());
+        bytes.extend([HEADERS, END_HEADERS, 0, 0, 0, 1]);
+        bytes.extend(vec![0u8; 100]);
+        assert_eq!(through(bytes.clone()).await, bytes);
     }
 
     #[tokio::test]
