@@ -1,12 +1,16 @@
 //! Automatic compaction, as etcd's `--auto-compaction-mode` runs it.
 //!
+//! A policy of when to compact, above the store: it asks the store to compact as a client would.
+//! etcd keeps its compactor outside mvcc too (`etcdserver/api/v3compactor`), since mvcc says what a
+//! compaction does and this only when one is due.
+//!
 //! - `revision`: every 5 minutes, compact at the current revision less the retention, if that moved.
 //! - `periodic`: sample the revision every tenth of the period (at most every 6 minutes), and once a
 //!   period has passed (then every period, at most every hour) compact at the revision sampled one
 //!   period ago, so that about one period of history is always kept.
 
-use super::Store;
 use crate::error::Error;
+use crate::mvcc::Store;
 use crate::proto::etcdserverpb::CompactionRequest;
 use std::collections::VecDeque;
 use std::sync::Arc;

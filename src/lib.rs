@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod backend;
+pub mod compactor;
 pub mod concurrency;
 pub mod config;
 pub mod duration;

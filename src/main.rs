@@ -129,7 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let store = Store::open(backend).await?;
     if let Some(policy) = config.auto_compaction {
         tracing::info!(?policy, "automatic compaction");
-        tokio::spawn(strata::mvcc::compactor::run(store.clone(), policy));
+        tokio::spawn(strata::compactor::run(store.clone(), policy));
     }
     let server = Server::start(&config, store, auth, shutdown_signal()).await?;
     server.wait().await?;

@@ -7,7 +7,7 @@ pub mod flags;
 pub mod parse;
 mod settings;
 
-use crate::mvcc::compactor::Policy;
+use crate::compactor::Policy;
 use flags::{Effect, FLAGS};
 pub use parse::{Refusal, Request};
 pub use settings::Settings;

@@ -3,7 +3,6 @@
 //! Synchronous logic over the in-memory [`index::Index`]; the only I/O goes through the
 //! [`Backend`](crate::backend::Backend) the [`Store`] is opened on.
 
-pub mod compactor;
 mod hash;
 mod index;
 mod key_index;
