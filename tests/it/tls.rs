@@ -75,18 +75,22 @@ pub fn signed(dir: &Path, name: &str) {
 
 /// Strata on https://, with the certificates of `dir`, requiring client certificates.
 fn requiring_client_certificates(dir: &Path) -> Strata {
+    requiring_client_certificates_and(dir, &[])
+}
+
+/// The same, with flags of `extra` besides.
+fn requiring_client_certificates_and(dir: &Path, extra: &[&str]) -> Strata {
     let file = |name: &str| dir.join(name).to_str().unwrap().to_owned();
-    Strata::start_with(&[
-        "--listen-client-urls",
-        "https://127.0.0.1:0",
-        "--cert-file",
-        &file("server.pem"),
-        "--key-file",
-        &file("server-key.pem"),
-        "--trusted-ca-file",
-        &file("ca.pem"),
-        "--client-cert-auth",
-    ])
+    let mut args = vec![
+        "--listen-client-urls".to_owned(),
+        "https://127.0.0.1:0".to_owned(),
+        format!("--cert-file={}", file("server.pem")),
+        format!("--key-file={}", file("server-key.pem")),
+        format!("--trusted-ca-file={}", file("ca.pem")),
+        "--client-cert-auth".to_owned(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Strata::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// etcdctl on `endpoint` trusting `ca`, with the client certificate of `client` if given.
@@ -362,20 +366,8 @@ fn revoked_client_certificates_are_refused_from_the_next_connection() {
     certificates(dir.path());
     signed(dir.path(), "other");
     revocation_list(dir.path(), &[]);
-    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-    let strata = Strata::start_with(&[
-        "--listen-client-urls",
-        "https://127.0.0.1:0",
-        "--cert-file",
-        &file("server.pem"),
-        "--key-file",
-        &file("server-key.pem"),
-        "--trusted-ca-file",
-        &file("ca.pem"),
-        "--client-cert-auth",
-        "--client-crl-file",
-        &file("crl.pem"),
-    ]);
+    let crl = format!("--client-crl-file={}", dir.path().join("crl.pem").display());
+    let strata = requiring_client_certificates_and(dir.path(), &[&crl]);
     let endpoint = format!("https://{}", strata.address);
     let get_as = |client: &str| {
         etcdctl_over_tls(&endpoint, &dir.path().join("ca.pem"), None)
@@ -400,20 +392,9 @@ fn revoked_client_certificates_are_refused_from_the_next_connection() {
 fn client_certificates_must_name_an_allowed_host() {
     let dir = tempfile::tempdir().unwrap();
     certificates(dir.path());
-    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
     let serve = |allowed: &str| {
-        Strata::start_with(&[
-            "--listen-client-urls",
-            "https://127.0.0.1:0",
-            "--cert-file",
-            &file("server.pem"),
-            "--key-file",
-            &file("server-key.pem"),
-            "--trusted-ca-file",
-            &file("ca.pem"),
-            "--client-cert-auth",
-            &format!("--client-cert-allowed-hostname={allowed}"),
-        ])
+        let allowed = format!("--client-cert-allowed-hostname={allowed}");
+        requiring_client_certificates_and(dir.path(), &[&allowed])
     };
     for (allowed, admitted) in [("localhost", true), ("elsewhere.example", false)] {
         let strata = serve(allowed);
