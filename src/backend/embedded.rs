@@ -80,7 +80,21 @@ impl Embedded {
             BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
         })?;
         let path = dir.join("strata.redb");
-        Self::init(open_store(&path, fsync)?, Some(path), fsync)
+        // redb may panic opening a file damaged behind its back (a plain open does not promise to
+        // detect it): say so, and how to check it, rather than crash.
+        std::panic::catch_unwind(|| {
+            Self::init(open_store(&path, fsync)?, Some(path.clone()), fsync)
+        })
+        .unwrap_or_else(|_| {
+            Err(BackendError::Corrupt {
+                revision: 0,
+                detail: format!(
+                    "{} is damaged: reading it failed; --experimental-initial-corrupt-check \
+                         checks every page of it",
+                    path.display()
+                ),
+            })
+        })
     }
 
     /// etcd's initial corruption check of the store in `dir`, before it is opened: redb checks every

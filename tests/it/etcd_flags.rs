@@ -493,6 +493,12 @@ fn the_initial_corruption_check_refuses_a_damaged_store() {
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("failed the initial corruption check")
     );
+    // Without the check the store is refused too, with the way to check it, not by a crash.
+    let refused = run(&["--listen-client-urls=http://127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("is damaged"));
 }
 
 #[test]
