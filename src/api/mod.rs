@@ -170,7 +170,7 @@ impl Server {
                 max_request_bytes: config.max_request_bytes,
                 max_txn_ops: config.max_txn_ops,
             },
-            quota_bytes: config.quota_bytes(),
+            quota_bytes: config.quota_backend_bytes,
             member,
             watch_progress_interval: config.watch_progress_notify_interval,
         };

@@ -75,6 +75,7 @@ pub struct Config {
     pub max_concurrent_streams: u32,
     pub grpc_keepalive_interval: Duration,
     pub grpc_keepalive_timeout: Duration,
+    /// The backend quota, etcd's 2 GiB when `--quota-backend-bytes` is 0 or unset.
     pub quota_backend_bytes: u64,
     pub watch_progress_notify_interval: Duration,
     pub auto_compaction: Option<Policy>,
@@ -296,10 +297,6 @@ impl Config {
         }
         lines
     }
-
-    pub fn quota_bytes(&self) -> u64 {
-        self.quota_backend_bytes
-    }
 }
 
 /// The data directory of a member named `name` when none is given, as etcd names it.
@@ -364,10 +361,7 @@ fn check_after_parse(s: &Settings) -> Result<(), String> {
                     "error setting up initial cluster: parse {member:?}: missing '=' in member"
                 ));
             };
-            let flag = flags::lookup("listen-peer-urls").expect("etcd's flag");
-            let mut scratch = Settings::default();
-            scratch
-                .set(flag, url)
+            settings::check_url(url)
                 .map_err(|e| format!("error setting up initial cluster: {e}"))?;
         }
     }
@@ -525,7 +519,7 @@ mod tests {
         assert_eq!(c.listen_client_urls, vec!["http://localhost:2379"]);
         assert_eq!(c.advertise_client_urls, vec!["http://localhost:2379"]);
         assert_eq!(c.peer_urls, vec!["http://localhost:2380"]);
-        assert_eq!(c.quota_bytes(), 2 << 30);
+        assert_eq!(c.quota_backend_bytes, 2 << 30);
         assert_eq!(c.auth_token, "simple");
         assert_eq!(c.metrics, MetricsLevel::Basic);
         assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(600));

@@ -146,7 +146,8 @@ fn urls(value: &str) -> Result<String, String> {
     Ok(all.join(","))
 }
 
-fn check_url(url: &str) -> Result<&str, String> {
+/// One URL, checked as etcd's types.NewURLs checks each of a list.
+pub(super) fn check_url(url: &str) -> Result<&str, String> {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     match scheme {
         "http" | "https" => {
