@@ -241,9 +241,7 @@ async fn metrics(axum::extract::State(context): State) -> Response {
         "etcd_cluster_version",
         "Which version is running. 1 for 'cluster_version' label with current cluster version",
         "cluster_version",
-        super::cluster_version()
-            .rsplit_once('.')
-            .map_or_else(super::cluster_version, |(minor, _)| minor.to_owned()),
+        super::minor_version(),
     );
     now.labelled(
         "etcd_server_id",

@@ -46,9 +46,14 @@ pub const ETCD_VERSION: &str = "3.5.33";
 
 /// The cluster version etcd reports: the server's major.minor with patch 0.
 fn cluster_version() -> String {
+    format!("{}.0", minor_version())
+}
+
+/// The server's major.minor version, as etcd's `etcd_cluster_version` metric labels it.
+fn minor_version() -> String {
     let mut parts = ETCD_VERSION.split('.');
     let (major, minor) = (parts.next().unwrap_or("3"), parts.next().unwrap_or("5"));
-    format!("{major}.{minor}.0")
+    format!("{major}.{minor}")
 }
 
 /// A single-member cluster never changes leader, so its raft term never moves from the one a
