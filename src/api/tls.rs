@@ -18,7 +18,7 @@ use tokio_rustls::rustls::pki_types::{
 };
 use tokio_rustls::rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use tokio_rustls::rustls::server::{
-    ClientHello, NoClientAuth, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier,
+    ClientHello, ParsedCertificate, ResolvesServerCert, WebPkiClientVerifier,
 };
 use tokio_rustls::rustls::sign::CertifiedKey;
 use tokio_rustls::rustls::version::{TLS12, TLS13};
@@ -202,15 +202,45 @@ fn provider_and_versions(
 /// it for every connection); and valid for one of `--client-cert-allowed-hostname`.
 #[derive(Debug)]
 struct ClientCertificates {
-    roots: Arc<RootCertStore>,
-    provider: Arc<CryptoProvider>,
+    chains: Chains,
     mandatory: bool,
-    crl: Option<PathBuf>,
     allowed_hostnames: Vec<ServerName<'static>>,
     /// The trusted CAs' names, which the server sends clients to choose a certificate by.
     hints: Vec<DistinguishedName>,
     /// The revocation list's modification time as last read, and the verifier made with it.
     current: RwLock<(Option<SystemTime>, Arc<dyn ClientCertVerifier>)>,
+}
+
+/// What a client's chain is verified against: the trusted CAs and the revocation list, if any.
+#[derive(Debug)]
+struct Chains {
+    roots: Arc<RootCertStore>,
+    provider: Arc<CryptoProvider>,
+    crl: Option<PathBuf>,
+}
+
+impl Chains {
+    /// The revocation list's modification time, as the verifier's version.
+    fn stamp(&self) -> Option<SystemTime> {
+        let crl = self.crl.as_ref()?;
+        std::fs::metadata(crl).and_then(|m| m.modified()).ok()
+    }
+
+    /// A verifier with the revocation list as it is now.
+    fn verifier(&self, mandatory: bool) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone());
+        if let Some(crl) = &self.crl {
+            let crls = CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
+                .collect::<Result<Vec<_>, _>>()?;
+            // As etcd, a certificate is refused if the list names it, and only then.
+            builder = builder.with_crls(crls).allow_unknown_revocation_status();
+        }
+        if !mandatory {
+            builder = builder.allow_unauthenticated();
+        }
+        Ok(builder.build()?)
+    }
 }
 
 impl ClientCertificates {
@@ -228,52 +258,32 @@ impl ClientCertificates {
                 })
             })
             .collect::<anyhow::Result<_>>()?;
-        let mut verifier = ClientCertificates {
+        let chains = Chains {
             roots,
             provider,
-            mandatory: config.client_cert_auth,
             crl: config.client_crl_file.clone(),
-            allowed_hostnames,
-            hints: Vec::new(),
-            current: RwLock::new((None, Arc::new(NoClientAuth))),
         };
-        let stamp = verifier.crl_stamp();
-        let built = verifier.build()?;
-        verifier.hints = built.root_hint_subjects().to_vec();
-        verifier.current = RwLock::new((stamp, built));
-        Ok(verifier)
-    }
-
-    fn crl_stamp(&self) -> Option<SystemTime> {
-        let crl = self.crl.as_ref()?;
-        std::fs::metadata(crl).and_then(|m| m.modified()).ok()
-    }
-
-    fn build(&self) -> anyhow::Result<Arc<dyn ClientCertVerifier>> {
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(self.roots.clone(), self.provider.clone());
-        if let Some(crl) = &self.crl {
-            let crls = CertificateRevocationListDer::pem_slice_iter(&read(crl)?)
-                .collect::<Result<Vec<_>, _>>()?;
-            // As etcd, a certificate is refused if the list names it, and only then.
-            builder = builder.with_crls(crls).allow_unknown_revocation_status();
-        }
-        if !self.mandatory {
-            builder = builder.allow_unauthenticated();
-        }
-        Ok(builder.build()?)
+        let stamp = chains.stamp();
+        let built = chains.verifier(config.client_cert_auth)?;
+        Ok(ClientCertificates {
+            hints: built.root_hint_subjects().to_vec(),
+            current: RwLock::new((stamp, built)),
+            chains,
+            mandatory: config.client_cert_auth,
+            allowed_hostnames,
+        })
     }
 
     /// The verifier for the revocation list as it is now.
     fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, tokio_rustls::rustls::Error> {
-        let now = self.crl_stamp();
+        let now = self.chains.stamp();
         {
             let current = self.current.read().expect("verifier lock");
             if current.0 == now {
                 return Ok(current.1.clone());
             }
         }
-        let built = self.build().map_err(|e| {
+        let built = self.chains.verifier(self.mandatory).map_err(|e| {
             tracing::warn!(error = %e, "cannot read --client-crl-file; refusing client certificates");
             tokio_rustls::rustls::Error::General(format!("certificate revocation list: {e}"))
         })?;
