@@ -98,13 +98,8 @@ impl Context {
     /// refusal under `seen` is then checked again. Another request, or the periodic refresh, may
     /// have loaded it meanwhile.
     async fn reloaded_since(&self, seen: u64) -> Result<bool> {
-        self.refresh_auth().await?;
+        self.auth.reload().await?;
         Ok(self.auth.generation() != seen)
-    }
-
-    /// Takes the stored auth state if it moved past this frontend's.
-    pub(super) async fn refresh_auth(&self) -> Result<()> {
-        self.auth.reload().await
     }
 
     /// Who `credentials` say sent a request, by this frontend's auth state (a watch stream's,

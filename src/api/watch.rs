@@ -99,14 +99,13 @@ async fn receive(
     while let Some(Ok(request)) = requests.next().await {
         if let Some(RequestUnion::CreateRequest(c)) = &request.request_union {
             context.store.prepare_watch(c.start_revision).await;
-            // On a shared backend a refusal stands only if this frontend's auth state is the
-            // stored one: another frontend may have just turned auth off or granted the
-            // permission, which an etcd member would have applied within milliseconds.
-            if permitted(&context, &credentials, &watched_key(&c.key), &c.range_end).is_err() {
-                if let Err(e) = context.refresh_auth().await {
-                    tracing::warn!(error = %e, "cannot read the stored auth state");
-                }
-            }
+            // As for every refusal: on a shared backend it stands only if this frontend's auth
+            // state is the stored one (another frontend may have just turned auth off or granted
+            // the permission). allow_fresh takes the stored state if so; `create` then answers.
+            let key = watched_key(&c.key);
+            let _ = context
+                .allow_fresh(&|| may_read(&context, &credentials, &key, &c.range_end))
+                .await;
         }
         // Reserving first keeps the stream's order: nothing about a watcher can be queued between
         // the check of a request and its answer.
@@ -163,14 +162,24 @@ fn permitted(
     key: &[u8],
     range_end: &[u8],
 ) -> std::result::Result<(), String> {
+    // etcd gives the reason as Go prints a gRPC status error.
+    may_read(context, credentials, key, range_end)
+        .map_err(|e| format!("rpc error: code = {:?} desc = {e}", e.code()))
+}
+
+/// Whether the sender may read what a watch of `key` asks for, by this frontend's auth state.
+fn may_read(
+    context: &Context,
+    credentials: &access::Credentials,
+    key: &[u8],
+    range_end: &[u8],
+) -> crate::error::Result<()> {
     // As etcd checks it: a range end of "\0" (every key from the key on) becomes empty, so that
     // only the key itself is checked.
     let range_end = if range_end == [0] { b"" } else { range_end };
     context
         .sender(credentials)
         .and_then(|info| context.auth.check_read(info.as_ref(), key, range_end))
-        // etcd gives the reason as Go prints a gRPC status error.
-        .map_err(|e| format!("rpc error: code = {:?} desc = {e}", e.code()))
 }
 
 fn create(
