@@ -502,12 +502,21 @@ pub fn help() -> String {
 mod tests {
     use super::*;
 
-    fn config(args: &[&str]) -> Config {
+    /// What a command line (without variables or a file) makes of a configuration.
+    fn configured(args: &[&str]) -> Result<Config, String> {
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         match parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into())) {
-            Ok(Request::Run(settings)) => Config::new(settings).unwrap(),
+            Ok(Request::Run(settings)) => Config::new(settings),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn config(args: &[&str]) -> Config {
+        configured(args).unwrap()
+    }
+
+    fn refusal(args: &[&str]) -> String {
+        configured(args).unwrap_err()
     }
 
     #[test]
@@ -534,15 +543,7 @@ mod tests {
         assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(2));
         let c = config(&["--watch-progress-notify-interval=5s"]);
         assert_eq!(c.watch_progress_notify_interval, Duration::from_secs(5));
-        let too_short = parse::read(
-            &["--watch-progress-notify-interval=50ms".to_owned()],
-            &[],
-            &|_| Err(std::io::ErrorKind::NotFound.into()),
-        );
-        let Ok(Request::Run(settings)) = too_short else {
-            panic!()
-        };
-        assert!(Config::new(settings).is_err());
+        assert!(configured(&["--watch-progress-notify-interval=50ms"]).is_err());
     }
 
     #[test]
@@ -585,24 +586,9 @@ mod tests {
 
     #[test]
     fn flags_that_would_weaken_security_are_refused_when_set() {
-        let args = ["--cors=*".to_owned()];
-        let Ok(Request::Run(settings)) =
-            parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into()))
-        else {
-            panic!()
-        };
-        let refused = Config::new(settings).unwrap_err();
-        assert!(refused.starts_with("--cors is not supported by Strata"));
+        assert!(refusal(&["--cors=*"]).starts_with("--cors is not supported by Strata"));
         let c = config(&["--auto-tls=false"]);
         assert!(!c.client_cert_auth);
-    }
-
-    fn refusal(args: &[&str]) -> String {
-        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        match parse::read(&args, &[], &|_| Err(std::io::ErrorKind::NotFound.into())) {
-            Ok(Request::Run(settings)) => Config::new(settings).unwrap_err(),
-            other => panic!("{other:?}"),
-        }
     }
 
     #[test]
