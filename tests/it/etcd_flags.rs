@@ -444,6 +444,28 @@ fn unix_sockets_serve_clients_as_etcd_does() {
     assert!(!plain.exists() && !secure.exists(), "sockets left behind");
 }
 
+/// strata on the embedded store in `data`, whatever backend the tests run on, with `args`.
+fn embedded(data: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+    command
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--backend", "embedded"])
+        .args(args);
+    command
+}
+
+/// Puts keys `k0`, `k1`, ... of `value` through etcdctl, `count` of them.
+fn puts(strata: &Strata, count: usize, value: &str) {
+    for i in 0..count {
+        let put = etcdctl(&strata.endpoint())
+            .args(["put", &format!("k{i}"), value])
+            .output()
+            .unwrap();
+        assert!(put.status.success(), "{put:?}");
+    }
+}
+
 /// `--experimental-initial-corrupt-check` (and `--feature-gates=InitialCorruptCheck=true`, as
 /// kubeadm passes it) checks every page of the embedded store's file before serving it, and
 /// refuses to serve one that fails; the store itself (not the test's backend) is what is checked.
@@ -451,24 +473,10 @@ fn unix_sockets_serve_clients_as_etcd_does() {
 fn the_initial_corruption_check_refuses_a_damaged_store() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let run = |args: &[&str]| {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .arg("--data-dir")
-            .arg(&data)
-            .args(["--backend", "embedded"])
-            .args(args);
-        command
-    };
+    let run = |args: &[&str]| embedded(&data, args);
     {
         let mut strata = Strata::start_command(run(&["--feature-gates=InitialCorruptCheck=true"]));
-        for i in 0..200 {
-            let put = etcdctl(&strata.endpoint())
-                .args(["put", &format!("key{i}"), &"v".repeat(100)])
-                .output()
-                .unwrap();
-            assert!(put.status.success());
-        }
+        puts(&strata, 200, &"v".repeat(100));
         assert!(strata
             .log()
             .contains("initial corruption checking passed; no corruption"));
@@ -536,22 +544,9 @@ fn flags_for_the_gateway_sockets_and_slow_requests() {
 #[test]
 fn unsafe_no_fsync_skips_the_log_syncs() {
     let dir = tempfile::tempdir().unwrap();
-    let run = || {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
-        command
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--backend", "embedded", "--unsafe-no-fsync"]);
-        Strata::start_command(command)
-    };
+    let run = || Strata::start_command(embedded(&dir.path().join("data"), &["--unsafe-no-fsync"]));
     let mut strata = run();
-    for i in 0..20 {
-        let put = etcdctl(&strata.endpoint())
-            .args(["put", &format!("k{i}"), "v"])
-            .output()
-            .unwrap();
-        assert!(put.status.success());
-    }
+    puts(&strata, 20, "v");
     let (_, metrics) = get_from(strata.address, "/metrics");
     assert!(
         metrics.contains("etcd_disk_wal_fsync_duration_seconds_count 0\n"),
