@@ -433,8 +433,14 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (accepted, rx) = tokio::sync::mpsc::channel(ACCEPTED);
+    // Accepting ends with the server: once nobody takes handshaken connections any more.
     tokio::spawn(async move {
-        while let Some(stream) = incoming.next().await {
+        loop {
+            let stream = tokio::select! {
+                () = accepted.closed() => return,
+                stream = incoming.next() => stream,
+            };
+            let Some(stream) = stream else { return };
             let Ok(stream) = stream else { continue };
             let (acceptor, accepted) = (acceptor.clone(), accepted.clone());
             tokio::spawn(async move {
