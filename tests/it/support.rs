@@ -15,6 +15,10 @@ use tonic::transport::Channel;
 /// How long a server may take to say it is ready before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a server may take to stop after SIGTERM: etcd's graceful stop is bounded by its
+/// request timeout (7 s), Strata's too, and the store then closes.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A server process that is killed when dropped.
 pub struct Process {
     child: Child,
@@ -111,14 +115,28 @@ impl Process {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for a clean exit.
+    /// SIGTERM, then waits for the process to exit; fails the test if it has not within
+    /// [`STOP_TIMEOUT`].
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .expect("kill runs");
-        self.child.wait().expect("server exits")
+        let asked = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("server status") {
+                return status;
+            }
+            if asked.elapsed() > STOP_TIMEOUT {
+                self.kill();
+                panic!(
+                    "server still running {STOP_TIMEOUT:?} after SIGTERM; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
