@@ -112,6 +112,7 @@ impl From<BackendError> for Error {
         match e {
             // Said once: "etcdserver: storage failure: postgres: …".
             BackendError::Storage(detail) => Error::Storage(detail),
+            BackendError::Closed => Error::Stopped,
             other => Error::Storage(other.to_string()),
         }
     }

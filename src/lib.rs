@@ -19,3 +19,4 @@ pub mod migrate;
 pub mod mvcc;
 pub mod proto;
 pub mod snapshot;
+pub mod tasks;

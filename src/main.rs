@@ -13,6 +13,7 @@ use strata::backend::Backend;
 use strata::config::{Config, MetricsLevel, Request};
 use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
+use strata::tasks::Tasks;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::EnvFilter;
 
@@ -127,12 +128,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .map_err(anyhow::Error::msg)?;
     let auth = AuthStore::open(backend.clone(), config.bcrypt_cost, tokens).await?;
     let store = Store::open(backend).await?;
+    let compaction = Tasks::default();
     if let Some(policy) = config.auto_compaction {
         tracing::info!(?policy, "automatic compaction");
-        tokio::spawn(strata::compactor::run(store.clone(), policy));
+        compaction.spawn(strata::compactor::run(store.clone(), policy));
     }
-    let server = Server::start(&config, store, auth, shutdown_signal()).await?;
-    server.wait().await?;
+    let server = Server::start(&config, store.clone(), auth.clone(), shutdown_signal()).await?;
+    // Requests in flight are answered first, then the writes they queued; then the store closes.
+    let served = server.wait().await;
+    compaction.stop().await;
+    auth.close().await;
+    store.close().await?;
+    served?;
     tracing::info!("stopped");
     Ok(())
 }

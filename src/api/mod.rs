@@ -34,6 +34,7 @@ use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::ResponseHeader;
 use crate::proto::v3electionpb::election_server::ElectionServer;
 use crate::proto::v3lockpb::lock_server::LockServer;
+use crate::tasks::Tasks;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -119,8 +120,10 @@ async fn heartbeat(store: std::sync::Weak<Store>, member: MemberRecord) {
 /// A running server: the addresses it listens on, and its tasks.
 pub struct Server {
     pub addresses: Vec<SocketAddr>,
-    tasks: Vec<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
+    listeners: Vec<tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>>>,
     stopped: tokio::sync::watch::Receiver<bool>,
+    /// The heartbeat, and the wait for the shutdown signal.
+    background: Tasks,
 }
 
 impl Server {
@@ -167,7 +170,8 @@ impl Server {
             peer_urls: config.peer_urls.clone(),
         };
         store.heartbeat(&member).await?;
-        tokio::spawn(heartbeat(Arc::downgrade(&store), member.clone()));
+        let background = Tasks::default();
+        background.spawn(heartbeat(Arc::downgrade(&store), member.clone()));
         let context = Context {
             store,
             auth,
@@ -198,11 +202,11 @@ impl Server {
             tonic::service::Routes::from(http::probes_and_metrics(context.clone()));
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
+        background.spawn(async move {
             shutdown.await;
             let _ = stop.send(true);
         });
-        let mut tasks = Vec::new();
+        let mut serving = Vec::new();
         let mut serve = |listeners: Vec<(Bound, bool)>, routes: &tonic::service::Routes, what| {
             for (listener, secure) in listeners {
                 match &listener {
@@ -215,7 +219,7 @@ impl Server {
                         tracing::info!(path = %path.display(), "ready to serve {what} on a unix socket");
                     }
                 }
-                tasks.push(serve_listener(
+                serving.push(serve_listener(
                     config,
                     listener,
                     secure.then(|| tls.clone()).flatten(),
@@ -229,20 +233,25 @@ impl Server {
         serve(client, &client_routes, "client requests");
         Ok(Server {
             addresses,
-            tasks,
+            listeners: serving,
             stopped,
+            background,
         })
     }
 
     /// Waits until every listener has stopped, or until the shutdown grace period has passed
-    /// with connections still open (a client that never goes away must not hold the server up).
+    /// with connections still open (a client that never goes away must not hold the server up);
+    /// then stops the heartbeat.
     pub async fn wait(self) -> anyhow::Result<()> {
         let Server {
-            tasks, mut stopped, ..
+            listeners,
+            mut stopped,
+            background,
+            ..
         } = self;
-        let listeners = async {
-            for task in tasks {
-                task.await??;
+        let served = async {
+            for listener in listeners {
+                listener.await??;
             }
             anyhow::Ok(())
         };
@@ -250,13 +259,15 @@ impl Server {
             let _ = stopped.wait_for(|s| *s).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         };
-        tokio::select! {
-            done = listeners => done,
+        let done = tokio::select! {
+            done = served => done,
             () = grace => {
                 tracing::warn!("closing connections still open after the shutdown grace period");
                 Ok(())
             }
-        }
+        };
+        background.stop().await;
+        done
     }
 }
 

@@ -18,6 +18,7 @@ mod tokens;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::proto::authpb::{Permission, Role, User, UserAddOptions};
+use crate::tasks::Tasks;
 use bytes::Bytes;
 use permissions::Permissions;
 use prost::Message;
@@ -233,6 +234,8 @@ pub struct AuthStore {
     bcrypt_cost: u32,
     /// This frontend's changes, one at a time.
     changes: tokio::sync::Mutex<()>,
+    /// On a shared backend, the task picking up other frontends' changes.
+    tasks: Tasks,
 }
 
 impl AuthStore {
@@ -257,11 +260,17 @@ impl AuthStore {
                 DEFAULT_BCRYPT_COST
             },
             changes: tokio::sync::Mutex::new(()),
+            tasks: Tasks::default(),
         });
         if shared {
-            tokio::spawn(refresh(Arc::downgrade(&store)));
+            store.tasks.spawn(refresh(Arc::downgrade(&store)));
         }
         Ok(store)
+    }
+
+    /// Stops picking up other frontends' changes.
+    pub async fn close(&self) {
+        self.tasks.stop().await;
     }
 
     fn current(&self) -> Arc<State> {

@@ -24,6 +24,7 @@ use async_trait::async_trait;
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
@@ -44,6 +45,8 @@ pub struct Embedded {
     identity: Identity,
     /// Whether the write-ahead log syncs its records (see [`Embedded::open_without_fsync`]).
     fsync: bool,
+    /// Set by [`Backend::close`]: the store is not opened again.
+    closed: Arc<AtomicBool>,
 }
 
 /// The open database, and the write-ahead log of a store on disk.
@@ -147,6 +150,7 @@ impl Embedded {
             store: Arc::new(Mutex::new(Some(store))),
             identity,
             fsync,
+            closed: Default::default(),
         })
     }
 
@@ -160,6 +164,7 @@ impl Embedded {
     ) -> Result<T> {
         let store = self.store.clone();
         let (path, fsync) = (self.path.clone(), self.fsync);
+        let closed = self.closed.clone();
         let run = move || {
             // A call that panicked left the store in an unknown state: open it again.
             let mut guard = store.lock().unwrap_or_else(|poisoned| {
@@ -167,6 +172,9 @@ impl Embedded {
                 *guard = None;
                 guard
             });
+            if closed.load(Ordering::Acquire) {
+                return Err(BackendError::Closed);
+            }
             if guard.is_none() {
                 let Some(path) = &path else {
                     return Err(BackendError::Storage(
@@ -295,6 +303,12 @@ fn open_store(path: &Path, fsync: bool) -> Result<Store> {
         .map_err(|e| BackendError::Storage(format!("cannot open the write-ahead log: {e}")))?;
     if !fsync {
         wal.skip_fsync();
+    }
+    if !records.is_empty() {
+        tracing::info!(
+            records = records.len(),
+            "replaying the write-ahead log: the store was not closed cleanly"
+        );
     }
     let tx = db.begin_write().map_err(storage)?;
     {
@@ -749,6 +763,23 @@ impl Backend for Embedded {
             Ok(())
         })
         .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        let closed = self.closed.clone();
+        self.with_store(move |store| {
+            if let Some(wal) = &mut store.wal {
+                new_cycle(&store.db, wal)?;
+            }
+            closed.store(true, Ordering::Release);
+            Ok(())
+        })
+        .await?;
+        // The database lets go of its file as it is dropped: here, not when the process exits.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || drop(store.lock().map(|mut s| s.take())))
+            .await
+            .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))
     }
 
     fn usage(&self) -> Usage {

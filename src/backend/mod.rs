@@ -88,6 +88,9 @@ pub enum BackendError {
     /// The backend's stored layout is not one this binary can use.
     #[error("{0}")]
     Schema(String),
+    /// Called after [`Backend::close`].
+    #[error("the store is closed")]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, BackendError>;
@@ -176,6 +179,11 @@ pub trait Backend: Send + Sync + 'static {
     async fn defragment(&self) -> Result<()>;
 
     fn usage(&self) -> Usage;
+
+    /// Makes everything durable where the next open finds it at once (nothing to replay), stops
+    /// the backend's own tasks and lets go of the medium. Nothing calls the backend after it (the
+    /// embedded store answers [`BackendError::Closed`]).
+    async fn close(&self) -> Result<()>;
 
     /// What the backend adds when other processes (frontends) share it; None when this process
     /// alone uses it, so that its own revision is always the head and its own clock times leases.

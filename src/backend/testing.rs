@@ -92,4 +92,7 @@ impl Backend for Faulty {
     fn usage(&self) -> Usage {
         self.inner.usage()
     }
+    async fn close(&self) -> crate::backend::Result<()> {
+        self.inner.close().await
+    }
 }

@@ -29,6 +29,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::event::EventType;
 use crate::proto::mvccpb::Event;
+use crate::tasks::Tasks;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -55,6 +56,8 @@ pub struct Store {
     /// On a shared backend, the newest generation of the auth state it has shown this process:
     /// read indexes and the writer's append right learn it.
     auth_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// The writer and the store's background tasks.
+    tasks: Tasks,
 }
 
 /// Linearizable reads on a shared backend learn the head from it, one query for every read that
@@ -109,9 +112,10 @@ impl Store {
             committed_tx,
             auth_seen.clone(),
         );
-        tokio::spawn(writer.run(rx));
+        let tasks = Tasks::default();
+        tasks.spawn_finishing(|stop| writer.run(rx, stop));
         let (grants, queue) = mpsc::channel(MAX_BATCH);
-        tokio::spawn(lease_keeper::record_grants(
+        tasks.spawn(lease_keeper::record_grants(
             backend.clone(),
             (!shared).then(|| lessor.clone()),
             lease_granted.clone(),
@@ -119,20 +123,20 @@ impl Store {
         ));
         let mut renewals = None;
         if let Some(tail) = tail {
-            tokio::spawn(recovery::follow(tail, index.clone(), tx.clone()));
+            tasks.spawn(recovery::follow(tail, index.clone(), tx.clone()));
             // The backend's clock times leases, and one keeper among the frontends expires them.
-            tokio::spawn(lease_keeper::keep_leases(backend.clone(), tx.clone()));
+            tasks.spawn(lease_keeper::keep_leases(backend.clone(), tx.clone()));
             let (renew, queue) = mpsc::channel(MAX_BATCH);
-            tokio::spawn(lease_keeper::renew_leases(backend.clone(), queue));
+            tasks.spawn(lease_keeper::renew_leases(backend.clone(), queue));
             renewals = Some(renew);
         } else {
-            tokio::spawn(lease_keeper::expire_leases(
+            tasks.spawn(lease_keeper::expire_leases(
                 lessor.clone(),
                 lease_granted,
                 tx.clone(),
             ));
         }
-        tokio::spawn(watch::sync_unsynced(
+        tasks.spawn(watch::sync_unsynced(
             hub.clone(),
             index.clone(),
             backend.clone(),
@@ -150,7 +154,17 @@ impl Store {
             committed,
             read_index: ReadIndex::default(),
             auth_seen,
+            tasks,
         }))
+    }
+
+    /// Stops the store: the writer answers the writes queued so far and takes no more (later ones
+    /// fail with etcd's "server stopped"), every task of the store ends, and the backend closes.
+    pub async fn close(&self) -> Result<()> {
+        self.tasks.stop().await;
+        self.backend.close().await?;
+        tracing::info!("closed the store");
+        Ok(())
     }
 
     pub fn identity(&self) -> Identity {

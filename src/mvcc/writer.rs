@@ -19,6 +19,7 @@ use crate::proto::etcdserverpb::{
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 pub(super) struct Writer {
     index: Arc<RwLock<Index>>,
@@ -103,9 +104,23 @@ impl Writer {
         }
     }
 
-    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Queued>) {
+    pub(super) async fn run(mut self, mut queue: mpsc::Receiver<Queued>, stop: CancellationToken) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        while !batch.is_empty() || queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut stopping = false;
+        loop {
+            if batch.is_empty() {
+                tokio::select! {
+                    taken = queue.recv_many(&mut batch, MAX_BATCH) => if taken == 0 {
+                        return;
+                    },
+                    // Asked to stop: take no more writes, but answer those queued already.
+                    () = stop.cancelled(), if !stopping => {
+                        stopping = true;
+                        queue.close();
+                        continue;
+                    }
+                }
+            }
             // A compaction runs alone, between the batches before and after it.
             let mut rest = batch.drain(..).peekable();
             while rest.peek().is_some() {

@@ -290,6 +290,53 @@ async fn kill_9_under_load_loses_no_acknowledged_write() {
     }
 }
 
+/// SIGTERM under load, as the kubelet stops a static pod: the writes in flight are answered, the
+/// store closes cleanly (the next start replays nothing, as it must after `kill -9`), and every
+/// acknowledged write is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_in_flight_writes_and_closes_the_store() {
+    const REPLAY: &str = "replaying the write-ahead log";
+    let dir = tempfile::tempdir().unwrap();
+    let acked = Acked::default();
+    let mut server = Strata::start_in(dir.path(), &[]);
+    let load = writers(&server.channel().await, 16, 0, &acked);
+    acked.count.acquire_many(50).await.unwrap().forget();
+    let status = server.terminate();
+    for task in load {
+        task.await.unwrap();
+    }
+    let log = server.log();
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("closed the store"), "log:\n{log}");
+    assert!(
+        !log.contains("grace period"),
+        "connections drained within the grace period; log:\n{log}"
+    );
+    drop(server);
+
+    let mut server = Strata::start_in(dir.path(), &[]);
+    assert!(!server.log().contains(REPLAY), "log:\n{}", server.log());
+    acked.all_in(&live_keys(&server).await.1, 0);
+    // The contrast: after kill -9 under load the embedded store replays its write-ahead log.
+    let after = Acked::default();
+    let load = writers(&server.channel().await, 4, 1, &after);
+    after.count.acquire_many(20).await.unwrap().forget();
+    server.kill();
+    for task in load {
+        task.await.unwrap();
+    }
+    let server = Strata::start_in(dir.path(), &[]);
+    assert_eq!(
+        server.log().contains(REPLAY),
+        !crate::support::on_postgres(),
+        "log:\n{}",
+        server.log()
+    );
+    let found = live_keys(&server).await.1;
+    acked.all_in(&found, 0);
+    after.all_in(&found, 1);
+}
+
 /// What the mixed load knows of its keys: present at a revision, or absent. A key whose fate a
 /// request in flight may change (a delete, a revoke, a lease left to expire) is taken out first.
 type Fates = Arc<Mutex<BTreeMap<String, Option<i64>>>>;

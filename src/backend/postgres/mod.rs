@@ -39,6 +39,7 @@ use super::{
 };
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
+use crate::tasks::Tasks;
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::future::Future;
@@ -273,6 +274,8 @@ type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)];
 pub struct Postgres {
     inner: Arc<Inner>,
     identity: Identity,
+    /// Following the log's head, and measuring the tables' size.
+    tasks: Tasks,
 }
 
 struct Inner {
@@ -498,14 +501,16 @@ impl Postgres {
         });
         inner.progress().await?;
         inner.measure_usage().await;
-        tokio::spawn(tail(Arc::downgrade(&inner)));
-        tokio::spawn(measure_usage(Arc::downgrade(&inner)));
+        let tasks = Tasks::default();
+        tasks.spawn(tail(Arc::downgrade(&inner)));
+        tasks.spawn(measure_usage(Arc::downgrade(&inner)));
         Ok(Postgres {
             identity: Identity {
                 cluster_id,
                 member_id: fnv(&[&cluster_id.to_be_bytes(), member.as_bytes()]),
             },
             inner,
+            tasks,
         })
     }
 }
@@ -1039,6 +1044,13 @@ impl Backend for Postgres {
                 .await?
         };
         Ok(changed == 1)
+    }
+
+    /// Every commit is durable in PostgreSQL already; the connections close as the backend is
+    /// dropped.
+    async fn close(&self) -> Result<()> {
+        self.tasks.stop().await;
+        Ok(())
     }
 
     async fn defragment(&self) -> Result<()> {
