@@ -1,7 +1,7 @@
 //! Every error a client can see, each with etcd 3.5's message; the gRPC code that carries it is the
 //! API's (`api/status.rs`).
 
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Failure};
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -35,7 +35,7 @@ pub enum Error {
     NoSpace,
     /// The store could not make a write durable or read it back; the write was not acknowledged.
     #[error("etcdserver: storage failure: {0}")]
-    Storage(String),
+    Storage(#[source] Failure),
     #[error("etcdserver: server stopped")]
     Stopped,
     /// A lock's lease expired while its request waited (etcd's concurrency.ErrSessionExpired).
@@ -111,10 +111,25 @@ impl From<BackendError> for Error {
     fn from(e: BackendError) -> Self {
         match e {
             // Said once: "etcdserver: storage failure: postgres: …".
-            BackendError::Storage(detail) => Error::Storage(detail),
+            BackendError::Storage(failure) => Error::Storage(failure),
             BackendError::Closed => Error::Stopped,
-            other => Error::Storage(other.to_string()),
+            other => Error::Storage(Failure::caused_by(other.to_string(), other)),
         }
+    }
+}
+
+impl Error {
+    /// A storage failure of Strata's own finding.
+    pub fn storage(detail: impl Into<String>) -> Error {
+        Error::Storage(Failure::new(detail))
+    }
+
+    /// A storage failure `cause` led to.
+    pub fn storage_caused_by(
+        detail: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Error {
+        Error::Storage(Failure::caused_by(detail, cause))
     }
 }
 

@@ -175,7 +175,9 @@ impl Maintenance for MaintenanceService {
                         blob,
                         ..Default::default()
                     })
-                    .map_err(|e| Status::from(Error::Storage(format!("snapshot file: {e}"))));
+                    .map_err(|e| {
+                        Status::from(Error::storage_caused_by(format!("snapshot file: {e}"), e))
+                    });
                 messages.blocking_send(message).is_ok()
             })
         });

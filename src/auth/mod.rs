@@ -64,10 +64,10 @@ impl TokenProvider {
                 .lock()
                 .expect("tokens lock")
                 .assign(user, Instant::now())
-                .map_err(|e| Error::Storage(format!("no randomness for a token: {e}"))),
+                .map_err(|e| Error::storage(format!("no randomness for a token: {e}"))),
             TokenProvider::Jwt(jwt) => jwt
                 .assign(user, revision, SystemTime::now())
-                .map_err(Error::Storage),
+                .map_err(Error::storage),
         }
     }
 
@@ -158,7 +158,7 @@ impl State {
 
     fn decode(generation: u64, bytes: &[u8]) -> Result<State> {
         let stored = AuthRecord::decode(bytes)
-            .map_err(|e| Error::Storage(format!("unreadable auth state: {e}")))?;
+            .map_err(|e| Error::storage_caused_by(format!("unreadable auth state: {e}"), e))?;
         let name = |n: &Bytes| String::from_utf8_lossy(n).into_owned();
         let mut state = State {
             generation,
@@ -517,7 +517,7 @@ impl AuthStore {
             .await
             .map_err(|_| Error::Stopped)?
             .map(|h| Bytes::from(h.format_for_version(bcrypt::Version::TwoA)))
-            .map_err(|e| Error::Storage(format!("cannot hash the password: {e}")))
+            .map_err(|e| Error::storage_caused_by(format!("cannot hash the password: {e}"), e))
     }
 
     pub async fn user_add(

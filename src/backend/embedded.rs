@@ -57,7 +57,7 @@ struct Store {
 
 impl From<redb::Error> for BackendError {
     fn from(e: redb::Error) -> Self {
-        BackendError::Storage(e.to_string())
+        BackendError::caused_by(e.to_string(), e)
     }
 }
 
@@ -80,7 +80,7 @@ impl Embedded {
 
     fn open_with(dir: &Path, fsync: bool) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            BackendError::Storage(format!("cannot create data dir {}: {e}", dir.display()))
+            BackendError::caused_by(format!("cannot create data dir {}: {e}", dir.display()), e)
         })?;
         let path = dir.join("strata.redb");
         // redb may panic opening a file damaged behind its back (a plain open does not promise to
@@ -177,15 +177,15 @@ impl Embedded {
             }
             if guard.is_none() {
                 let Some(path) = &path else {
-                    return Err(BackendError::Storage(
-                        "in-memory store lost after a failed commit".into(),
+                    return Err(BackendError::storage(
+                        "in-memory store lost after a failed commit",
                     ));
                 };
                 *guard = Some(open_store(path, fsync)?);
             }
             let store = guard.as_mut().expect("store is open");
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(store)))
-                .unwrap_or_else(|_| Err(BackendError::Storage("a storage call panicked".into())));
+                .unwrap_or_else(|_| Err(BackendError::storage("a storage call panicked")));
             if matches!(result, Err(BackendError::Storage(_))) {
                 // redb refuses writes after a failed commit until reopened, and a failed append may
                 // have left a record in the write-ahead log: reopen (and replay) on next use. An
@@ -196,7 +196,7 @@ impl Embedded {
         };
         tokio::task::spawn_blocking(run)
             .await
-            .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))?
+            .map_err(|e| BackendError::caused_by(format!("storage task failed: {e}"), e))?
     }
 
     /// Runs `f` on the database alone.
@@ -242,7 +242,7 @@ impl Embedded {
                 }
                 (Some(wal), Some(record)) if wal.fits(&record) => {
                     wal.append(&record).map_err(|e| {
-                        BackendError::Storage(format!("cannot write the write-ahead log: {e}"))
+                        BackendError::caused_by(format!("cannot write the write-ahead log: {e}"), e)
                     })?;
                     unsynced(&mut tx)?;
                     None
@@ -300,7 +300,7 @@ fn create(path: &Path) -> Result<Database> {
 fn open_store(path: &Path, fsync: bool) -> Result<Store> {
     let db = create(path)?;
     let (mut wal, records) = Wal::open(&path.with_extension("wal"), stored_cycle(&db)?)
-        .map_err(|e| BackendError::Storage(format!("cannot open the write-ahead log: {e}")))?;
+        .map_err(|e| BackendError::caused_by(format!("cannot open the write-ahead log: {e}"), e))?;
     if !fsync {
         wal.skip_fsync();
     }
@@ -370,7 +370,7 @@ fn stored_cycle(db: &Database) -> Result<u64> {
 fn begin_cycle(tx: &redb::WriteTransaction) -> Result<u64> {
     let mut bytes = [0u8; 8];
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| BackendError::Storage("no randomness for the write-ahead log".into()))?;
+        .map_err(|_| BackendError::storage("no randomness for the write-ahead log"))?;
     let next = u64::from_le_bytes(bytes);
     tx.open_table(META)
         .map_err(storage)?
@@ -438,8 +438,8 @@ impl Record {
     fn decode(mut record: &[u8]) -> Result<Record> {
         fn take<'a>(record: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
             if record.len() < n {
-                return Err(BackendError::Storage(
-                    "a write-ahead log record that passed its checksum does not decode".into(),
+                return Err(BackendError::storage(
+                    "a write-ahead log record that passed its checksum does not decode",
                 ));
             }
             let (head, rest) = record.split_at(n);
@@ -473,7 +473,7 @@ impl Record {
                 Ok(Record::Leases(granted))
             }
             2 => Ok(Record::LeaseRemoved(number(&mut record)?)),
-            _ => Err(BackendError::Storage(format!(
+            _ => Err(BackendError::storage(format!(
                 "a write-ahead log record of unknown kind {kind}"
             ))),
         }
@@ -779,7 +779,7 @@ impl Backend for Embedded {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || drop(store.lock().map(|mut s| s.take())))
             .await
-            .map_err(|e| BackendError::Storage(format!("storage task failed: {e}")))
+            .map_err(|e| BackendError::caused_by(format!("storage task failed: {e}"), e))
     }
 
     fn usage(&self) -> Usage {
@@ -798,6 +798,29 @@ impl Backend for Embedded {
 mod tests {
     use super::super::conformance;
     use super::*;
+
+    /// The operating system's error reaches mvcc's whole, to be matched on, and the client's
+    /// message stays etcd's with the detail after it.
+    #[test]
+    fn a_failure_keeps_the_error_underneath() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let Err(BackendError::Storage(failure)) = Embedded::open(&file.join("data")) else {
+            panic!("a data dir under a file opens");
+        };
+        let error = crate::error::Error::Storage(failure);
+        let io = std::iter::successors(std::error::Error::source(&error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>())
+            .expect("the io::Error is among the sources");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotADirectory);
+        assert!(
+            error
+                .to_string()
+                .starts_with("etcdserver: storage failure: cannot create data dir"),
+            "{error}"
+        );
+    }
 
     #[tokio::test]
     async fn conformance_in_memory() {

@@ -73,10 +73,65 @@ pub struct Usage {
     pub in_use: i64,
 }
 
+/// A storage failure: what failed, in words a client may read, and the error underneath it (the
+/// operating system's, redb's, PostgreSQL's), kept whole as its source so that logs show it and
+/// code can match on it (an `io::ErrorKind`, a SQLSTATE). Two failures are equal when they say the
+/// same.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    detail: String,
+    cause: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// By hand: the source is the error underneath itself, not the `Arc` holding it (whose own
+/// `source` would skip it).
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl Failure {
+    /// A failure with nothing underneath: Strata's own finding.
+    pub fn new(detail: impl Into<String>) -> Failure {
+        Failure {
+            detail: detail.into(),
+            cause: None,
+        }
+    }
+
+    /// A failure `cause` led to.
+    pub fn caused_by(
+        detail: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Failure {
+        Failure {
+            detail: detail.into(),
+            cause: Some(std::sync::Arc::new(cause)),
+        }
+    }
+}
+
+impl PartialEq for Failure {
+    fn eq(&self, other: &Failure) -> bool {
+        self.detail == other.detail
+    }
+}
+
+impl Eq for Failure {}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("storage failure: {0}")]
-    Storage(String),
+    Storage(Failure),
     #[error("corrupt log at revision {revision}: {detail}")]
     Corrupt { revision: i64, detail: String },
     #[error("append of revision {got} does not follow the head {head}")]
@@ -85,7 +140,8 @@ pub enum BackendError {
     NotEmpty,
     #[error("the store is not being restored")]
     NotRestoring,
-    /// The backend's stored layout is not one this binary can use.
+    /// The backend's stored layout is not one this binary can use (a finding of Strata's own,
+    /// with no error underneath).
     #[error("{0}")]
     Schema(String),
     /// Called after [`Backend::close`].
@@ -94,6 +150,21 @@ pub enum BackendError {
 }
 
 pub type Result<T> = std::result::Result<T, BackendError>;
+
+impl BackendError {
+    /// A storage failure of Strata's own finding.
+    pub fn storage(detail: impl Into<String>) -> BackendError {
+        BackendError::Storage(Failure::new(detail))
+    }
+
+    /// A storage failure `cause` led to.
+    pub fn caused_by(
+        detail: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> BackendError {
+        BackendError::Storage(Failure::caused_by(detail, cause))
+    }
+}
 
 /// A random non-zero id (cluster and member ids, lease ids). RandomState is seeded from the OS's
 /// randomness; ids only need to be unique, not secret.

@@ -31,7 +31,7 @@ impl Backend for Faulty {
                 if durable {
                     self.inner.append(entries).await?;
                 }
-                Err(crate::backend::BackendError::Storage("injected".into()))
+                Err(crate::backend::BackendError::storage("injected"))
             }
         }
     }

@@ -75,8 +75,8 @@ pub(super) async fn load_index(
 ) -> Result<(Loaded, crate::backend::Progress)> {
     let progress = backend.progress().await?;
     if progress.head == crate::backend::Progress::RESTORING {
-        return Err(Error::Storage(
-            "the store holds a restore that did not finish: delete it and restore again".into(),
+        return Err(Error::storage(
+            "the store holds a restore that did not finish: delete it and restore again",
         ));
     }
     let mut index = Index::default();

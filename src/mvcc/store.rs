@@ -363,7 +363,7 @@ impl Store {
         match caught_up {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Storage(format!(
+            Err(_) => Err(Error::storage(format!(
                 "could not catch up with revision {head} of the backend within {}s",
                 READ_INDEX_WAIT.as_secs()
             ))),

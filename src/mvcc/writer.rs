@@ -471,7 +471,7 @@ impl Writer {
                 .zip(from..)
                 .all(|(e, expected)| e.revision == expected);
             if entries.is_empty() || !contiguous {
-                return Err(Error::Storage(format!(
+                return Err(Error::storage(format!(
                     "the log's head is {} but revision {from} cannot be read",
                     progress.head
                 )));
@@ -523,7 +523,9 @@ impl Writer {
             Ok(())
         });
         if req.physical {
-            removal.await.map_err(|e| Error::Storage(e.to_string()))??;
+            removal
+                .await
+                .map_err(|e| Error::storage_caused_by(e.to_string(), e))??;
         }
         Ok(CompactionResponse {
             header: Some(ResponseHeader {

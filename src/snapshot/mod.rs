@@ -131,7 +131,9 @@ const EXPORT_BUFFER: usize = 1 << 20;
 /// temporary file, the history a leaf page at a time; returns the file, at its start, and the
 /// database's length.
 pub async fn export(store: &Store, auth: &AuthStore) -> crate::error::Result<(std::fs::File, u64)> {
-    let io = |e: std::io::Error| crate::error::Error::Storage(format!("snapshot file: {e}"));
+    let io = |e: std::io::Error| {
+        crate::error::Error::storage_caused_by(format!("snapshot file: {e}"), e)
+    };
     let compacted = store.compacted();
     let mut leases = Vec::new();
     for id in store.lease_ids().await? {

@@ -48,7 +48,7 @@ async fn attempt(
 ) -> Result<(Client, Task)> {
     match tokio::time::timeout(limit, one.connect(config.tls.clone())).await {
         Ok(connected) => connected.map_err(db_error),
-        Err(_) => Err(BackendError::Storage(format!(
+        Err(_) => Err(BackendError::storage(format!(
             "postgres: {:?} did not answer within {}s",
             one.get_hosts().first(),
             limit.as_secs()

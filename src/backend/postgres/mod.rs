@@ -367,8 +367,8 @@ impl Session {
             if self.locked {
                 self.conn = None;
                 self.locked = false;
-                return Err(BackendError::Storage(
-                    "postgres: the append transaction's connection was lost".into(),
+                return Err(BackendError::storage(
+                    "postgres: the append transaction's connection was lost",
                 ));
             }
             self.conn = Some(Conn::open(config).await?);
@@ -438,7 +438,7 @@ fn db_error(e: tokio_postgres::Error) -> BackendError {
             None => e.to_string(),
         },
     };
-    BackendError::Storage(format!("postgres: {detail}"))
+    BackendError::caused_by(format!("postgres: {detail}"), e)
 }
 
 /// Runs `f`, failing if it takes longer than [`STATEMENT_DEADLINE`].
@@ -454,7 +454,7 @@ async fn deadline_of<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(result) => result.map_err(db_error),
-        Err(_) => Err(BackendError::Storage(format!(
+        Err(_) => Err(BackendError::storage(format!(
             "postgres: no answer within {}s",
             limit.as_secs()
         ))),
@@ -1337,6 +1337,24 @@ pub(crate) mod tests {
         conformance::alarms_are_recorded_and_cleared(&fresh().await).await;
         conformance::auth_changes_only_from_the_stored_generation(&fresh().await).await;
         conformance::restore_takes_a_history_with_gaps(&fresh().await).await;
+    }
+
+    /// PostgreSQL's own error reaches mvcc whole: its SQLSTATE can be matched on.
+    #[tokio::test]
+    async fn a_failure_keeps_the_sqlstate() {
+        let mut missing = fresh_database().await;
+        missing.config.dbname("strata_no_such_database");
+        let Err(BackendError::Storage(failure)) = Postgres::open(missing, "test").await else {
+            panic!("a missing database opens");
+        };
+        let error = crate::error::Error::Storage(failure);
+        let postgres = std::iter::successors(std::error::Error::source(&error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+            .expect("the tokio_postgres::Error is among the sources");
+        assert_eq!(
+            postgres.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+        );
     }
 
     #[tokio::test]
