@@ -1,0 +1,91 @@
+use super::super::conformance;
+use super::*;
+
+/// A fresh, empty database on the PostgreSQL that `STRATA_TEST_POSTGRES` (a connection string
+/// with rights to create databases) names; `scripts/test` starts one and sets it.
+pub async fn fresh_database() -> Connection {
+    let url = std::env::var("STRATA_TEST_POSTGRES").expect(
+        "STRATA_TEST_POSTGRES is not set: run the tests with scripts/test, which starts a \
+         throwaway PostgreSQL",
+    );
+    let admin = tls::parse(&url).expect("STRATA_TEST_POSTGRES parses");
+    let conn = Conn::open(&admin)
+        .await
+        .expect("connect to the test PostgreSQL");
+    let name = format!("strata_unit_{:x}", super::super::random_id());
+    conn.client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create a test database");
+    let mut connection = admin;
+    connection.config.dbname(&name);
+    connection
+}
+
+async fn fresh() -> Postgres {
+    Postgres::open(fresh_database().await, "test")
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn conformance() {
+    conformance::append_and_read_back(&fresh().await).await;
+    conformance::append_out_of_order_is_refused(&fresh().await).await;
+    conformance::compaction_removes_and_is_remembered(&fresh().await).await;
+    conformance::leases_are_recorded_and_forgotten(&fresh().await).await;
+    conformance::alarms_are_recorded_and_cleared(&fresh().await).await;
+    conformance::auth_changes_only_from_the_stored_generation(&fresh().await).await;
+    conformance::restore_takes_a_history_with_gaps(&fresh().await).await;
+}
+
+/// PostgreSQL's own error reaches mvcc whole: its SQLSTATE can be matched on.
+#[tokio::test]
+async fn a_failure_keeps_the_sqlstate() {
+    let mut missing = fresh_database().await;
+    missing.config.dbname("strata_no_such_database");
+    let Err(BackendError::Storage(failure)) = Postgres::open(missing, "test").await else {
+        panic!("a missing database opens");
+    };
+    let error = crate::error::Error::Storage(failure);
+    let postgres = std::iter::successors(std::error::Error::source(&error), |e| e.source())
+        .find_map(|e| e.downcast_ref::<tokio_postgres::Error>())
+        .expect("the tokio_postgres::Error is among the sources");
+    assert_eq!(
+        postgres.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME)
+    );
+}
+
+#[tokio::test]
+async fn frontends_share_identity_and_see_each_others_appends() {
+    let config = fresh_database().await;
+    let a = Postgres::open(config.clone(), "a").await.unwrap();
+    let b = Postgres::open(config, "b").await.unwrap();
+    assert_eq!(a.identity().cluster_id, b.identity().cluster_id);
+    assert_ne!(a.identity().member_id, b.identity().member_id);
+    let mut tail = b.shared().expect("a shared backend").tail();
+    let entry = LogEntry {
+        revision: 2,
+        events: vec![conformance::put("k", "v", 2, 1)],
+    };
+    a.append(std::slice::from_ref(&entry)).await.unwrap();
+    tail.wait_for(|head| *head >= 2).await.unwrap();
+    assert_eq!(b.read_log(2, 10).await.unwrap(), vec![entry.clone()]);
+    // b's writer had not caught up: its append of revision 2 is refused, not written twice.
+    let err = b.append(&[entry]).await.unwrap_err();
+    assert!(matches!(err, BackendError::OutOfOrder { head: 2, got: 2 }));
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let config = fresh_database().await;
+    drop(Postgres::open(config.clone(), "a").await.unwrap());
+    let client = Conn::open(&config).await.unwrap().client;
+    client
+        .batch_execute("UPDATE strata_meta SET schema_version = 99")
+        .await
+        .unwrap();
+    let err = Postgres::open(config, "a").await.err().expect("refused");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
+}
