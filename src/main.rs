@@ -9,7 +9,7 @@ use strata::api::Server;
 use strata::auth::{AuthStore, TokenProvider};
 use strata::backend::embedded::Embedded;
 use strata::backend::postgres::Postgres;
-use strata::backend::Backend;
+use strata::backend::{Backend, Identity};
 use strata::config::{Config, MetricsLevel, Request};
 use strata::migrate::{Connection, Source, Step};
 use strata::mvcc::Store;
@@ -56,7 +56,16 @@ fn main() -> anyhow::Result<()> {
         }
         Err(refusal) => refuse(&refusal.message, refusal.status),
     };
-    runtime(config.worker_threads)?.block_on(serve(config))
+    // A member's first start: etcd checks it is in its initial cluster and derives its ids.
+    let identity =
+        (config.backend == "embedded" && !Embedded::exists(&config.data_dir)).then(|| {
+            let ids = config.bootstrap_ids().unwrap_or_else(|e| refuse(&e, 1));
+            Identity {
+                cluster_id: ids.cluster,
+                member_id: ids.member,
+            }
+        });
+    runtime(config.worker_threads)?.block_on(serve(config, identity))
 }
 
 /// Ends the process as etcd does on a command line it refuses: the reason on standard error, and
@@ -86,7 +95,8 @@ fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+/// Serves as `config` says; a new embedded store takes `identity`.
+async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()> {
     let (writer, terminal) = log_writer(&config.log_outputs)?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
@@ -119,6 +129,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let options = Opening {
         verify: config.initial_corrupt_check,
         fsync: !config.unsafe_no_fsync,
+        identity,
     };
     let backend = open_backend(&config.backend, config.data_dir.clone(), &member, options).await?;
     let tokens = TokenProvider::new(
@@ -181,18 +192,20 @@ fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
     ))
 }
 
-/// How the embedded store is opened: checked first (etcd's initial corruption check), and
-/// whether its write-ahead log syncs (not with `--unsafe-no-fsync`).
+/// How the embedded store is opened: checked first (etcd's initial corruption check), whether
+/// its write-ahead log syncs (not with `--unsafe-no-fsync`), and the ids it takes if it is new.
 #[derive(Clone, Copy)]
 struct Opening {
     verify: bool,
     fsync: bool,
+    identity: Option<Identity>,
 }
 
 impl Opening {
     const PLAIN: Opening = Opening {
         verify: false,
         fsync: true,
+        identity: None,
     };
 }
 
@@ -216,14 +229,16 @@ async fn open_backend(
                 }
             }
             tracing::info!(data_dir = %data_dir.display(), "opening the embedded store");
-            if options.fsync {
-                Arc::new(Embedded::open(&data_dir)?)
-            } else {
+            if !options.fsync {
                 tracing::warn!(
                     "--unsafe-no-fsync: acknowledged writes may be lost in a crash of the machine"
                 );
-                Arc::new(Embedded::open_without_fsync(&data_dir)?)
             }
+            let options = strata::backend::embedded::Options {
+                fsync: options.fsync,
+                identity: options.identity,
+            };
+            Arc::new(Embedded::open_with(&data_dir, options)?)
         }
         connection => {
             if !options.fsync {

@@ -65,20 +65,41 @@ fn storage(e: impl Into<redb::Error>) -> BackendError {
     BackendError::from(e.into())
 }
 
+/// How a store on disk is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Whether the write-ahead log syncs its records. Without (etcd's `--unsafe-no-fsync`),
+    /// appends are acknowledged once written, before they reach the disk: a crash of Strata loses
+    /// nothing, a crash of the machine or a power cut may lose acknowledged writes. For tests and
+    /// throwaway clusters.
+    pub fsync: bool,
+    /// The ids a new store takes (random if None); a store keeps its own for life.
+    pub identity: Option<Identity>,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            fsync: true,
+            identity: None,
+        }
+    }
+}
+
 impl Embedded {
     /// Opens (creating if needed) the store in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, true)
+        Self::open_with(dir, Options::default())
     }
 
-    /// As [`Embedded::open`], with etcd's `--unsafe-no-fsync`: appends are acknowledged once
-    /// written, before they reach the disk. A crash of Strata loses nothing; a crash of the
-    /// machine or a power cut may lose acknowledged writes. For tests and throwaway clusters.
-    pub fn open_without_fsync(dir: &Path) -> Result<Self> {
-        Self::open_with(dir, false)
+    /// Whether directory `dir` holds a store already.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("strata.redb").exists()
     }
 
-    fn open_with(dir: &Path, fsync: bool) -> Result<Self> {
+    /// Opens (creating if needed) the store in directory `dir` as `options` say.
+    pub fn open_with(dir: &Path, options: Options) -> Result<Self> {
+        let Options { fsync, identity } = options;
         std::fs::create_dir_all(dir).map_err(|e| {
             BackendError::caused_by(format!("cannot create data dir {}: {e}", dir.display()), e)
         })?;
@@ -86,7 +107,12 @@ impl Embedded {
         // redb may panic opening a file damaged behind its back (a plain open does not promise to
         // detect it): say so, and how to check it, rather than crash.
         std::panic::catch_unwind(|| {
-            Self::init(open_store(&path, fsync)?, Some(path.clone()), fsync)
+            Self::init(
+                open_store(&path, fsync)?,
+                Some(path.clone()),
+                fsync,
+                identity,
+            )
         })
         .unwrap_or_else(|_| {
             Err(BackendError::Corrupt {
@@ -120,10 +146,15 @@ impl Embedded {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        Self::init(Store { db, wal: None }, None, true)
+        Self::init(Store { db, wal: None }, None, true, None)
     }
 
-    fn init(store: Store, path: Option<PathBuf>, fsync: bool) -> Result<Self> {
+    fn init(
+        store: Store,
+        path: Option<PathBuf>,
+        fsync: bool,
+        new: Option<Identity>,
+    ) -> Result<Self> {
         let tx = store.db.begin_write().map_err(storage)?;
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
@@ -131,17 +162,17 @@ impl Embedded {
             tx.open_table(ALARMS).map_err(storage)?;
             tx.open_table(AUTH).map_err(storage)?;
             let mut meta = tx.open_table(META).map_err(storage)?;
-            let mut id = |name: &str| -> Result<u64> {
+            let mut id = |name: &str, new: Option<u64>| -> Result<u64> {
                 if let Some(v) = meta.get(name).map_err(storage)? {
                     return Ok(v.value());
                 }
-                let fresh = random_id();
+                let fresh = new.unwrap_or_else(random_id);
                 meta.insert(name, fresh).map_err(storage)?;
                 Ok(fresh)
             };
             Identity {
-                cluster_id: id("cluster_id")?,
-                member_id: id("member_id")?,
+                cluster_id: id("cluster_id", new.map(|n| n.cluster_id))?,
+                member_id: id("member_id", new.map(|n| n.member_id))?,
             }
         };
         tx.commit().map_err(storage)?;

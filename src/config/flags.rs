@@ -239,13 +239,13 @@ pub const FLAGS: &[Flag] = &[
     // Peers and bootstrap.
     flag("listen-peer-urls", Urls, NoEffect(PEERS)),
     flag("initial-advertise-peer-urls", Urls, Honoured),
-    flag("initial-cluster", Text, NoEffect(PEERS)),
+    flag("initial-cluster", Text, Honoured),
     flag(
         "initial-cluster-state",
         Choice(&["new", "existing"]),
         NoEffect(PEERS),
     ),
-    flag("initial-cluster-token", Text, NoEffect(PEERS)),
+    flag("initial-cluster-token", Text, Honoured),
     flag("peer-cert-file", Text, NoEffect(PEERS)),
     flag("peer-key-file", Text, NoEffect(PEERS)),
     flag("peer-client-cert-file", Text, NoEffect(PEERS)),

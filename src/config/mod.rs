@@ -2,6 +2,7 @@
 //! place in existing manifests, units and scripts: every etcd flag (see [`flags`]), in Go's flag
 //! syntax, from `ETCD_*` variables, or from etcd's YAML `--config-file`.
 
+pub mod bootstrap;
 mod file;
 pub mod flags;
 pub mod parse;
@@ -50,6 +51,9 @@ pub struct Config {
     pub listen_metrics_urls: Vec<String>,
     /// The member's peer URLs, as the member list shows them.
     pub peer_urls: Vec<String>,
+    /// `--initial-cluster` as etcd completes it (see [`bootstrap::initial_cluster`]).
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -189,6 +193,12 @@ impl Config {
             listen_client_http_urls: list("listen-client-http-urls"),
             advertise_client_urls,
             listen_metrics_urls: list("listen-metrics-urls"),
+            initial_cluster: bootstrap::initial_cluster(
+                &name,
+                s.get("initial-cluster"),
+                &peer_urls,
+            ),
+            initial_cluster_token: text("initial-cluster-token", "etcd-cluster"),
             peer_urls,
             cert_file: path("cert-file"),
             key_file: path("key-file"),
@@ -261,6 +271,17 @@ impl Config {
             name,
             settings,
         })
+    }
+
+    /// The ids a new member takes, as etcd derives them at its first start, or etcd's reason to
+    /// refuse that start.
+    pub fn bootstrap_ids(&self) -> Result<bootstrap::Ids, String> {
+        bootstrap::ids(
+            &self.name,
+            &self.initial_cluster,
+            &self.peer_urls,
+            &self.initial_cluster_token,
+        )
     }
 
     /// One line for each flag set that has no effect here, or whose effect is still to come, with

@@ -348,6 +348,18 @@ fn malformed_flags_are_refused_as_etcd_refuses_them() {
         (&["--auto-compaction-mode=bogus"], &[]),
         (&["--election-timeout=1"], &[]),
         (&[], &[("ETCD_MAX_TXN_OPS", "abc")]),
+        (
+            &["--name=x", "--initial-cluster=y=http://localhost:2380"],
+            &[],
+        ),
+        (
+            &[
+                "--name=x",
+                "--initial-cluster=x=http://127.0.0.1:2390,x=http://127.0.0.1:2392",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2391",
+            ],
+            &[],
+        ),
     ];
     for (args, vars) in cases {
         let (etcd_code, etcd_stderr) = refused(&etcd_binary(), args, vars);
@@ -442,6 +454,48 @@ fn unix_sockets_serve_clients_as_etcd_does() {
     );
     assert!(strata.terminate().success());
     assert!(!plain.exists() && !secure.exists(), "sockets left behind");
+}
+
+/// A new member takes the ids etcd derives from its command line (`--initial-cluster`,
+/// `--initial-advertise-peer-urls`, `--initial-cluster-token`), and keeps them for life.
+#[tokio::test]
+async fn a_new_member_has_the_ids_etcd_gives_it() {
+    use strata::proto::etcdserverpb::cluster_client::ClusterClient;
+    use strata::proto::etcdserverpb::MemberListRequest;
+    async fn ids(server: &crate::support::Process) -> (u64, u64, u64) {
+        let list = ClusterClient::new(server.channel().await)
+            .member_list(MemberListRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        let header = list.header.unwrap();
+        (header.cluster_id, header.member_id, list.members[0].id)
+    }
+    let etcd = crate::support::Etcd::start_with(&["--initial-cluster-token=tok1"]);
+    let theirs = ids(&etcd).await;
+    let list = ClusterClient::new(etcd.channel().await)
+        .member_list(MemberListRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let peer = list.members[0].peer_ur_ls[0].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        "--name=diff".to_owned(),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=diff={peer}"),
+    ];
+    let args = |token: &'static str| {
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.push(token);
+        embedded(&data, &args)
+    };
+    let mut strata = Strata::start_command(args("--initial-cluster-token=tok1"));
+    assert_eq!(ids(&strata).await, theirs);
+    assert!(strata.terminate().success());
+    let strata = Strata::start_command(args("--initial-cluster-token=other"));
+    assert_eq!(ids(&strata).await, theirs, "the store keeps its ids");
 }
 
 /// strata on the embedded store in `data`, whatever backend the tests run on, with `args`.
