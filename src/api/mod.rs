@@ -9,6 +9,7 @@ mod authority;
 mod cluster;
 mod election;
 mod gateway;
+mod health;
 mod http;
 mod kv;
 mod lease;
@@ -302,7 +303,8 @@ fn grpc_routes(config: &Config, context: &Context) -> tonic::service::Routes {
         .add_service(limited!(
             ClusterServer,
             cluster::ClusterService(context.clone())
-        ));
+        ))
+        .add_service(health::server());
     let mut routes = routes.routes();
     *routes.axum_router_mut() = std::mem::take(routes.axum_router_mut())
         .fallback(not_built)

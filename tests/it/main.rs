@@ -11,6 +11,7 @@ mod etcdctl;
 mod frontends;
 mod fuzz;
 mod gateway;
+mod health;
 mod hostile;
 mod http;
 mod kubernetes;
