@@ -11,6 +11,7 @@ mod election;
 mod gateway;
 mod health;
 mod http;
+mod http_guard;
 mod kv;
 mod lease;
 mod lock;
@@ -208,8 +209,21 @@ impl Server {
             let _ = stop.send(true);
         });
         let mut serving = Vec::new();
-        let mut serve = |listeners: Vec<(Bound, bool)>, routes: &tonic::service::Routes, what| {
+        // On client URLs, HTTP passes etcd's access controller (--host-whitelist, --cors).
+        let mut serve = |listeners: Vec<(Bound, bool)>,
+                         routes: &tonic::service::Routes,
+                         guarded: bool,
+                         what| {
             for (listener, secure) in listeners {
+                let routes = if guarded {
+                    let guard =
+                        http_guard::Guard::new(&config.host_whitelist, &config.cors, !secure);
+                    tonic::service::Routes::from(routes.clone().into_axum_router().layer(
+                        axum::middleware::from_fn_with_state(guard, http_guard::guard),
+                    ))
+                } else {
+                    routes.clone()
+                };
                 match &listener {
                     Bound::Tcp(l) => {
                         if let Ok(address) = l.local_addr() {
@@ -224,14 +238,14 @@ impl Server {
                     config,
                     listener,
                     secure.then(|| tls.clone()).flatten(),
-                    routes.clone(),
+                    routes,
                     stopped.clone(),
                 ));
             }
         };
-        serve(metrics, &metrics_routes, "metrics and health probes");
-        serve(client_http, &http(), "client HTTP requests");
-        serve(client, &client_routes, "client requests");
+        serve(metrics, &metrics_routes, false, "metrics and health probes");
+        serve(client_http, &http(), true, "client HTTP requests");
+        serve(client, &client_routes, true, "client requests");
         Ok(Server {
             addresses,
             listeners: serving,

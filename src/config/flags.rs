@@ -40,8 +40,6 @@ pub enum Effect {
     NoEffect(&'static str),
     /// Accepted and checked; Strata does not do what it asks yet, and says so at start-up when set.
     NotYet(&'static str),
-    /// Refused at start-up when set to anything but its default: ignoring it would weaken security.
-    Refused(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -98,7 +96,7 @@ const fn flag(name: &'static str, kind: Kind, effect: Effect) -> Flag {
     }
 }
 
-use Effect::{Honoured, NoEffect, NotYet, Refused};
+use Effect::{Honoured, NoEffect, NotYet};
 use Kind::{
     Bool, Choice, Duration, FeatureGates, Ignored, Int, List, Text, Uint, Urls, UrlsOrStar,
 };
@@ -204,16 +202,8 @@ pub const FLAGS: &[Flag] = &[
     flag("listen-client-http-urls", Urls, Honoured),
     flag("advertise-client-urls", Urls, Honoured),
     flag("listen-metrics-urls", Urls, Honoured),
-    flag(
-        "cors",
-        UrlsOrStar,
-        Refused("CORS origins are not checked yet"),
-    ),
-    flag(
-        "host-whitelist",
-        List,
-        Refused("Host headers are not checked yet"),
-    ),
+    flag("cors", UrlsOrStar, Honoured),
+    flag("host-whitelist", List, Honoured),
     flag("cert-file", Text, Honoured),
     flag("key-file", Text, Honoured),
     flag(

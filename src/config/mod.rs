@@ -54,6 +54,10 @@ pub struct Config {
     /// `--initial-cluster` as etcd completes it (see [`bootstrap::initial_cluster`]).
     pub initial_cluster: String,
     pub initial_cluster_token: String,
+    /// `--cors`: origins browsers may call from, `*` for any.
+    pub cors: Vec<String>,
+    /// `--host-whitelist`: the Host names plain HTTP requests may name, `*` for any.
+    pub host_whitelist: Vec<String>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
@@ -171,15 +175,6 @@ impl Config {
             s.get("auto-compaction-mode").unwrap_or("periodic"),
             s.get("auto-compaction-retention").unwrap_or("0"),
         )?;
-        for (flag, value) in s.iter() {
-            if let Some(Effect::Refused(why)) = flags::lookup(flag).map(|f| f.effect) {
-                if !value.is_empty() && value != "false" {
-                    return Err(format!(
-                        "--{flag} is not supported by Strata: {why} (docs/etcd-flags.md)"
-                    ));
-                }
-            }
-        }
         let worker_threads = match s.get("worker-threads") {
             Some("0") => return Err("--worker-threads must be at least 1".to_owned()),
             Some(n) => n.parse().ok(),
@@ -199,6 +194,11 @@ impl Config {
                 &peer_urls,
             ),
             initial_cluster_token: text("initial-cluster-token", "etcd-cluster"),
+            cors: text("cors", "*").split(',').map(str::to_owned).collect(),
+            host_whitelist: text("host-whitelist", "*")
+                .split(',')
+                .map(str::to_owned)
+                .collect(),
             peer_urls,
             cert_file: path("cert-file"),
             key_file: path("key-file"),
@@ -512,7 +512,6 @@ pub fn help() -> String {
             Effect::Honoured => "",
             Effect::NoEffect(_) => " (accepted, no effect)",
             Effect::NotYet(_) => " (accepted, not acted on yet)",
-            Effect::Refused(_) => " (refused when set)",
         };
         text.push_str(&format!("  --{}{effect}\n", flag.name));
     }
@@ -606,10 +605,18 @@ mod tests {
     }
 
     #[test]
-    fn flags_that_would_weaken_security_are_refused_when_set() {
-        assert!(refusal(&["--cors=*"]).starts_with("--cors is not supported by Strata"));
-        let c = config(&["--auto-tls=false"]);
-        assert!(!c.client_cert_auth);
+    fn cors_and_the_host_whitelist_are_read_as_etcd_reads_them() {
+        let c = config(&[]);
+        assert_eq!(
+            (c.cors, c.host_whitelist),
+            (vec!["*".to_owned()], vec!["*".to_owned()])
+        );
+        let c = config(&[
+            "--cors=http://a.example:80,http://b.example:8080",
+            "--host-whitelist=",
+        ]);
+        assert_eq!(c.cors, ["http://a.example:80", "http://b.example:8080"]);
+        assert_eq!(c.host_whitelist, [""], "empty allows no Host, as in etcd");
     }
 
     #[test]

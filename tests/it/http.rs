@@ -1,6 +1,6 @@
 //! The plain HTTP endpoints on the client port, over HTTP/1.1 as probes and scrapers speak it.
 
-use crate::support::{start_both, Process, Strata};
+use crate::support::{start_both, Etcd, Process, Strata};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
@@ -270,4 +270,92 @@ async fn metrics_count_what_happened() {
         assert!(syncs.is_some_and(|v| *v > 0.0), "{syncs:?}");
     }
     drop(watches);
+}
+
+/// An HTTP/1.1 request of the browser kind: `method path`, naming `host` (the server's address if
+/// None) and `origin`. Returns the status, the `Access-Control-*` headers (sorted, names in lower
+/// case), and the body.
+fn browser(
+    server: &Process,
+    method: &str,
+    path: &str,
+    host: Option<&str>,
+    origin: Option<&str>,
+) -> (u16, Vec<String>, String) {
+    let host = host.map_or_else(|| server.address.to_string(), str::to_owned);
+    let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    if let Some(origin) = origin {
+        text.push_str(&format!("Origin: {origin}\r\n"));
+    }
+    if method == "POST" {
+        text.push_str("Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}");
+    } else {
+        text.push_str("\r\n");
+    }
+    let mut stream = TcpStream::connect(server.address).unwrap();
+    stream.write_all(text.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let mut cors: Vec<String> = lines
+        .map(str::to_ascii_lowercase)
+        .filter(|l| l.starts_with("access-control-"))
+        .collect();
+    cors.sort();
+    (status, cors, body.to_owned())
+}
+
+/// etcd's access controller on the client URLs: CORS headers for the origins of `--cors` (all,
+/// by default) and OPTIONS answered on any path, and on plain HTTP the Host checked against
+/// `--host-whitelist` (a refusal is etcd's 421 and text). Each answer compared with etcd's.
+#[test]
+fn cors_and_the_host_whitelist_answer_as_etcd_does() {
+    let configured: &[&str] = &[
+        "--cors=http://a.example:80,http://b.example:8080",
+        "--host-whitelist=localhost,127.0.0.1",
+    ];
+    for flags in [&[][..], configured] {
+        let etcd = Etcd::start_with(flags);
+        let strata = Strata::start_with(flags);
+        let cases: &[(&str, &str, Option<&str>, Option<&str>)] = &[
+            ("GET", "/version", None, None),
+            ("GET", "/version", None, Some("http://a.example:80")),
+            ("GET", "/health", None, Some("http://a.example")),
+            ("GET", "/health", None, Some("http://evil.example")),
+            ("POST", "/v3/kv/range", None, Some("http://b.example:8080")),
+            ("OPTIONS", "/v3/kv/range", None, Some("http://a.example:80")),
+            ("OPTIONS", "/v3/kv/range", None, Some("http://evil.example")),
+            ("OPTIONS", "/anything", None, None),
+            ("GET", "/version", Some("localhost"), None),
+            ("GET", "/version", Some("evil.example:2379"), None),
+            (
+                "GET",
+                "/health",
+                Some("LOCALHOST"),
+                Some("http://a.example:80"),
+            ),
+            (
+                "OPTIONS",
+                "/v3/kv/range",
+                Some("evil.example"),
+                Some("http://a.example:80"),
+            ),
+            ("POST", "/v3/kv/put", Some("[::1]:2379"), None),
+        ];
+        for &(method, path, host, origin) in cases {
+            let (status, cors, body) = browser(&strata, method, path, host, origin);
+            let (etcd_status, etcd_cors, etcd_body) = browser(&etcd, method, path, host, origin);
+            let case = format!("{flags:?} {method} {path} host {host:?} origin {origin:?}");
+            assert_eq!((status, &cors), (etcd_status, &etcd_cors), "{case}");
+            if status == 421 || method == "OPTIONS" {
+                assert_eq!(body, etcd_body, "{case}");
+            }
+        }
+    }
 }

@@ -1,0 +1,161 @@
+//! etcd's access controller on the client URLs' HTTP (not gRPC, not the metrics URLs): on a plain
+//! connection, a request whose Host is not in `--host-whitelist` is refused (a browser tricked by
+//! DNS rebinding into calling a local etcd); then CORS headers for the origins of `--cors`, and
+//! every OPTIONS request answered at once, whatever its path.
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Who may call: hosts and origins, each `*` (anyone) or a list.
+pub struct Guard {
+    hosts: Allowed,
+    origins: Allowed,
+    /// Whether connections are plain HTTP: the Host check guards those only, as etcd's.
+    plain: bool,
+}
+
+enum Allowed {
+    Anyone,
+    Only(HashSet<String>),
+}
+
+impl Allowed {
+    /// `*` (or nothing) allows anyone, as in etcd.
+    fn from(list: &[String]) -> Allowed {
+        if list.is_empty() || list.iter().any(|l| l == "*") {
+            Allowed::Anyone
+        } else {
+            Allowed::Only(list.iter().cloned().collect())
+        }
+    }
+
+    fn allows(&self, who: &str) -> bool {
+        match self {
+            Allowed::Anyone => true,
+            Allowed::Only(list) => list.contains(who),
+        }
+    }
+}
+
+impl Guard {
+    pub fn new(host_whitelist: &[String], cors: &[String], plain: bool) -> Arc<Guard> {
+        Arc::new(Guard {
+            hosts: Allowed::from(host_whitelist),
+            origins: Allowed::from(cors),
+            plain,
+        })
+    }
+}
+
+/// The middleware; gRPC calls pass untouched.
+pub async fn guard(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
+    let grpc = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        return next.run(request).await;
+    }
+    if guard.plain {
+        let host = hostname(&request);
+        if !guard.hosts.allows(&host) {
+            tracing::warn!(%host, "rejecting HTTP request to prevent DNS rebinding attacks");
+            return (
+                StatusCode::MISDIRECTED_REQUEST,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+                ],
+                unrecognized_host(&host),
+            )
+                .into_response();
+        }
+    }
+    let origin = match &guard.origins {
+        Allowed::Anyone => Some(HeaderValue::from_static("*")),
+        allowed => request
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| allowed.allows(o)))
+            .cloned(),
+    };
+    let mut response = if request.method() == Method::OPTIONS {
+        StatusCode::OK.into_response()
+    } else {
+        next.run(request).await
+    };
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.append(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("POST, GET, OPTIONS, PUT, DELETE"),
+        );
+        headers.append(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.append(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("accept, content-type, authorization"),
+        );
+    }
+    response
+}
+
+/// The request's host without its port, as Go's `net.SplitHostPort` splits it (the whole name
+/// when it has no port or more than one colon outside brackets).
+fn hostname(request: &Request) -> String {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    split_host(host).to_owned()
+}
+
+fn split_host(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((inside, port)) = rest.split_once("]:") {
+            if !port.contains(':') {
+                return inside;
+            }
+        }
+        return host;
+    }
+    match host.split_once(':') {
+        Some((name, port)) if !port.contains(':') => name,
+        _ => host,
+    }
+}
+
+/// etcd's answer to a Host it does not know (CVE-2018-5702), word for word.
+fn unrecognized_host(host: &str) -> String {
+    format!(
+        "\netcd received your request, but the Host header was unrecognized.\n\nTo fix this, \
+         choose one of the following options:\n- Enable TLS, then any HTTPS request will be \
+         allowed.\n- Add the hostname you want to use to the whitelist in settings.\n  - e.g. \
+         etcd --host-whitelist {host:?}\n\nThis requirement has been added to help prevent \
+         \"DNS Rebinding\" attacks (CVE-2018-5702).\n\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_split_as_go_splits_them() {
+        assert_eq!(split_host("localhost:2379"), "localhost");
+        assert_eq!(split_host("localhost"), "localhost");
+        assert_eq!(split_host("[::1]:2379"), "::1");
+        assert_eq!(split_host("a:b:c"), "a:b:c");
+        assert_eq!(split_host(""), "");
+    }
+
+    #[test]
+    fn the_refusal_is_etcds_374_bytes() {
+        assert_eq!(unrecognized_host("evil.example").len(), 374);
+    }
+}
