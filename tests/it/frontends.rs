@@ -315,7 +315,7 @@ const WRITES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Eight writers putting keys of their own until stopped, each counting its failures (which must
 /// be Unavailable, or the client's transport error when the frontend is gone).
-struct Writers {
+pub struct Writers {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<Written>>,
     probe: KvClient<Channel>,
@@ -323,7 +323,7 @@ struct Writers {
 
 impl Writers {
     /// Writer `w` writes through `through[w % len]`; counts and checks go through `probe`.
-    fn start(through: &[KvClient<Channel>], probe: KvClient<Channel>) -> Writers {
+    pub fn start(through: &[KvClient<Channel>], probe: KvClient<Channel>) -> Writers {
         let (stop, _) = tokio::sync::watch::channel(false);
         let tasks = (0..8)
             .map(|w| {
@@ -359,7 +359,7 @@ impl Writers {
     }
 
     /// How many keys the writers have written, read linearizably.
-    async fn count(&mut self) -> Result<i64, tonic::Status> {
+    pub async fn count(&mut self) -> Result<i64, tonic::Status> {
         let mut all = range("w", "x");
         all.count_only = true;
         self.probe.range(all).await.map(|r| r.into_inner().count)
@@ -368,7 +368,7 @@ impl Writers {
     /// Waits until `more` keys have been written since `since`, through failures while the
     /// frontend reconnects (each failure drops a dead connection, so there are few); fails if that
     /// takes longer than [`WRITES_DEADLINE`].
-    async fn wait_for(&mut self, since: i64, more: i64) {
+    pub async fn wait_for(&mut self, since: i64, more: i64) {
         let deadline = std::time::Instant::now() + WRITES_DEADLINE;
         let mut failures = 0;
         loop {
@@ -389,7 +389,20 @@ impl Writers {
 
     /// Stops the writers and checks what the store holds: every acknowledged write at its
     /// revision, one revision per put, no gap. Returns how many puts failed.
-    async fn stop_and_check(mut self) -> usize {
+    async fn stop_and_check(self) -> usize {
+        let (failed, mut revisions, head) = self.stop_and_check_kept().await;
+        revisions.sort_unstable();
+        assert_eq!(
+            revisions,
+            (2..=head).collect::<Vec<i64>>(),
+            "one revision per put, no gap"
+        );
+        failed
+    }
+
+    /// Stops the writers and checks that the store holds every acknowledged write at its
+    /// revision. Returns how many puts failed, the revisions of the writers' keys, and the head.
+    pub async fn stop_and_check_kept(mut self) -> (usize, Vec<i64>, i64) {
         self.stop.send_replace(true);
         let mut acknowledged = Vec::new();
         let mut failed = 0;
@@ -398,12 +411,15 @@ impl Writers {
             acknowledged.extend(acked);
             failed += failures;
         }
-        let all = self
-            .probe
-            .range(range("w", "x"))
-            .await
-            .unwrap()
-            .into_inner();
+        // The first call through a connection that died under a fault fails; the next reconnects.
+        let mut attempts = 0;
+        let all = loop {
+            match self.probe.range(range("w", "x")).await {
+                Ok(all) => break all.into_inner(),
+                Err(s) if s.code() == tonic::Code::Unavailable && attempts < 20 => attempts += 1,
+                Err(s) => panic!("reading what the writers wrote: {s:?}"),
+            }
+        };
         let stored: std::collections::HashMap<Vec<u8>, i64> = all
             .kvs
             .iter()
@@ -412,19 +428,12 @@ impl Writers {
         for (key, revision) in &acknowledged {
             assert_eq!(stored.get(key.as_bytes()), Some(revision), "{key} lost");
         }
-        let mut revisions: Vec<i64> = stored.values().copied().collect();
-        revisions.sort_unstable();
-        let head = all.header.unwrap().revision;
-        assert_eq!(
-            revisions,
-            (2..=head).collect::<Vec<i64>>(),
-            "one revision per put, no gap"
-        );
-        failed
+        let revisions = stored.values().copied().collect();
+        (failed, revisions, all.header.unwrap().revision)
     }
 }
 
-fn frontend_on(backend: &str) -> Strata {
+pub fn frontend_on(backend: &str) -> Strata {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
     command.args(["--backend", backend]);
     Strata::start_command(command)

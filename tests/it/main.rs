@@ -8,6 +8,7 @@ mod durability;
 mod election;
 mod etcd_flags;
 mod etcdctl;
+mod failover;
 mod frontends;
 mod fuzz;
 mod gateway;
