@@ -120,6 +120,13 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// Whether the error underneath is an `E`.
+    pub fn is<E: std::error::Error + 'static>(&self) -> bool {
+        self.cause.as_deref().is_some_and(|cause| cause.is::<E>())
+    }
+}
+
 impl PartialEq for Failure {
     fn eq(&self, other: &Failure) -> bool {
         self.detail == other.detail

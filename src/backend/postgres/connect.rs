@@ -3,10 +3,15 @@
 //! whole attempt (`connect_timeout`, else [`STATEMENT_DEADLINE`]). tokio-postgres bounds only the
 //! TCP connect of each host, so a primary that hangs (its kernel still accepts connections, nothing
 //! answers them) would hold the attempt, and every later host, for as long as the caller waits.
+//!
+//! Unlike libpq, the host that last took a connection as asked is tried first: after a failover
+//! that is the new primary, so the connections that follow do not each wait out the deadline of
+//! an old primary that hangs before the host list reaches it.
 
 use super::tls::Connection;
 use super::{db_error, Result, STATEMENT_DEADLINE};
 use crate::backend::BackendError;
+use std::sync::atomic::Ordering;
 use tokio_postgres::config::{Host, LoadBalanceHosts};
 use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Config, Socket};
@@ -16,8 +21,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 pub type Task =
     tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
-/// A client connected to the first host of `config` that answers as asked within its deadline.
-pub async fn connect(config: &Connection) -> Result<(Client, Task)> {
+/// A client connected to the first host of `config` that answers as asked within its deadline,
+/// and which host of the connection string it is.
+pub async fn connect(config: &Connection) -> Result<(Client, Task, usize)> {
     let hosts = config.config.get_hosts().len();
     let limit = config
         .config
@@ -26,12 +32,17 @@ pub async fn connect(config: &Connection) -> Result<(Client, Task)> {
         .unwrap_or(STATEMENT_DEADLINE);
     // One host, or hosts tried in a random order, as tokio-postgres does it: one deadline.
     if hosts <= 1 || config.config.get_load_balance_hosts() == LoadBalanceHosts::Random {
-        return attempt(&config.config, config, limit).await;
+        let (client, task) = attempt(&config.config, config, limit).await?;
+        return Ok((client, task, 0));
     }
     let mut failure = None;
-    for i in 0..hosts {
+    let first = config.last_good.load(Ordering::Relaxed) % hosts;
+    for i in (first..hosts).chain(0..first) {
         match attempt(&one_host(&config.config, i), config, limit).await {
-            Ok(connected) => return Ok(connected),
+            Ok((client, task)) => {
+                config.last_good.store(i, Ordering::Relaxed);
+                return Ok((client, task, i));
+            }
             Err(e) => {
                 tracing::debug!(host = ?config.config.get_hosts()[i], error = %e, "postgres host passed over");
                 failure = Some(e);

@@ -315,6 +315,9 @@ impl Inner {
     async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
         let conn = self.reader().await?;
         let result = conn.query(sql, params).await;
+        if let Err(e) = &result {
+            conn.missed_deadline(e);
+        }
         if result.is_err() && !conn.client.is_closed() {
             for slot in &self.readers {
                 let mut slot = slot.lock().await;

@@ -15,11 +15,14 @@ pub(super) type Params<'a> = &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)]
 pub(super) struct Conn {
     pub(super) client: Client,
     pub(super) statements: std::sync::Mutex<HashMap<&'static str, Statement>>,
+    /// Which host of the connection string it went to, and the host tried first next time.
+    host: usize,
+    last_good: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Conn {
     pub(super) async fn open(config: &Connection) -> Result<Conn> {
-        let (client, connection) = connect::connect(config).await?;
+        let (client, connection, host) = connect::connect(config).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "postgres connection closed");
@@ -32,7 +35,22 @@ impl Conn {
         Ok(Conn {
             client,
             statements: Default::default(),
+            host,
+            last_good: config.last_good.clone(),
         })
+    }
+
+    /// Notes that a statement on this connection missed its deadline: its host hangs (a primary
+    /// that stopped answering), so the next connection tries another host first.
+    pub(super) fn missed_deadline(&self, error: &BackendError) {
+        if matches!(error, BackendError::Storage(f) if f.is::<tokio::time::error::Elapsed>()) {
+            let _ = self.last_good.compare_exchange(
+                self.host,
+                self.host + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     pub(super) async fn statement(&self, sql: &'static str) -> Result<Statement> {
@@ -102,8 +120,10 @@ impl Session {
     }
 
     pub(super) fn failed<T>(&mut self, result: Result<T>) -> Result<T> {
-        if result.is_err() {
-            self.conn = None;
+        if let Err(e) = &result {
+            if let Some(conn) = self.conn.take() {
+                conn.missed_deadline(e);
+            }
             self.locked = false;
         }
         result
@@ -173,9 +193,9 @@ pub(super) async fn deadline_of<T>(
 ) -> Result<T> {
     match tokio::time::timeout(limit, f).await {
         Ok(result) => result.map_err(db_error),
-        Err(_) => Err(BackendError::storage(format!(
-            "postgres: no answer within {}s",
-            limit.as_secs()
-        ))),
+        Err(elapsed) => Err(BackendError::caused_by(
+            format!("postgres: no answer within {}s", limit.as_secs()),
+            elapsed,
+        )),
     }
 }

@@ -14,7 +14,7 @@ pub(super) async fn tail(inner: Weak<Inner>) {
         let Some(config) = inner.upgrade().map(|i| i.config.clone()) else {
             return;
         };
-        let (client, mut connection) = match connect::connect(&config).await {
+        let (client, mut connection, _) = match connect::connect(&config).await {
             Ok(connected) => connected,
             Err(e) => {
                 tracing::warn!(error = %e, "tailer cannot connect; polling");

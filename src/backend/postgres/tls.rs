@@ -34,6 +34,9 @@ use tokio_rustls::rustls::{
 pub struct Connection {
     pub config: Config,
     pub tls: MakeRustlsConnect,
+    /// Of several hosts, the one that last took a connection as asked, tried first (see
+    /// `connect::connect`); shared by every clone.
+    pub last_good: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// How the server's certificate is checked.
@@ -134,6 +137,7 @@ pub fn parse(connection: &str) -> Result<Connection, String> {
     Ok(Connection {
         config,
         tls: MakeRustlsConnect::new(tls),
+        last_good: Default::default(),
     })
 }
 
