@@ -322,11 +322,18 @@ pub trait Shared: Send + Sync {
 
     /// Takes or keeps the lease-keeper role for this frontend for a few seconds; true while it
     /// holds it. A frontend that takes it over renews every lease, as etcd's new leader does, so that the
-    /// change never expires a lease that was kept alive.
+    /// change never expires a lease that was kept alive; so does a keeper whose own term lapsed
+    /// (the database did not answer it for that long: a failover, say), since keep-alives could not
+    /// reach the database meanwhile either.
     async fn keep_leases(&self) -> Result<bool>;
 
     /// Up to `limit` leases whose time is up, soonest first.
     async fn expired_leases(&self, limit: usize) -> Result<Vec<i64>>;
+
+    /// Of `ids`, the leases whose time is up, read in the append transaction (see
+    /// [`Shared::lock`]): on the database the append commits to, whatever connection the keeper
+    /// read [`Shared::expired_leases`] through.
+    async fn expired_among(&self, ids: &[i64]) -> Result<Vec<i64>>;
 
     /// Announces a frontend as live, for a while (see [`Shared::members`]).
     async fn heartbeat(&self, member: &MemberRecord) -> Result<()>;

@@ -47,7 +47,7 @@ pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {
         let mut answers = Vec::with_capacity(expired.len());
         for id in expired {
             tracing::debug!(lease = id, "lease expired: revoking it");
-            let Ok(answer) = writes.enqueue(Write::Revoke(id), None).await else {
+            let Ok(answer) = writes.enqueue(Write::Expire(id), None).await else {
                 return;
             };
             answers.push(answer);

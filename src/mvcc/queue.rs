@@ -19,6 +19,10 @@ pub(super) enum Write {
     Compact(CompactionRequest),
     /// Revoke lease: delete its keys, then forget it.
     Revoke(i64),
+    /// Revoke a lease the keeper of a shared backend found expired, if it still is by the
+    /// backend's clock once the append right is held: the keeper may have read the leases from
+    /// an old primary that woke up after a failover, which lacks the renewals made since.
+    Expire(i64),
     /// Catch up with what other processes appended to a shared backend, as of now.
     CatchUp,
 }
@@ -56,7 +60,7 @@ impl Write {
         match self {
             Write::Put(put) => ids.push(put.lease),
             Write::Txn(txn) => txn_leases(txn, ids),
-            Write::Revoke(id) => ids.push(*id),
+            Write::Revoke(id) | Write::Expire(id) => ids.push(*id),
             Write::Delete(_) | Write::Compact(_) | Write::CatchUp => {}
         }
     }

@@ -72,6 +72,33 @@ fn refuse_stale(group: &mut Vec<Queued>, auth: u64) {
     }
 }
 
+/// Under the append right: leaves out of `group` the expiries of leases that are not expired by
+/// the backend's clock (they were renewed after the keeper looked), answering them as for a lease
+/// gone; the keeper takes no notice of the answer.
+async fn still_expired(shared: &dyn crate::backend::Shared, group: &mut Vec<Queued>) -> Result<()> {
+    let expiries: Vec<i64> = group
+        .iter()
+        .filter_map(|q| match q.write {
+            Write::Expire(id) => Some(id),
+            _ => None,
+        })
+        .collect();
+    if expiries.is_empty() {
+        return Ok(());
+    }
+    let expired: std::collections::HashSet<i64> =
+        shared.expired_among(&expiries).await?.into_iter().collect();
+    let (kept, renewed) = std::mem::take(group)
+        .into_iter()
+        .partition(|q| !matches!(q.write, Write::Expire(id) if !expired.contains(&id)));
+    *group = kept;
+    for q in renewed {
+        tracing::info!("a lease found expired was renewed since: not revoked");
+        let _ = q.reply.send(Err(Error::LeaseNotFound));
+    }
+    Ok(())
+}
+
 /// Whether `group` holds anything but catch-ups.
 fn may_write(group: &[Queued]) -> bool {
     group.iter().any(|q| !matches!(q.write, Write::CatchUp))
@@ -265,7 +292,10 @@ impl Writer {
             .fetch_max(locked.auth, std::sync::atomic::Ordering::SeqCst);
         refuse_stale(group, locked.auth);
         let ready = match self.catch_up(locked.progress, locked.entries).await {
-            Ok(()) => self.sync_leases(shared, group).await,
+            Ok(()) => match self.sync_leases(shared, group).await {
+                Ok(()) => still_expired(shared, group).await,
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if ready.is_err() {
@@ -556,7 +586,7 @@ fn apply(
             Ok((outcome, entry)) => (Applied::Txn(outcome), entry),
             Err(e) => (Applied::Done(Err(e)), None),
         },
-        &Write::Revoke(id) => {
+        &Write::Revoke(id) | &Write::Expire(id) => {
             // Gone from the lessor at once, so that no later write of the batch attaches to it.
             let Some(lease) = leases.remove(id) else {
                 return (Applied::Done(Err(Error::LeaseNotFound)), None);

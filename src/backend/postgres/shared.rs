@@ -101,6 +101,19 @@ impl Shared for Postgres {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    async fn expired_among(&self, ids: &[i64]) -> Result<Vec<i64>> {
+        let ids = ids.to_vec();
+        let sql = "SELECT id FROM strata_leases WHERE id = ANY($1) AND expires_at <= now()";
+        let mut appender = self.inner.appender.lock().await;
+        if !appender.locked {
+            return Err(BackendError::storage(
+                "expired leases are checked in the append transaction only",
+            ));
+        }
+        let rows = appender.query(&self.inner.config, sql, &[&ids]).await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn renew_leases(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>> {
         let ids = ids.to_vec();
         let rows = self
@@ -133,30 +146,35 @@ impl Shared for Postgres {
         let rows = self
             .inner
             .write_rows(
-                "WITH before AS (SELECT holder FROM strata_keeper WHERE id = 1),
+                "WITH before AS (SELECT holder, until < now() AS lapsed FROM strata_keeper WHERE id = 1),
                  took AS (
                      UPDATE strata_keeper SET holder = $1, until = now() + $2 * INTERVAL '1 second'
                      FROM before
                      WHERE strata_keeper.id = 1
                        AND (strata_keeper.holder = $1 OR strata_keeper.until < now())
-                     RETURNING before.holder AS previous
+                     RETURNING before.holder AS previous, before.lapsed
                  ),
                  renewed AS (
                      UPDATE strata_leases
                      SET expires_at = GREATEST(expires_at, now() + ttl * INTERVAL '1 second')
-                     WHERE EXISTS (SELECT 1 FROM took WHERE previous <> $1)
+                     WHERE EXISTS (SELECT 1 FROM took WHERE previous <> $1 OR lapsed)
                      RETURNING id
                  )
-                 SELECT previous, (SELECT count(*) FROM renewed) FROM took",
+                 SELECT previous, (SELECT count(*) FROM renewed), lapsed FROM took",
                 &[&me, &seconds],
             )
             .await?;
         let Some(row) = rows.first() else {
             return Ok(false);
         };
+        let renewed: i64 = row.get(1);
         if row.get::<_, i64>(0) != me {
-            let renewed: i64 = row.get(1);
             tracing::info!(renewed, "took over as lease keeper, renewing every lease");
+        } else if row.get::<_, bool>(2) {
+            tracing::info!(
+                renewed,
+                "the lease keeper's term lapsed (the database did not answer): renewing every lease"
+            );
         }
         Ok(true)
     }
