@@ -113,18 +113,32 @@ async fn first_acknowledged(kv: &mut KvClient<Channel>, key: &str) -> Instant {
 }
 
 /// Keeps lease `id` alive through `leases` every second until `stop`, whatever fails meanwhile.
+/// Returns what each keep-alive got, with when it was sent (for the story of a lease that
+/// expired).
 async fn keep_alive(
     mut leases: LeaseClient<Channel>,
     id: i64,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+) -> Vec<String> {
+    let began = Instant::now();
+    let mut story = Vec::new();
     while !*stop.borrow() {
+        let sent = began.elapsed();
         let request = tokio_stream::once(LeaseKeepAliveRequest { id });
-        if let Ok(answers) = leases.lease_keep_alive(request).await {
-            let _ = answers.into_inner().message().await;
-        }
+        let answer = match leases.lease_keep_alive(request).await {
+            Ok(answers) => match answers.into_inner().message().await {
+                Ok(Some(answer)) => format!("TTL {}", answer.ttl),
+                other => format!("{other:?}"),
+            },
+            Err(s) => format!("{:?} {}", s.code(), s.message()),
+        };
+        story.push(format!(
+            "{sent:.1?} (answered {:.1?}): {answer}",
+            began.elapsed()
+        ));
         let _ = tokio::time::timeout(Duration::from_secs(1), stop.changed()).await;
     }
+    story
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,7 +206,7 @@ async fn pg_auto_failover_loses_nothing_and_keeps_leases() {
 
     let (failed, _, _) = writers.stop_and_check_kept().await;
     stop.send_replace(true);
-    keeper.await.unwrap();
+    let story = keeper.await.unwrap();
     let mut leases = LeaseClient::new(b.channel().await);
     let mut attempts = 0;
     let left = loop {
@@ -207,7 +221,20 @@ async fn pg_auto_failover_loses_nothing_and_keeps_leases() {
             Err(s) => panic!("{s:?}"),
         }
     };
-    assert!(left.ttl > 0, "the lease kept alive expired: {left:?}");
+    let leases_logged = |s: &crate::support::Strata| -> String {
+        let log = s.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("lease")).collect();
+        lines.join("\n")
+    };
+    assert!(
+        left.ttl > 0,
+        "the lease kept alive expired: {left:?}\nits keep-alives:\n{}\nfaults: {:?}\n\
+         a:\n{}\nb:\n{}",
+        story.join("\n"),
+        resumed.lock().unwrap(),
+        leases_logged(&a),
+        leases_logged(&b)
+    );
     assert_eq!(left.keys, vec![b"kept".to_vec()]);
 
     let resumed = resumed.lock().unwrap();
