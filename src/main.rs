@@ -149,7 +149,7 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
     let served = server.wait().await;
     compaction.stop().await;
     auth.close().await;
-    store.close().await?;
+    store.close().await;
     served?;
     tracing::info!("stopped");
     Ok(())

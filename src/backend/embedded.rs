@@ -57,7 +57,12 @@ struct Store {
 
 impl From<redb::Error> for BackendError {
     fn from(e: redb::Error) -> Self {
-        BackendError::caused_by(e.to_string(), e)
+        let detail = e.to_string();
+        // redb's errors name no source: the I/O error inside is the cause to keep (a full disk).
+        match e {
+            redb::Error::Io(io) => BackendError::caused_by(detail, io),
+            other => BackendError::caused_by(detail, other),
+        }
     }
 }
 

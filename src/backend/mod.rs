@@ -121,6 +121,26 @@ impl Failure {
 }
 
 impl Failure {
+    /// Whether the medium is full: the file system's ENOSPC (or a quota's EDQUOT), or
+    /// PostgreSQL's `disk_full` (53100), anywhere beneath.
+    pub fn is_out_of_space(&self) -> bool {
+        let first = self
+            .cause
+            .as_deref()
+            .map(|c| c as &(dyn std::error::Error + 'static));
+        std::iter::successors(first, |e| e.source()).any(|e| {
+            e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }) || e
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                .is_some_and(|code| *code == tokio_postgres::error::SqlState::DISK_FULL)
+        })
+    }
+
     /// Whether the error underneath is an `E`.
     pub fn is<E: std::error::Error + 'static>(&self) -> bool {
         self.cause.as_deref().is_some_and(|cause| cause.is::<E>())

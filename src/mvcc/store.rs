@@ -160,11 +160,16 @@ impl Store {
 
     /// Stops the store: the writer answers the writes queued so far and takes no more (later ones
     /// fail with etcd's "server stopped"), every task of the store ends, and the backend closes.
-    pub async fn close(&self) -> Result<()> {
+    pub async fn close(&self) {
         self.tasks.stop().await;
-        self.backend.close().await?;
-        tracing::info!("closed the store");
-        Ok(())
+        match self.backend.close().await {
+            Ok(()) => tracing::info!("closed the store"),
+            // Everything acknowledged is durable already (in the write-ahead log, say).
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the store could not be closed cleanly; the next start recovers it"
+            ),
+        }
     }
 
     pub fn identity(&self) -> Identity {
@@ -598,7 +603,33 @@ impl Store {
 
     async fn write(&self, write: Write, auth: Option<u64>) -> Result<Written> {
         let answer = self.writes.enqueue(write, auth).await?;
-        answer.await.map_err(|_| Error::Stopped)?
+        let written = answer.await.map_err(|_| Error::Stopped)?;
+        if let Err(Error::Storage(failure)) = &written {
+            if failure.is_out_of_space() {
+                self.out_of_space().await;
+            }
+        }
+        written
+    }
+
+    /// The medium is full: raises NOSPACE, as etcd does when its quota is reached, so that writes
+    /// are refused at once with etcd's "database space exceeded" until the operator has freed
+    /// space and disarmed the alarm. Reads go on.
+    async fn out_of_space(&self) {
+        let member = self.identity().member_id;
+        if self
+            .alarms(AlarmType::Nospace)
+            .contains(&(member, AlarmType::Nospace as i32))
+        {
+            return;
+        }
+        tracing::error!(
+            "the store's medium is full: NOSPACE raised; free space, then disarm the alarm \
+             (etcdctl alarm disarm)"
+        );
+        if let Err(e) = self.raise_alarm(member, AlarmType::Nospace).await {
+            tracing::warn!(error = %e, "NOSPACE is raised in memory only: recording it failed");
+        }
     }
 }
 

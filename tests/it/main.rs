@@ -10,6 +10,7 @@ mod etcd_flags;
 mod etcdctl;
 mod failover;
 mod frontends;
+mod full_disk;
 mod fuzz;
 mod gateway;
 mod health;
