@@ -14,6 +14,7 @@ pub mod concurrency;
 pub mod config;
 pub mod duration;
 pub mod error;
+pub mod log_rotation;
 pub mod metrics;
 pub mod migrate;
 pub mod mvcc;

@@ -97,7 +97,7 @@ fn runtime(threads: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// Serves as `config` says; a new embedded store takes `identity`.
 async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()> {
-    let (writer, terminal) = log_writer(&config.log_outputs)?;
+    let (writer, terminal) = log_writer(&config.log_outputs, config.log_rotation)?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("STRATA_LOG")
@@ -158,7 +158,10 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
 /// Where the logs go, as etcd's `--log-outputs` names them: `default` and `stderr` (also for
 /// `systemd/journal`: a unit's standard error goes to the journal), `stdout`, or files, appended
 /// to; and whether that is a terminal (for colours).
-fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
+fn log_writer(
+    outputs: &[String],
+    rotation: Option<strata::log_rotation::Rotation>,
+) -> anyhow::Result<(BoxMakeWriter, bool)> {
     let mut writer: Option<BoxMakeWriter> = None;
     let mut terminal = true;
     for output in outputs {
@@ -172,12 +175,21 @@ fn log_writer(outputs: &[String]) -> anyhow::Result<(BoxMakeWriter, bool)> {
                 std::io::IsTerminal::is_terminal(&std::io::stdout()),
             ),
             path => {
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-                    .map_err(|e| anyhow::anyhow!("cannot open log output {path}: {e}"))?;
-                (BoxMakeWriter::new(std::sync::Mutex::new(file)), false)
+                let cannot = |e| anyhow::anyhow!("cannot open log output {path}: {e}");
+                let writer = match rotation {
+                    Some(rotation) => BoxMakeWriter::new(std::sync::Mutex::new(
+                        strata::log_rotation::RotatingFile::open(path.as_ref(), rotation)
+                            .map_err(cannot)?,
+                    )),
+                    None => BoxMakeWriter::new(std::sync::Mutex::new(
+                        std::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(path)
+                            .map_err(cannot)?,
+                    )),
+                };
+                (writer, false)
             }
         };
         terminal &= is_terminal;

@@ -305,16 +305,8 @@ pub const FLAGS: &[Flag] = &[
         Honoured,
     ),
     flag("log-format", Choice(&["json", "console", "text"]), Honoured),
-    flag(
-        "enable-log-rotation",
-        Bool,
-        NotYet("log files are not rotated"),
-    ),
-    flag(
-        "log-rotation-config-json",
-        Text,
-        NotYet("log files are not rotated"),
-    ),
+    flag("enable-log-rotation", Bool, Honoured),
+    flag("log-rotation-config-json", Text, Honoured),
     flag("metrics", Text, Honoured),
     flag(
         "enable-pprof",

@@ -92,6 +92,8 @@ pub struct Config {
     pub log_level: String,
     /// `default`, `stderr`, `stdout`, `systemd/journal` or file paths.
     pub log_outputs: Vec<String>,
+    /// `--enable-log-rotation` with `--log-rotation-config-json`: how the log file rotates.
+    pub log_rotation: Option<crate::log_rotation::Rotation>,
     pub metrics: MetricsLevel,
     /// A unary request slower than this is logged and counted as etcd's slow applies.
     pub warning_apply_duration: Duration,
@@ -244,6 +246,13 @@ impl Config {
                 "panic" | "fatal" => "error".to_owned(),
                 level => level.to_owned(),
             },
+            log_rotation: match boolean("enable-log-rotation") {
+                true => Some(crate::log_rotation::Rotation::parse(&text(
+                    "log-rotation-config-json",
+                    DEFAULT_LOG_ROTATION,
+                ))?),
+                false => None,
+            },
             log_outputs: match list("log-outputs") {
                 outputs if outputs.is_empty() => vec!["default".to_owned()],
                 outputs => outputs,
@@ -326,7 +335,30 @@ pub fn default_data_dir(name: &str) -> PathBuf {
 }
 
 /// The checks etcd makes of its flags once they are all read, with its messages.
+/// etcd's `--log-rotation-config-json` when none is given.
+const DEFAULT_LOG_ROTATION: &str =
+    r#"{"maxsize": 100, "maxage": 0, "maxbackups": 0, "localtime": false, "compress": false}"#;
+
 fn check_after_parse(s: &Settings) -> Result<(), String> {
+    let outputs: Vec<&str> = s
+        .get("log-outputs")
+        .map_or_else(|| vec!["default"], |o| o.split(',').collect());
+    if outputs.len() > 1 && outputs.contains(&"default") {
+        return Err("multi logoutput for \"default\" is not supported yet".to_owned());
+    }
+    let files = outputs
+        .iter()
+        .filter(|o| !matches!(**o, "default" | "stderr" | "stdout"))
+        .count();
+    if s.get("enable-log-rotation").is_some_and(|v| v != "false")
+        && ((outputs.len() == 1 && files == 0) || files > 1)
+    {
+        // etcd's words, "rotate" and all.
+        return Err(
+            "--log-outputs requires a single file path when --log-rotate-config-json is defined"
+                .to_owned(),
+        );
+    }
     if let Some(logger) = s.get("logger").filter(|l| *l != "zap") {
         return Err(format!("unknown logger option {logger:?}"));
     }

@@ -352,6 +352,25 @@ fn malformed_flags_are_refused_as_etcd_refuses_them() {
             &["--name=x", "--initial-cluster=y=http://localhost:2380"],
             &[],
         ),
+        (&["--enable-log-rotation"], &[]),
+        (&["--enable-log-rotation", "--log-outputs=stderr"], &[]),
+        (&["--log-outputs=default,/tmp/strata-never.log"], &[]),
+        (
+            &[
+                "--enable-log-rotation",
+                "--log-outputs=/tmp/strata-never.log",
+                r#"--log-rotation-config-json={"maxsize": "1"}"#,
+            ],
+            &[],
+        ),
+        (
+            &[
+                "--enable-log-rotation",
+                "--log-outputs=/tmp/strata-never.log",
+                "--log-rotation-config-json=[]",
+            ],
+            &[],
+        ),
         (
             &[
                 "--name=x",
