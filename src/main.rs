@@ -116,6 +116,7 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
         tracing::warn!("{notice}");
     }
     strata::metrics::set_slow_request(config.warning_apply_duration);
+    strata::metrics::set_unary_request_warning(config.warning_unary_request_duration);
     if config.metrics == MetricsLevel::Extensive {
         strata::metrics::export_handling_times();
     }

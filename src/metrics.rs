@@ -61,6 +61,20 @@ pub fn slow_request() -> std::time::Duration {
     std::time::Duration::from_micros(SLOW_REQUEST_MICROS.load(Ordering::Relaxed))
 }
 
+/// A unary request slower than this, in microseconds, is logged as etcd's "request stats"
+/// (`--warning-unary-request-duration`; 300 ms, fixed in etcd 3.5).
+static UNARY_WARNING_MICROS: AtomicU64 = AtomicU64::new(300_000);
+
+/// Sets the time past which a unary request's stats are logged.
+pub fn set_unary_request_warning(after: std::time::Duration) {
+    UNARY_WARNING_MICROS.store(after.as_micros() as u64, Ordering::Relaxed);
+}
+
+/// The time past which a unary request's stats are logged.
+pub fn unary_request_warning() -> std::time::Duration {
+    std::time::Duration::from_micros(UNARY_WARNING_MICROS.load(Ordering::Relaxed))
+}
+
 /// Whether gRPC calls' latencies are kept and exported (`--metrics extensive`).
 static EXTENSIVE: AtomicBool = AtomicBool::new(false);
 

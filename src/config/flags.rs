@@ -411,15 +411,11 @@ pub const FLAGS: &[Flag] = &[
     ),
     flag("warning-apply-duration", Duration, Honoured),
     flag("experimental-warning-apply-duration", Duration, Honoured),
-    flag(
-        "warning-unary-request-duration",
-        Duration,
-        NotYet("slow requests are logged past a fixed 100ms"),
-    ),
+    flag("warning-unary-request-duration", Duration, Honoured),
     flag(
         "experimental-warning-unary-request-duration",
         Duration,
-        NotYet("slow requests are logged past a fixed 100ms"),
+        Honoured,
     ),
     flag("memory-mlock", Bool, NoEffect(STORAGE)),
     flag("experimental-memory-mlock", Bool, NoEffect(STORAGE)),

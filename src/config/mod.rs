@@ -97,6 +97,8 @@ pub struct Config {
     pub metrics: MetricsLevel,
     /// A unary request slower than this is logged and counted as etcd's slow applies.
     pub warning_apply_duration: Duration,
+    /// `--warning-unary-request-duration` (3.6), or its `--experimental-` name.
+    pub warning_unary_request_duration: Duration,
     /// Serve the JSON gateway (`/v3/...`) beside gRPC.
     pub enable_grpc_gateway: bool,
     /// Listen with SO_REUSEPORT, so that several processes may share a port.
@@ -257,6 +259,13 @@ impl Config {
                 outputs if outputs.is_empty() => vec!["default".to_owned()],
                 outputs => outputs,
             },
+            warning_unary_request_duration: duration(
+                "warning-unary-request-duration",
+                duration(
+                    "experimental-warning-unary-request-duration",
+                    Duration::from_millis(300),
+                ),
+            ),
             warning_apply_duration: duration(
                 "warning-apply-duration",
                 duration(

@@ -603,6 +603,22 @@ fn flags_for_the_gateway_sockets_and_slow_requests() {
         "{metrics}"
     );
     assert!(strata.log().contains("apply request took too long"));
+    assert!(!strata.log().contains("request stats"), "past 300 ms only");
+
+    // --warning-unary-request-duration (etcd 3.6; 3.5's fixed 300 ms otherwise): a unary request
+    // slower than it is logged as etcd's "request stats", with the method and the client.
+    let strata = Strata::start_with(&["--warning-unary-request-duration=1ns"]);
+    let put = etcdctl(&strata.endpoint())
+        .args(["put", "k", "v"])
+        .output()
+        .unwrap();
+    assert!(put.status.success());
+    let log = strata.log();
+    let stats = log
+        .lines()
+        .find(|l| l.contains("request stats") && l.contains("/etcdserverpb.KV/Put"))
+        .unwrap_or_else(|| panic!("no request stats for the put: {log}"));
+    assert!(stats.contains("remote=127.0.0.1:"), "{stats}");
 
     // --socket-reuse-port: a second server may take the same port.
     let port = free_port();
