@@ -75,6 +75,9 @@ impl Flag {
     }
 }
 
+pub const ONE_COPY: &str = "compares raft members' hashes of their data after each compaction; a \
+                        Strata cluster has one copy (the embedded file or the database), as a \
+                        one-member etcd, whose check compares nothing";
 const RAFT: &str = "Strata has no raft: one process on the embedded store, or stateless frontends \
                     over a database that replicates itself";
 const PEERS: &str = "Strata members never talk to each other: there is no peer traffic to listen \
@@ -377,27 +380,29 @@ pub const FLAGS: &[Flag] = &[
     flag(
         "experimental-compact-hash-check-enabled",
         Bool,
-        NotYet("compaction hashes are not checked yet"),
+        NoEffect(ONE_COPY),
     ),
-    flag(
-        "compact-hash-check-time",
-        Duration,
-        NotYet("compaction hashes are not checked yet"),
-    ),
+    flag("compact-hash-check-time", Duration, NoEffect(ONE_COPY)),
     flag(
         "experimental-compact-hash-check-time",
         Duration,
-        NotYet("compaction hashes are not checked yet"),
+        NoEffect(ONE_COPY),
     ),
     flag(
         "experimental-enable-lease-checkpoint",
         Bool,
-        NoEffect("Strata always checkpoints leases' remaining time"),
+        NotYet(
+            "the embedded store gives every lease its full TTL again at a restart, as etcd \
+             does without checkpoints; on PostgreSQL every keep-alive records the expiry",
+        ),
     ),
     flag(
         "experimental-enable-lease-checkpoint-persist",
         Bool,
-        NoEffect("Strata always checkpoints leases' remaining time"),
+        NotYet(
+            "the embedded store gives every lease its full TTL again at a restart, as etcd \
+             does without checkpoints; on PostgreSQL every keep-alive records the expiry",
+        ),
     ),
     flag(
         "downgrade-check-time",

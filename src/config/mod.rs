@@ -326,7 +326,7 @@ impl Config {
             for (gate, on) in settings::feature_gates(gates).unwrap_or_default() {
                 let why = match gate {
                     "InitialCorruptCheck" => continue,
-                    "CompactHashCheck" => "compaction hashes are not checked yet",
+                    "CompactHashCheck" => flags::ONE_COPY,
                     _ => "it changes raft or bbolt behaviour Strata does not have",
                 };
                 lines.push(format!(
