@@ -542,4 +542,92 @@ pub(crate) mod conformance {
         assert_eq!(log.len(), 1);
         assert_eq!(log[0].revision, 3);
     }
+
+    /// The shared parts of two frontends `a` and `b` of one fresh store.
+    fn both<'a>(a: &'a dyn Backend, b: &'a dyn Backend) -> (&'a dyn Shared, &'a dyn Shared) {
+        (
+            a.shared().expect("a shared backend"),
+            b.shared().expect("a shared backend"),
+        )
+    }
+
+    /// The append right hands over the log as it stands: what the last holder appended comes
+    /// with it, and an append on top of it goes on from there.
+    pub async fn the_append_right_brings_others_appends(a: &dyn Backend, b: &dyn Backend) {
+        let (sa, sb) = both(a, b);
+        let log = entries();
+        let locked = sa.lock(1).await.unwrap();
+        assert_eq!(locked.progress.head, Progress::EMPTY.head);
+        a.append(&log[..1]).await.unwrap();
+        let locked = sb.lock(1).await.unwrap();
+        assert_eq!(locked.progress.head, 2);
+        assert_eq!(locked.entries, log[..1]);
+        b.append(&log[1..2]).await.unwrap();
+        // Given back without an append, the right leaves the log as it was.
+        let locked = sa.lock(3).await.unwrap();
+        assert_eq!((locked.progress.head, locked.entries.len()), (3, 0));
+        sa.unlock().await.unwrap();
+        assert_eq!(sb.read_index().await.unwrap().head, 3);
+        assert_eq!(b.read_log(1, 1000).await.unwrap(), log[..2]);
+    }
+
+    /// Leases are timed by the backend's clock, whichever frontend granted or renews them; one
+    /// whose time is up is not renewed, and is found expired both by the keeper's look and in the
+    /// append transaction.
+    pub async fn leases_are_timed_by_the_backend(a: &dyn Backend, b: &dyn Backend) {
+        let (sa, sb) = both(a, b);
+        assert_eq!(
+            a.put_leases(&[(7, 1), (8, 60)]).await.unwrap(),
+            [true, true]
+        );
+        assert_eq!(
+            sb.leases_among(&[7, 8, 9]).await.unwrap(),
+            [(7, 1), (8, 60)]
+        );
+        assert_eq!(sb.renew_leases(&[8]).await.unwrap(), [(8, 60)]);
+        let (granted, left) = sb.lease_time_to_live(8).await.unwrap().unwrap();
+        assert_eq!(granted, 60);
+        assert!((59..=60).contains(&left), "{left}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sb.expired_leases(10).await.unwrap().contains(&7) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lease 7 never expired"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(sa.renew_leases(&[7]).await.unwrap(), []);
+        sa.lock(1).await.unwrap();
+        assert_eq!(sa.expired_among(&[7, 8]).await.unwrap(), [7]);
+        sa.unlock().await.unwrap();
+        assert!(
+            sb.expired_among(&[7]).await.is_err(),
+            "outside the append transaction"
+        );
+    }
+
+    /// One keeper at a time: the role stays with the frontend that holds it.
+    pub async fn one_lease_keeper_at_a_time(a: &dyn Backend, b: &dyn Backend) {
+        let (sa, sb) = both(a, b);
+        assert!(sa.keep_leases().await.unwrap());
+        assert!(!sb.keep_leases().await.unwrap());
+        assert!(sa.keep_leases().await.unwrap());
+    }
+
+    /// Every frontend that announced itself is a member, by id.
+    pub async fn members_are_the_frontends_heard_from(a: &dyn Backend, b: &dyn Backend) {
+        let (sa, sb) = both(a, b);
+        let member = |backend: &dyn Backend, name: &str| MemberRecord {
+            id: backend.identity().member_id,
+            name: name.to_owned(),
+            client_urls: vec![format!("http://{name}:2379")],
+            peer_urls: vec![format!("http://{name}:2380")],
+        };
+        sa.heartbeat(&member(a, "a")).await.unwrap();
+        sb.heartbeat(&member(b, "b")).await.unwrap();
+        let mut expected = vec![member(a, "a"), member(b, "b")];
+        expected.sort_by_key(|m| m.id);
+        assert_eq!(sa.members().await.unwrap(), expected);
+        assert_eq!(sb.members().await.unwrap(), expected);
+    }
 }

@@ -57,6 +57,24 @@ async fn a_failure_keeps_the_sqlstate() {
     );
 }
 
+/// The conformance cases of a shared backend, each with two frontends of a fresh database.
+#[tokio::test]
+async fn shared_conformance() {
+    async fn two() -> (Postgres, Postgres) {
+        let config = fresh_database().await;
+        let a = Postgres::open(config.clone(), "a").await.unwrap();
+        (a, Postgres::open(config, "b").await.unwrap())
+    }
+    let (a, b) = two().await;
+    conformance::the_append_right_brings_others_appends(&a, &b).await;
+    let (a, b) = two().await;
+    conformance::leases_are_timed_by_the_backend(&a, &b).await;
+    let (a, b) = two().await;
+    conformance::one_lease_keeper_at_a_time(&a, &b).await;
+    let (a, b) = two().await;
+    conformance::members_are_the_frontends_heard_from(&a, &b).await;
+}
+
 #[tokio::test]
 async fn frontends_share_identity_and_see_each_others_appends() {
     let config = fresh_database().await;
