@@ -218,9 +218,12 @@ impl Server {
                 let routes = if guarded {
                     let guard =
                         http_guard::Guard::new(&config.host_whitelist, &config.cors, !secure);
-                    tonic::service::Routes::from(routes.clone().into_axum_router().layer(
-                        axum::middleware::from_fn_with_state(guard, http_guard::guard),
-                    ))
+                    tonic::service::Routes::from(
+                        routes
+                            .clone()
+                            .into_axum_router()
+                            .layer(http_guard::GuardLayer(guard)),
+                    )
                 } else {
                     routes.clone()
                 };

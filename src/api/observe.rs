@@ -26,17 +26,17 @@ pub async fn grpc(request: Request, next: Next) -> Response {
         })
     });
     let remote = remote(&request);
-    let started = std::time::SystemTime::now();
     let start = std::time::Instant::now();
     let response = next.run(request).await;
     let took = start.elapsed();
     if let Some(method) = method.filter(|m| m.unary && took > metrics::unary_request_warning()) {
+        let started = std::time::SystemTime::now() - took;
         // etcd also gives the request's size and content for KV calls, which this layer does not
         // decode; like etcd for every other call, it says -1 and "".
         tracing::warn!(
             start_time = %time::OffsetDateTime::from(started),
             time_spent = ?took,
-            remote = %remote,
+            remote = %remote.map_or_else(|| "No remote client info.".to_owned(), |a| a.to_string()),
             response_type = %method.path,
             request_count = -1,
             request_size = -1,
@@ -75,8 +75,8 @@ pub async fn grpc(request: Request, next: Next) -> Response {
     })
 }
 
-/// The client's address, as etcd names it in "request stats".
-fn remote(request: &Request) -> String {
+/// The client's address, for etcd's "request stats".
+fn remote(request: &Request) -> Option<std::net::SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let extensions = request.extensions();
     extensions
@@ -87,7 +87,6 @@ fn remote(request: &Request) -> String {
                 .map(TlsConnectInfo::get_ref)
         })
         .and_then(TcpConnectInfo::remote_addr)
-        .map_or_else(|| "No remote client info.".to_owned(), |a| a.to_string())
 }
 
 fn status(headers: &axum::http::HeaderMap) -> Option<usize> {
