@@ -16,12 +16,15 @@
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
 
+mod record;
+
 use super::wal::Wal;
 use super::{random_id, Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use prost::Message;
+use record::Record;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -422,98 +425,6 @@ fn new_cycle(db: &Database, wal: &mut Wal) -> Result<()> {
     tx.commit().map_err(storage)?;
     wal.restart(next);
     Ok(())
-}
-
-/// What a record of the write-ahead log holds: a change the database takes in without a sync.
-enum Record {
-    /// Whole revisions appended to the log, from `first` to `last`.
-    Log {
-        first: i64,
-        last: i64,
-        rows: Vec<Row>,
-    },
-    /// Leases granted, as (id, TTL).
-    Leases(Vec<(i64, i64)>),
-    /// A lease forgotten.
-    LeaseRemoved(i64),
-}
-
-impl Record {
-    /// A kind byte, then: each log row as its revision, sub-revision, length and encoded event;
-    /// or each lease as its id and TTL; or the forgotten lease's id.
-    fn encode(&self) -> Vec<u8> {
-        let mut record = Vec::new();
-        match self {
-            Record::Log { first, last, rows } => {
-                record.reserve(17 + rows.iter().map(|(_, v)| 20 + v.len()).sum::<usize>());
-                record.push(0);
-                record.extend_from_slice(&first.to_le_bytes());
-                record.extend_from_slice(&last.to_le_bytes());
-                for ((main, sub), value) in rows {
-                    record.extend_from_slice(&main.to_le_bytes());
-                    record.extend_from_slice(&sub.to_le_bytes());
-                    record.extend_from_slice(&(value.len() as u32).to_le_bytes());
-                    record.extend_from_slice(value);
-                }
-            }
-            Record::Leases(granted) => {
-                record.push(1);
-                for (id, ttl) in granted {
-                    record.extend_from_slice(&id.to_le_bytes());
-                    record.extend_from_slice(&ttl.to_le_bytes());
-                }
-            }
-            Record::LeaseRemoved(id) => {
-                record.push(2);
-                record.extend_from_slice(&id.to_le_bytes());
-            }
-        }
-        record
-    }
-
-    fn decode(mut record: &[u8]) -> Result<Record> {
-        fn take<'a>(record: &mut &'a [u8], n: usize) -> Result<&'a [u8]> {
-            if record.len() < n {
-                return Err(BackendError::storage(
-                    "a write-ahead log record that passed its checksum does not decode",
-                ));
-            }
-            let (head, rest) = record.split_at(n);
-            *record = rest;
-            Ok(head)
-        }
-        fn number(record: &mut &[u8]) -> Result<i64> {
-            Ok(i64::from_le_bytes(
-                take(record, 8)?.try_into().expect("8 bytes"),
-            ))
-        }
-        let kind = take(&mut record, 1)?[0];
-        match kind {
-            0 => {
-                let first = number(&mut record)?;
-                let last = number(&mut record)?;
-                let mut rows = Vec::new();
-                while !record.is_empty() {
-                    let main = number(&mut record)?;
-                    let sub = number(&mut record)?;
-                    let length = u32::from_le_bytes(take(&mut record, 4)?.try_into().expect("4"));
-                    rows.push(((main, sub), take(&mut record, length as usize)?.to_vec()));
-                }
-                Ok(Record::Log { first, last, rows })
-            }
-            1 => {
-                let mut granted = Vec::new();
-                while !record.is_empty() {
-                    granted.push((number(&mut record)?, number(&mut record)?));
-                }
-                Ok(Record::Leases(granted))
-            }
-            2 => Ok(Record::LeaseRemoved(number(&mut record)?)),
-            _ => Err(BackendError::storage(format!(
-                "a write-ahead log record of unknown kind {kind}"
-            ))),
-        }
-    }
 }
 
 fn meta_value(meta: &impl ReadableTable<&'static str, u64>, name: &str, unset: i64) -> Result<i64> {
