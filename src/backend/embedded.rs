@@ -19,7 +19,10 @@
 mod record;
 
 use super::wal::Wal;
-use super::{random_id, Backend, BackendError, Identity, LogEntry, Progress, Result, Usage};
+use super::{
+    random_id, Backend, BackendError, Identity, Log, LogEntry, Progress, Records, Restore, Result,
+    Usage,
+};
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
@@ -447,6 +450,26 @@ impl Backend for Embedded {
         self.identity
     }
 
+    async fn close(&self) -> Result<()> {
+        let closed = self.closed.clone();
+        self.with_store(move |store| {
+            if let Some(wal) = &mut store.wal {
+                new_cycle(&store.db, wal)?;
+            }
+            closed.store(true, Ordering::Release);
+            Ok(())
+        })
+        .await?;
+        // The database lets go of its file as it is dropped: here, not when the process exits.
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || drop(store.lock().map(|mut s| s.take())))
+            .await
+            .map_err(|e| BackendError::caused_by(format!("storage task failed: {e}"), e))
+    }
+}
+
+#[async_trait]
+impl Log for Embedded {
     async fn progress(&self) -> Result<Progress> {
         self.with_db(|db| {
             let tx = db.begin_read().map_err(storage)?;
@@ -476,49 +499,6 @@ impl Backend for Embedded {
             insert(&mut log, &rows)?;
             meta.insert("head", last as u64).map_err(storage)?;
             Ok(((), Some(Record::Log { first, last, rows })))
-        })
-        .await
-    }
-
-    async fn begin_restore(&self) -> Result<()> {
-        self.commit(move |tx| {
-            let mut meta = tx.open_table(META).map_err(storage)?;
-            let log = tx.open_table(LOG).map_err(storage)?;
-            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::EMPTY.head
-                || log.first().map_err(storage)?.is_some()
-            {
-                return Err(BackendError::NotEmpty);
-            }
-            meta.insert("head", Progress::RESTORING as u64)
-                .map_err(storage)?;
-            Ok(())
-        })
-        .await
-    }
-
-    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
-        let rows = rows(entries);
-        self.commit(move |tx| {
-            let meta = tx.open_table(META).map_err(storage)?;
-            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
-                return Err(BackendError::NotRestoring);
-            }
-            let mut log = tx.open_table(LOG).map_err(storage)?;
-            insert(&mut log, &rows)
-        })
-        .await
-    }
-
-    async fn finish_restore(&self, progress: Progress) -> Result<()> {
-        self.commit(move |tx| {
-            let mut meta = tx.open_table(META).map_err(storage)?;
-            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
-                return Err(BackendError::NotRestoring);
-            }
-            meta.insert("head", progress.head as u64).map_err(storage)?;
-            meta.insert("compacted", progress.compacted as u64)
-                .map_err(storage)?;
-            Ok(())
         })
         .await
     }
@@ -592,6 +572,78 @@ impl Backend for Embedded {
         Ok(())
     }
 
+    async fn defragment(&self) -> Result<()> {
+        self.with_store(|store| {
+            // Compaction moves only what is durable in the database.
+            if let Some(wal) = &mut store.wal {
+                new_cycle(&store.db, wal)?;
+            }
+            while store.db.compact().map_err(storage)? {}
+            Ok(())
+        })
+        .await
+    }
+
+    fn usage(&self) -> Usage {
+        // redb reports allocated pages only inside a write transaction, which would wait for the
+        // writer; the file size answers at once and is what `--quota-backend-bytes` limits.
+        let size = self
+            .path
+            .as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map_or(0, |m| m.len() as i64);
+        Usage { size, in_use: size }
+    }
+}
+
+#[async_trait]
+impl Restore for Embedded {
+    async fn begin_restore(&self) -> Result<()> {
+        self.commit(move |tx| {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            let log = tx.open_table(LOG).map_err(storage)?;
+            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::EMPTY.head
+                || log.first().map_err(storage)?.is_some()
+            {
+                return Err(BackendError::NotEmpty);
+            }
+            meta.insert("head", Progress::RESTORING as u64)
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
+        let rows = rows(entries);
+        self.commit(move |tx| {
+            let meta = tx.open_table(META).map_err(storage)?;
+            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
+                return Err(BackendError::NotRestoring);
+            }
+            let mut log = tx.open_table(LOG).map_err(storage)?;
+            insert(&mut log, &rows)
+        })
+        .await
+    }
+
+    async fn finish_restore(&self, progress: Progress) -> Result<()> {
+        self.commit(move |tx| {
+            let mut meta = tx.open_table(META).map_err(storage)?;
+            if meta_value(&meta, "head", Progress::EMPTY.head)? != Progress::RESTORING {
+                return Err(BackendError::NotRestoring);
+            }
+            meta.insert("head", progress.head as u64).map_err(storage)?;
+            meta.insert("compacted", progress.compacted as u64)
+                .map_err(storage)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Records for Embedded {
     async fn put_leases(&self, granted: &[(i64, i64)]) -> Result<Vec<bool>> {
         let granted = granted.to_vec();
         self.commit_logged(move |tx| {
@@ -698,46 +750,6 @@ impl Backend for Embedded {
                 .collect()
         })
         .await
-    }
-
-    async fn defragment(&self) -> Result<()> {
-        self.with_store(|store| {
-            // Compaction moves only what is durable in the database.
-            if let Some(wal) = &mut store.wal {
-                new_cycle(&store.db, wal)?;
-            }
-            while store.db.compact().map_err(storage)? {}
-            Ok(())
-        })
-        .await
-    }
-
-    async fn close(&self) -> Result<()> {
-        let closed = self.closed.clone();
-        self.with_store(move |store| {
-            if let Some(wal) = &mut store.wal {
-                new_cycle(&store.db, wal)?;
-            }
-            closed.store(true, Ordering::Release);
-            Ok(())
-        })
-        .await?;
-        // The database lets go of its file as it is dropped: here, not when the process exits.
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || drop(store.lock().map(|mut s| s.take())))
-            .await
-            .map_err(|e| BackendError::caused_by(format!("storage task failed: {e}"), e))
-    }
-
-    fn usage(&self) -> Usage {
-        // redb reports allocated pages only inside a write transaction, which would wait for the
-        // writer; the file size answers at once and is what `--quota-backend-bytes` limits.
-        let size = self
-            .path
-            .as_ref()
-            .and_then(|p| std::fs::metadata(p).ok())
-            .map_or(0, |m| m.len() as i64);
-        Usage { size, in_use: size }
     }
 }
 

@@ -207,10 +207,10 @@ pub(crate) fn random_id() -> u64 {
     h.finish().max(1)
 }
 
+/// The log of revisions: appended whole and in order, read back by revision, compacted and
+/// given back to the file system.
 #[async_trait]
-pub trait Backend: Send + Sync + 'static {
-    fn identity(&self) -> Identity;
-
+pub trait Log: Send + Sync {
     /// Where the durable log stands. After a failed `append` this first recovers the store, so the
     /// answer says whether that append became durable after all.
     async fn progress(&self) -> Result<Progress>;
@@ -222,6 +222,24 @@ pub trait Backend: Send + Sync + 'static {
     /// Whole revisions from `from` on, stopping after the revision that reaches `max_events` events.
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>>;
 
+    /// The key-values written at `revisions` (None where there is none: compacted, or a delete).
+    async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>>;
+
+    /// Durably records that history below `revision` is compacted.
+    async fn set_compacted(&self, revision: i64) -> Result<()>;
+
+    /// Physically removes the changes at `revisions`, which compaction made unreachable.
+    async fn remove(&self, revisions: &[Revision]) -> Result<()>;
+
+    /// Gives the space of removed history back to the file system.
+    async fn defragment(&self) -> Result<()>;
+
+    fn usage(&self) -> Usage;
+}
+
+/// Filling a new store with a history numbered elsewhere (an etcd snapshot's, a live etcd's).
+#[async_trait]
+pub trait Restore: Send + Sync {
     /// Starts filling an empty store with a history numbered elsewhere (an etcd snapshot's),
     /// refused with [`BackendError::NotEmpty`] unless the store has never been written. Until
     /// [`Backend::finish_restore`] its head is [`Progress::RESTORING`]: a store left so by an
@@ -234,16 +252,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Ends a restore: the log stands at `progress`.
     async fn finish_restore(&self, progress: Progress) -> Result<()>;
+}
 
-    /// The key-values written at `revisions` (None where there is none: compacted, or a delete).
-    async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>>;
-
-    /// Durably records that history below `revision` is compacted.
-    async fn set_compacted(&self, revision: i64) -> Result<()>;
-
-    /// Physically removes the changes at `revisions`, which compaction made unreachable.
-    async fn remove(&self, revisions: &[Revision]) -> Result<()>;
-
+/// What the store keeps beside the log: leases, alarms and the auth state.
+#[async_trait]
+pub trait Records: Send + Sync {
     /// Durably records granted leases, as (id, TTL in seconds), in one commit; answers for each
     /// whether it was recorded: not if a lease with its id exists (or came earlier in `leases`).
     async fn put_leases(&self, leases: &[(i64, i64)]) -> Result<Vec<bool>>;
@@ -272,11 +285,12 @@ pub trait Backend: Send + Sync + 'static {
     /// false if another process changed it first. On a shared backend the change waits for the
     /// append right (see [`Shared::lock`]), so that writes and auth changes are in one order.
     async fn put_auth(&self, generation: u64, state: &[u8]) -> Result<bool>;
+}
 
-    /// Gives the space of removed history back to the file system.
-    async fn defragment(&self) -> Result<()>;
-
-    fn usage(&self) -> Usage;
+/// A store Strata serves: its log, restore and records, who it is, and what sharing it adds.
+#[async_trait]
+pub trait Backend: Log + Restore + Records + Send + Sync + 'static {
+    fn identity(&self) -> Identity;
 
     /// Makes everything durable where the next open finds it at once (nothing to replay), stops
     /// the backend's own tasks and lets go of the medium. Nothing calls the backend after it (the

@@ -44,8 +44,8 @@ use tail::{measure_usage, tail};
 pub use tls::Connection;
 
 use super::{
-    Backend, BackendError, Identity, Locked, LogEntry, MemberRecord, Progress, ReadIndex, Result,
-    Shared, Usage,
+    Backend, BackendError, Identity, Locked, Log, LogEntry, MemberRecord, Progress, ReadIndex,
+    Records, Restore, Result, Shared, Usage,
 };
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -445,6 +445,20 @@ impl Backend for Postgres {
         self.identity
     }
 
+    /// Every commit is durable in PostgreSQL already; the connections close as the backend is
+    /// dropped.
+    async fn close(&self) -> Result<()> {
+        self.tasks.stop().await;
+        Ok(())
+    }
+
+    fn shared(&self) -> Option<&dyn Shared> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl Log for Postgres {
     async fn progress(&self) -> Result<Progress> {
         self.inner.progress().await
     }
@@ -502,37 +516,6 @@ impl Backend for Postgres {
             return Err(BackendError::OutOfOrder { head, got: first });
         }
         self.inner.size.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn begin_restore(&self) -> Result<()> {
-        let marked = self.inner.write_rows(BEGIN_RESTORE, &[]).await?;
-        if marked.is_empty() {
-            return Err(BackendError::NotEmpty);
-        }
-        Ok(())
-    }
-
-    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
-        let (rows, bytes) = log_rows(entries);
-        let inserted = self
-            .inner
-            .write_rows(RESTORE_LOG, &row_params(&rows))
-            .await?;
-        if inserted.first().map(|r| r.get::<_, i64>(0)) != Some(rows.0.len() as i64) {
-            return Err(BackendError::NotRestoring);
-        }
-        self.inner.size.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
-    async fn finish_restore(&self, progress: Progress) -> Result<()> {
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
-            [&progress.head, &progress.compacted];
-        let finished = self.inner.write_rows(FINISH_RESTORE, &params).await?;
-        if finished.is_empty() {
-            return Err(BackendError::NotRestoring);
-        }
         Ok(())
     }
 
@@ -603,6 +586,61 @@ impl Backend for Postgres {
         Ok(())
     }
 
+    async fn defragment(&self) -> Result<()> {
+        // VACUUM FULL rewrites the tables and gives the space of removed rows back to the file
+        // system, as etcd's defragmentation does; like it, it blocks reads and writes meanwhile
+        // (here those of every frontend). PostgreSQL's autovacuum already makes that space
+        // reusable without it.
+        for table in ["strata_log", "strata_leases", "strata_alarms"] {
+            let sql = format!("VACUUM FULL {table}");
+            self.inner.maintain(&sql).await?;
+        }
+        self.inner.measure_usage().await;
+        Ok(())
+    }
+
+    fn usage(&self) -> Usage {
+        let size = self.inner.size.load(Ordering::Relaxed);
+        Usage { size, in_use: size }
+    }
+}
+
+#[async_trait]
+impl Restore for Postgres {
+    async fn begin_restore(&self) -> Result<()> {
+        let marked = self.inner.write_rows(BEGIN_RESTORE, &[]).await?;
+        if marked.is_empty() {
+            return Err(BackendError::NotEmpty);
+        }
+        Ok(())
+    }
+
+    async fn restore_log(&self, entries: &[LogEntry]) -> Result<()> {
+        let (rows, bytes) = log_rows(entries);
+        let inserted = self
+            .inner
+            .write_rows(RESTORE_LOG, &row_params(&rows))
+            .await?;
+        if inserted.first().map(|r| r.get::<_, i64>(0)) != Some(rows.0.len() as i64) {
+            return Err(BackendError::NotRestoring);
+        }
+        self.inner.size.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn finish_restore(&self, progress: Progress) -> Result<()> {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
+            [&progress.head, &progress.compacted];
+        let finished = self.inner.write_rows(FINISH_RESTORE, &params).await?;
+        if finished.is_empty() {
+            return Err(BackendError::NotRestoring);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Records for Postgres {
     async fn put_leases(&self, leases: &[(i64, i64)]) -> Result<Vec<bool>> {
         let (ids, ttls): (Vec<i64>, Vec<i64>) = leases.iter().copied().unzip();
         let rows = self
@@ -701,34 +739,5 @@ impl Backend for Postgres {
                 .await?
         };
         Ok(changed == 1)
-    }
-
-    /// Every commit is durable in PostgreSQL already; the connections close as the backend is
-    /// dropped.
-    async fn close(&self) -> Result<()> {
-        self.tasks.stop().await;
-        Ok(())
-    }
-
-    async fn defragment(&self) -> Result<()> {
-        // VACUUM FULL rewrites the tables and gives the space of removed rows back to the file
-        // system, as etcd's defragmentation does; like it, it blocks reads and writes meanwhile
-        // (here those of every frontend). PostgreSQL's autovacuum already makes that space
-        // reusable without it.
-        for table in ["strata_log", "strata_leases", "strata_alarms"] {
-            let sql = format!("VACUUM FULL {table}");
-            self.inner.maintain(&sql).await?;
-        }
-        self.inner.measure_usage().await;
-        Ok(())
-    }
-
-    fn usage(&self) -> Usage {
-        let size = self.inner.size.load(Ordering::Relaxed);
-        Usage { size, in_use: size }
-    }
-
-    fn shared(&self) -> Option<&dyn Shared> {
-        Some(self)
     }
 }
