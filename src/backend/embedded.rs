@@ -111,9 +111,19 @@ impl Embedded {
     /// Opens (creating if needed) the store in directory `dir` as `options` say.
     pub fn open_with(dir: &Path, options: Options) -> Result<Self> {
         let Options { fsync, identity } = options;
-        std::fs::create_dir_all(dir).map_err(|e| {
+        let cannot = |e: std::io::Error| {
             BackendError::caused_by(format!("cannot create data dir {}: {e}", dir.display()), e)
-        })?;
+        };
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(cannot)?;
+            // The directory's own entry, durable before anything in it is acknowledged (the
+            // write-ahead log syncs the entries of the files within).
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::File::open(parent)
+                    .and_then(|p| p.sync_all())
+                    .map_err(cannot)?;
+            }
+        }
         let path = dir.join("strata.redb");
         // redb may panic opening a file damaged behind its back (a plain open does not promise to
         // detect it): say so, and how to check it, rather than crash.
