@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use strata::api::Server;
 use strata::auth::{AuthStore, TokenProvider};
-use strata::backend::embedded::Embedded;
+use strata::backend::embedded::{Embedded, Options as EmbeddedOptions};
 use strata::backend::postgres::Postgres;
 use strata::backend::{Backend, Identity};
 use strata::config::{Config, MetricsLevel, Request};
@@ -129,8 +129,10 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
     );
     let options = Opening {
         verify: config.initial_corrupt_check,
-        fsync: !config.unsafe_no_fsync,
-        identity,
+        embedded: EmbeddedOptions {
+            fsync: !config.unsafe_no_fsync,
+            identity,
+        },
     };
     let backend = open_backend(&config.backend, config.data_dir.clone(), &member, options).await?;
     let tokens = TokenProvider::new(
@@ -205,21 +207,12 @@ fn log_writer(
     ))
 }
 
-/// How the embedded store is opened: checked first (etcd's initial corruption check), whether
-/// its write-ahead log syncs (not with `--unsafe-no-fsync`), and the ids it takes if it is new.
-#[derive(Clone, Copy)]
+/// How the embedded store is opened: checked first (etcd's initial corruption check), and as
+/// the store's own options say (`--unsafe-no-fsync`, the ids of a new store).
+#[derive(Clone, Copy, Default)]
 struct Opening {
     verify: bool,
-    fsync: bool,
-    identity: Option<Identity>,
-}
-
-impl Opening {
-    const PLAIN: Opening = Opening {
-        verify: false,
-        fsync: true,
-        identity: None,
-    };
+    embedded: EmbeddedOptions,
 }
 
 /// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells a
@@ -242,19 +235,15 @@ async fn open_backend(
                 }
             }
             tracing::info!(data_dir = %data_dir.display(), "opening the embedded store");
-            if !options.fsync {
+            if !options.embedded.fsync {
                 tracing::warn!(
                     "--unsafe-no-fsync: acknowledged writes may be lost in a crash of the machine"
                 );
             }
-            let options = strata::backend::embedded::Options {
-                fsync: options.fsync,
-                identity: options.identity,
-            };
-            Arc::new(Embedded::open_with(&data_dir, options)?)
+            Arc::new(Embedded::open_with(&data_dir, options.embedded)?)
         }
         connection => {
-            if !options.fsync {
+            if !options.embedded.fsync {
                 tracing::warn!(
                     "--unsafe-no-fsync has no effect on PostgreSQL: its synchronous_commit decides"
                 );
@@ -297,7 +286,13 @@ struct Target {
 
 impl Target {
     async fn open(&self) -> anyhow::Result<Arc<dyn Backend>> {
-        open_backend(&self.backend, self.data_dir(), &self.name, Opening::PLAIN).await
+        open_backend(
+            &self.backend,
+            self.data_dir(),
+            &self.name,
+            Opening::default(),
+        )
+        .await
     }
 
     fn data_dir(&self) -> PathBuf {
