@@ -11,8 +11,7 @@
 use crate::frontends::{frontend_on, Writers};
 use crate::linearizability::check_history_through;
 use crate::requests::*;
-use crate::support::on_postgres;
-use std::process::Command;
+use crate::support::{on_postgres, project_script};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use strata::proto::etcdserverpb::kv_client::KvClient;
@@ -54,21 +53,10 @@ impl Drop for Formation {
 /// The last line `scripts/pg-auto-failover ACTION DIR [NODE]` printed; fails the test if it
 /// failed.
 fn run(action: &str, dir: &std::path::Path, node: Option<&str>) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/pg-auto-failover");
-    let out = Command::new(script)
-        .arg(action)
-        .arg(dir)
-        .args(node)
-        .output()
-        .expect("scripts/pg-auto-failover runs");
-    assert!(
-        out.status.success(),
-        "scripts/pg-auto-failover {action} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().last().unwrap_or("").to_owned()
+    let dir = dir.display().to_string();
+    let args: Vec<&str> = [action, dir.as_str()].into_iter().chain(node).collect();
+    let out = project_script("pg-auto-failover", &args);
+    out.lines().last().unwrap_or("").to_owned()
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -263,6 +263,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// What `scripts/NAME ARGS` printed, trimmed; fails the test if it failed.
+pub fn project_script(name: &str, args: &[&str]) -> String {
+    let script = format!("{}/scripts/{name}", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("scripts/{name} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A throwaway single-member etcd (Debian's etcd-server) on loopback.
 pub struct Etcd {
     pub process: Process,
@@ -422,19 +439,9 @@ impl OwnPostgres {
     }
 
     fn script_with(args: &[&str], dir: &Path) -> String {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres");
-        let action = args.join(" ");
-        let out = Command::new(script)
-            .args(args)
-            .arg(dir)
-            .output()
-            .expect("scripts/postgres runs");
-        assert!(
-            out.status.success(),
-            "scripts/postgres {action} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        let dir = dir.display().to_string();
+        let args: Vec<&str> = args.iter().copied().chain([dir.as_str()]).collect();
+        project_script("postgres", &args)
     }
 }
 
