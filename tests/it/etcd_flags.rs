@@ -592,11 +592,7 @@ fn flags_for_the_gateway_sockets_and_slow_requests() {
 
     // --warning-apply-duration: a request slower than it is logged and counted as etcd's.
     let strata = Strata::start_with(&["--warning-apply-duration=1ns"]);
-    let put = etcdctl(&strata.endpoint())
-        .args(["put", "k", "v"])
-        .output()
-        .unwrap();
-    assert!(put.status.success());
+    puts(&strata, 1, "v");
     let (_, metrics) = get_from(strata.address, "/metrics");
     assert!(
         metrics.contains("etcd_server_slow_apply_total 1"),
@@ -608,11 +604,7 @@ fn flags_for_the_gateway_sockets_and_slow_requests() {
     // --warning-unary-request-duration (etcd 3.6; 3.5's fixed 300 ms otherwise): a unary request
     // slower than it is logged as etcd's "request stats", with the method and the client.
     let strata = Strata::start_with(&["--warning-unary-request-duration=1ns"]);
-    let put = etcdctl(&strata.endpoint())
-        .args(["put", "k", "v"])
-        .output()
-        .unwrap();
-    assert!(put.status.success());
+    puts(&strata, 1, "v");
     let log = strata.log();
     let stats = log
         .lines()
