@@ -1,6 +1,8 @@
 //! Servers for the tests: the `strata` binary and Debian's etcd, each on free loopback ports in a
 //! temporary directory, ready once its log says "ready to serve client requests".
 
+pub mod power_cut_fs;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
