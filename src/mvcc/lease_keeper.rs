@@ -6,7 +6,7 @@
 //! writer's queue like a client's revoke, so the writer stays the only one to delete keys.
 
 use super::lessor::Lessor;
-use super::queue::{Write, WriteQueue, MAX_BATCH};
+use super::queue::{Expire, Revoke, WriteQueue, MAX_BATCH};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use std::sync::{Arc, Mutex};
@@ -47,7 +47,7 @@ pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {
         let mut answers = Vec::with_capacity(expired.len());
         for id in expired {
             tracing::debug!(lease = id, "lease expired: revoking it");
-            let Ok(answer) = writes.enqueue(Write::Expire(id), None).await else {
+            let Ok(answer) = writes.enqueue(Expire(id), None).await else {
                 return;
             };
             answers.push(answer);
@@ -150,7 +150,7 @@ pub(super) async fn expire_leases(
         for id in expired {
             // The answer is not awaited: a revoke that fails is retried when the lease comes due
             // again.
-            if writes.enqueue(Write::Revoke(id), None).await.is_err() {
+            if writes.enqueue(Revoke(id), None).await.is_err() {
                 return;
             }
         }

@@ -6,7 +6,7 @@
 //! the log through these, so how a logged revision becomes index state is written once.
 
 use super::index::Index;
-use super::queue::{Write, WriteQueue};
+use super::queue::{CatchUp, WriteQueue};
 use crate::backend::{Backend, LogEntry};
 use crate::error::{Error, Result};
 use crate::proto::mvccpb::event::EventType;
@@ -26,7 +26,7 @@ pub(super) async fn follow(
     loop {
         let head = *tail.borrow_and_update();
         if head > index.read().expect("index lock").committed {
-            let Ok(answer) = writes.enqueue(Write::CatchUp, None).await else {
+            let Ok(answer) = writes.enqueue(CatchUp, None).await else {
                 return;
             };
             // One at a time: a burst of notifications needs one catch-up, not one each. One that

@@ -14,7 +14,7 @@ use super::hash::KvHasher;
 use super::index::{Index, KeyRange};
 use super::lease_keeper::{self, Grant, Renewal};
 use super::lessor::{self, Lessor};
-use super::queue::{Write, WriteQueue, Written, MAX_BATCH};
+use super::queue::{Queueable, Revoke, WriteQueue, MAX_BATCH};
 use super::quota::Alarms;
 use super::range;
 use super::recovery::{self, load_index, visit_log};
@@ -381,10 +381,7 @@ impl Store {
     /// [`Error::AuthStale`]: check it again under the new state (as etcd checks a write when it
     /// applies it) and send it again. The same holds for the other writes.
     pub async fn put(&self, req: PutRequest, auth: Option<u64>) -> Result<PutResponse> {
-        match self.write(Write::Put(req), auth).await? {
-            Written::Put(r) => Ok(r),
-            _ => unreachable!("a put is answered by a put"),
-        }
+        self.write(req, auth).await
     }
 
     pub async fn delete_range(
@@ -392,26 +389,17 @@ impl Store {
         req: DeleteRangeRequest,
         auth: Option<u64>,
     ) -> Result<DeleteRangeResponse> {
-        match self.write(Write::Delete(req), auth).await? {
-            Written::Delete(r) => Ok(r),
-            _ => unreachable!("a delete is answered by a delete"),
-        }
+        self.write(req, auth).await
     }
 
     /// Every txn, read-only ones included, goes through the writer: its compares then see the
     /// newest state, and its answer waits until everything it saw is durable.
     pub async fn txn(&self, req: TxnRequest, auth: Option<u64>) -> Result<TxnResponse> {
-        match self.write(Write::Txn(req), auth).await? {
-            Written::Txn(r) => Ok(r),
-            _ => unreachable!("a txn is answered by a txn"),
-        }
+        self.write(req, auth).await
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> Result<CompactionResponse> {
-        match self.write(Write::Compact(req), None).await? {
-            Written::Compact(r) => Ok(r),
-            _ => unreachable!("a compaction is answered by a compaction"),
-        }
+        self.write(req, None).await
     }
 
     /// Grants a lease (`id` 0: one the server picks) with `ttl` seconds, at least etcd's minimum;
@@ -447,10 +435,7 @@ impl Store {
     /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten. `auth`
     /// as for [`Store::put`].
     pub async fn lease_revoke(&self, id: i64, auth: Option<u64>) -> Result<LeaseRevokeResponse> {
-        match self.write(Write::Revoke(id), auth).await? {
-            Written::Revoke(r) => Ok(r),
-            _ => unreachable!("a revoke is answered by a revoke"),
-        }
+        self.write(Revoke(id), auth).await
     }
 
     /// Keeps a lease alive for another TTL; None if it does not exist or has expired. On a shared
@@ -601,8 +586,8 @@ impl Store {
         }
     }
 
-    async fn write(&self, write: Write, auth: Option<u64>) -> Result<Written> {
-        let answer = self.writes.enqueue(write, auth).await?;
+    async fn write<Q: Queueable>(&self, request: Q, auth: Option<u64>) -> Result<Q::Answer> {
+        let answer = self.writes.enqueue(request, auth).await?;
         let written = answer.await.map_err(|_| Error::Stopped)?;
         if let Err(Error::Storage(failure)) = &written {
             if failure.is_out_of_space() {

@@ -7,9 +7,9 @@
 
 use super::index::{Index, Undo};
 use super::lessor::{Lease, Lessor};
-use super::queue::{Queued, Write, Written, MAX_BATCH};
+use super::queue::{Batched, Job, Queued, Write, MAX_BATCH};
 use super::recovery::{load_index, restore, RECOVERY_CHUNK};
-use super::txn::{self, TxnOutcome};
+use super::txn;
 use super::watch::WatchHub;
 use crate::backend::{Backend, BackendError, LogEntry};
 use crate::error::{Error, Result};
@@ -32,7 +32,7 @@ pub(super) struct Writer {
     /// Tells readers waiting for a revision that it is committed.
     committed: tokio::sync::watch::Sender<i64>,
     /// A compaction taken from the queue while gathering a batch's writes, to run after it.
-    held: Option<Queued>,
+    held: Option<Job<CompactionRequest, CompactionResponse>>,
     /// See [`Store::auth_seen`](super::Store::auth_seen).
     auth_seen: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -42,16 +42,10 @@ struct Unresolved {
     entries: Vec<LogEntry>,
 }
 
-/// A write applied to the index, waiting for its batch to become durable.
-enum Applied {
-    Done(Result<Written>),
-    Txn(TxnOutcome),
-}
-
-/// A group applied to the index: what to append, the answers, and how to take it back.
+/// A group applied to the index: what to append, and how to take it back. Each write holds what
+/// applying it gave, to answer with once the group is durable.
 struct AppliedGroup {
     entries: Vec<LogEntry>,
-    applied: Vec<Applied>,
     revoked: Vec<(i64, Lease)>,
     undo: Undo,
 }
@@ -59,7 +53,7 @@ struct AppliedGroup {
 /// Answers the writes of `group` allowed under an auth state older than generation `auth` with
 /// [`Error::AuthStale`] and leaves them out: another frontend changed the state before they could
 /// be appended, and they must be allowed again under the new one.
-fn refuse_stale(group: &mut Vec<Queued>, auth: u64) {
+fn refuse_stale(group: &mut Vec<Batched>, auth: u64) {
     if group.iter().all(|q| q.auth.is_none_or(|a| a >= auth)) {
         return;
     }
@@ -68,18 +62,21 @@ fn refuse_stale(group: &mut Vec<Queued>, auth: u64) {
         .partition(|q| q.auth.is_some_and(|a| a < auth));
     *group = current;
     for q in stale {
-        let _ = q.reply.send(Err(Error::AuthStale));
+        q.write.fail(Error::AuthStale);
     }
 }
 
 /// Under the append right: leaves out of `group` the expiries of leases that are not expired by
 /// the backend's clock (they were renewed after the keeper looked), answering them as for a lease
 /// gone; the keeper takes no notice of the answer.
-async fn still_expired(shared: &dyn crate::backend::Shared, group: &mut Vec<Queued>) -> Result<()> {
+async fn still_expired(
+    shared: &dyn crate::backend::Shared,
+    group: &mut Vec<Batched>,
+) -> Result<()> {
     let expiries: Vec<i64> = group
         .iter()
-        .filter_map(|q| match q.write {
-            Write::Expire(id) => Some(id),
+        .filter_map(|q| match &q.write {
+            Write::Expire(job) => Some(job.request),
             _ => None,
         })
         .collect();
@@ -90,18 +87,18 @@ async fn still_expired(shared: &dyn crate::backend::Shared, group: &mut Vec<Queu
         shared.expired_among(&expiries).await?.into_iter().collect();
     let (kept, renewed) = std::mem::take(group)
         .into_iter()
-        .partition(|q| !matches!(q.write, Write::Expire(id) if !expired.contains(&id)));
+        .partition(|q| !matches!(&q.write, Write::Expire(job) if !expired.contains(&job.request)));
     *group = kept;
     for q in renewed {
         tracing::info!("a lease found expired was renewed since: not revoked");
-        let _ = q.reply.send(Err(Error::LeaseNotFound));
+        q.write.fail(Error::LeaseNotFound);
     }
     Ok(())
 }
 
 /// Whether `group` holds anything but catch-ups.
-fn may_write(group: &[Queued]) -> bool {
-    group.iter().any(|q| !matches!(q.write, Write::CatchUp))
+fn may_write(group: &[Batched]) -> bool {
+    group.iter().any(|q| !matches!(q.write, Write::CatchUp(_)))
 }
 
 /// How often a batch is applied again after another process's append got in before it.
@@ -152,26 +149,29 @@ impl Writer {
             let mut rest = batch.drain(..).peekable();
             while rest.peek().is_some() {
                 let mut group = Vec::new();
-                while let Some(q) = rest.next_if(|q| !matches!(q.write, Write::Compact(_))) {
-                    group.push(q);
+                let mut compaction = None;
+                for q in rest.by_ref() {
+                    match q {
+                        Queued::Batched(q) => group.push(q),
+                        Queued::Compact(job) => {
+                            compaction = Some(job);
+                            break;
+                        }
+                    }
                 }
                 if !group.is_empty() {
                     // Only the last group may take in what arrived since, so that writes keep
                     // their order in the queue.
-                    let last = rest.peek().is_none();
+                    let last = compaction.is_none() && rest.peek().is_none();
                     self.commit(group, last.then_some(&mut queue)).await;
                 }
-                if let Some(Queued {
-                    write: Write::Compact(req),
-                    reply,
-                    ..
-                }) = rest.next()
-                {
-                    let _ = reply.send(self.compact(req).await.map(Written::Compact));
+                if let Some(job) = compaction {
+                    let answer = self.compact(&job.request).await;
+                    job.answer(answer);
                 }
             }
             drop(rest);
-            batch.extend(self.held.take());
+            batch.extend(self.held.take().map(Queued::Compact));
         }
     }
 
@@ -180,7 +180,7 @@ impl Writer {
     /// group once it is held.
     async fn commit(
         &mut self,
-        mut group: Vec<Queued>,
+        mut group: Vec<Batched>,
         mut queue: Option<&mut mpsc::Receiver<Queued>>,
     ) {
         let mut attempt = 0;
@@ -191,7 +191,7 @@ impl Writer {
             if let Err(e) = self.prepare(&mut group, queue.take()).await {
                 break Err(e);
             }
-            let g = self.apply_group(&group);
+            let g = self.apply_group(&mut group);
             if locked {
                 // A revoke forgets its lease in the same transaction as its deletes.
                 if let Err(e) = self.forget_revoked(&g.revoked).await {
@@ -207,7 +207,7 @@ impl Writer {
                     }
                 }
                 self.settle_revokes(g.revoked, true).await;
-                break Ok(g.applied);
+                break Ok(());
             };
             let head = last.revision;
             let start = std::time::Instant::now();
@@ -218,7 +218,7 @@ impl Writer {
                 Ok(()) => {
                     self.publish(&g.entries);
                     self.settle_revokes(g.revoked, true).await;
-                    break Ok(g.applied);
+                    break Ok(());
                 }
                 Err(BackendError::OutOfOrder { .. })
                     if self.backend.shared().is_some() && attempt < MAX_ATTEMPTS =>
@@ -242,24 +242,29 @@ impl Writer {
                 }
             }
         };
-        let applied = match done {
-            Ok(applied) => applied,
-            Err(e) => {
-                for q in group {
-                    let _ = q.reply.send(Err(e.clone()));
-                }
-                return;
+        if let Err(e) = done {
+            for q in group {
+                q.write.fail(e.clone());
             }
-        };
-        for (q, result) in group.into_iter().zip(applied) {
-            let result = match result {
-                Applied::Done(r) => r,
-                Applied::Txn(mut outcome) => outcome
-                    .load(self.backend.as_ref())
-                    .await
-                    .map(|()| Written::Txn(outcome.finish())),
-            };
-            let _ = q.reply.send(result);
+            return;
+        }
+        for q in group {
+            match q.write {
+                Write::Put(job) => job.answer_applied(),
+                Write::Delete(job) => job.answer_applied(),
+                Write::Revoke(job) | Write::Expire(job) => job.answer_applied(),
+                Write::CatchUp(job) => job.answer_applied(),
+                Write::Txn(mut job) => {
+                    let answer = match job.take_applied() {
+                        Ok(mut outcome) => outcome
+                            .load(self.backend.as_ref())
+                            .await
+                            .map(|()| outcome.finish()),
+                        Err(e) => Err(e),
+                    };
+                    job.answer(answer);
+                }
+            }
         }
     }
 
@@ -271,7 +276,7 @@ impl Writer {
     /// is held (see [`Writer::gather`]).
     async fn prepare(
         &mut self,
-        group: &mut Vec<Queued>,
+        group: &mut Vec<Batched>,
         queue: Option<&mut mpsc::Receiver<Queued>>,
     ) -> Result<()> {
         self.resolve().await?;
@@ -309,14 +314,14 @@ impl Writer {
     /// Takes into `group` the writes that arrived while its append right was awaited: they share its
     /// append instead of waiting for this frontend's next turn at the lock. A compaction is held
     /// back, to run alone after the group.
-    fn gather(&mut self, group: &mut Vec<Queued>, queue: &mut mpsc::Receiver<Queued>) {
+    fn gather(&mut self, group: &mut Vec<Batched>, queue: &mut mpsc::Receiver<Queued>) {
         while group.len() < MAX_BATCH {
             match queue.try_recv() {
-                Ok(q) if matches!(q.write, Write::Compact(_)) => {
-                    self.held = Some(q);
+                Ok(Queued::Compact(job)) => {
+                    self.held = Some(job);
                     return;
                 }
-                Ok(q) => group.push(q),
+                Ok(Queued::Batched(q)) => group.push(q),
                 Err(_) => return,
             }
         }
@@ -334,7 +339,7 @@ impl Writer {
     async fn sync_leases(
         &self,
         shared: &dyn crate::backend::Shared,
-        group: &[Queued],
+        group: &[Batched],
     ) -> Result<()> {
         let mut ids = Vec::new();
         for q in group {
@@ -381,25 +386,23 @@ impl Writer {
         self.settle_revokes(g.revoked, false).await;
     }
 
-    fn apply_group(&self, group: &[Queued]) -> AppliedGroup {
+    fn apply_group(&self, group: &mut [Batched]) -> AppliedGroup {
         let mut g = AppliedGroup {
             entries: Vec::new(),
-            applied: Vec::with_capacity(group.len()),
             revoked: Vec::new(),
             undo: Undo::default(),
         };
         let mut leases = self.lessor.lock().expect("lessor lock");
         let mut index = self.index.write().expect("index lock");
         for q in group {
-            let (result, entry) = apply(
+            let entry = apply(
                 &mut index,
                 &mut g.undo,
                 &mut leases,
                 &mut g.revoked,
-                &q.write,
+                &mut q.write,
             );
             g.entries.extend(entry);
-            g.applied.push(result);
         }
         g
     }
@@ -523,7 +526,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn compact(&mut self, req: CompactionRequest) -> Result<CompactionResponse> {
+    async fn compact(&mut self, req: &CompactionRequest) -> Result<CompactionResponse> {
         self.prepare(&mut Vec::new(), None).await?;
         let current = {
             let index = self.index.read().expect("index lock");
@@ -566,31 +569,22 @@ impl Writer {
     }
 }
 
+/// Applies `write` to the index, leaving in it what that gave; returns the log entry to append, if
+/// it changed anything.
 fn apply(
     index: &mut Index,
     undo: &mut Undo,
     leases: &mut Lessor,
     revoked: &mut Vec<(i64, Lease)>,
-    write: &Write,
-) -> (Applied, Option<LogEntry>) {
+    write: &mut Write,
+) -> Option<LogEntry> {
     match write {
-        Write::Put(req) => match txn::put(index, undo, leases, req) {
-            Ok((resp, entry)) => (Applied::Done(Ok(Written::Put(resp))), entry),
-            Err(e) => (Applied::Done(Err(e)), None),
-        },
-        Write::Delete(req) => {
-            let (resp, entry) = txn::delete_range(index, undo, req);
-            (Applied::Done(Ok(Written::Delete(resp))), entry)
-        }
-        Write::Txn(req) => match txn::txn(index, undo, leases, req) {
-            Ok((outcome, entry)) => (Applied::Txn(outcome), entry),
-            Err(e) => (Applied::Done(Err(e)), None),
-        },
-        &Write::Revoke(id) | &Write::Expire(id) => {
+        Write::Put(job) => applied(job, |put| txn::put(index, undo, leases, put)),
+        Write::Delete(job) => applied(job, |delete| Ok(txn::delete_range(index, undo, delete))),
+        Write::Txn(job) => applied(job, |t| txn::txn(index, undo, leases, t)),
+        Write::Revoke(job) | Write::Expire(job) => applied(job, |&id| {
             // Gone from the lessor at once, so that no later write of the batch attaches to it.
-            let Some(lease) = leases.remove(id) else {
-                return (Applied::Done(Err(Error::LeaseNotFound)), None);
-            };
+            let lease = leases.remove(id).ok_or(Error::LeaseNotFound)?;
             revoked.push((id, lease));
             let (revision, entry) = txn::revoke(index, undo, id);
             let resp = LeaseRevokeResponse {
@@ -599,11 +593,23 @@ fn apply(
                     ..Default::default()
                 }),
             };
-            (Applied::Done(Ok(Written::Revoke(resp))), entry)
-        }
-        Write::CatchUp => (Applied::Done(Ok(Written::CaughtUp)), None),
-        Write::Compact(_) => unreachable!("compactions are run apart from batches"),
+            Ok((resp, entry))
+        }),
+        Write::CatchUp(job) => applied(job, |()| Ok(((), None))),
     }
+}
+
+/// Runs `f` on `job`'s request and keeps what it gave in the job; returns its log entry.
+fn applied<R, A, T>(
+    job: &mut Job<R, A, T>,
+    f: impl FnOnce(&R) -> Result<(T, Option<LogEntry>)>,
+) -> Option<LogEntry> {
+    let (result, entry) = match f(&job.request) {
+        Ok((out, entry)) => (Ok(out), entry),
+        Err(e) => (Err(e), None),
+    };
+    job.applied = Some(result);
+    entry
 }
 
 #[cfg(test)]
