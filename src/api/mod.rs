@@ -17,6 +17,7 @@ mod lease;
 mod lock;
 mod maintenance;
 mod observe;
+mod ping_policy;
 mod status;
 mod tls;
 pub mod validation;
@@ -209,10 +210,12 @@ impl Server {
             let _ = stop.send(true);
         });
         let mut serving = Vec::new();
+        let grpc_only = !client_http.is_empty();
         // On client URLs, HTTP passes etcd's access controller (--host-whitelist, --cors).
         let mut serve = |listeners: Vec<(Bound, bool)>,
                          routes: &tonic::service::Routes,
                          guarded: bool,
+                         paced: bool,
                          what| {
             for (listener, secure) in listeners {
                 let routes = if guarded {
@@ -237,18 +240,29 @@ impl Server {
                         tracing::info!(path = %path.display(), "ready to serve {what} on a unix socket");
                     }
                 }
+                // etcd's gRPC server holds clients to --grpc-keepalive-min-time where it serves
+                // their connections itself (see ping_policy).
+                let pings =
+                    (paced && (!secure || grpc_only)).then_some(config.grpc_keepalive_min_time);
                 serving.push(serve_listener(
                     config,
                     listener,
                     secure.then(|| tls.clone()).flatten(),
                     routes,
+                    pings,
                     stopped.clone(),
                 ));
             }
         };
-        serve(metrics, &metrics_routes, false, "metrics and health probes");
-        serve(client_http, &http(), true, "client HTTP requests");
-        serve(client, &client_routes, true, "client requests");
+        serve(
+            metrics,
+            &metrics_routes,
+            false,
+            false,
+            "metrics and health probes",
+        );
+        serve(client_http, &http(), true, false, "client HTTP requests");
+        serve(client, &client_routes, true, true, "client requests");
         Ok(Server {
             addresses,
             listeners: serving,
@@ -359,13 +373,15 @@ impl Bound {
     }
 }
 
-/// Serves `routes` on `listener` (through `tls` if given) until `stopped` turns true; a unix
-/// socket's file is removed when it stops, as etcd removes it.
+/// Serves `routes` on `listener` (through `tls` if given, holding clients to `pings` if given: see
+/// [`ping_policy`]) until `stopped` turns true; a unix socket's file is removed when it stops, as
+/// etcd removes it.
 fn serve_listener(
     config: &Config,
     listener: Bound,
     tls: Option<tokio_rustls::TlsAcceptor>,
     routes: tonic::service::Routes,
+    pings: Option<std::time::Duration>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<std::result::Result<(), tonic::transport::Error>> {
     // HTTP/1.1 too: health probes and metrics scrapers rarely speak HTTP/2.
@@ -399,12 +415,12 @@ fn serve_listener(
             });
             match tls {
                 Some(tls) => {
-                    let incoming = tls::accept(incoming, tls).map(lenient);
+                    let incoming = tls::accept(incoming, tls).map(client(pings));
                     tokio::spawn(server.serve_with_incoming_shutdown(incoming, stop))
                 }
-                None => {
-                    tokio::spawn(server.serve_with_incoming_shutdown(incoming.map(lenient), stop))
-                }
+                None => tokio::spawn(
+                    server.serve_with_incoming_shutdown(incoming.map(client(pings)), stop),
+                ),
             }
         }
         (Bound::Unix(listener, path), tls) => {
@@ -412,12 +428,12 @@ fn serve_listener(
             tokio::spawn(async move {
                 let served = match tls {
                     Some(tls) => {
-                        let incoming = tls::accept(incoming, tls).map(lenient);
+                        let incoming = tls::accept(incoming, tls).map(client(pings));
                         server.serve_with_incoming_shutdown(incoming, stop).await
                     }
                     None => {
                         server
-                            .serve_with_incoming_shutdown(incoming.map(lenient), stop)
+                            .serve_with_incoming_shutdown(incoming.map(client(pings)), stop)
                             .await
                     }
                 };
@@ -428,9 +444,12 @@ fn serve_listener(
     }
 }
 
-/// A client connection whose requests may name any authority, as etcd takes them.
-fn lenient<T>(connection: std::io::Result<T>) -> std::io::Result<authority::Lenient<T>> {
-    connection.map(authority::Lenient::new)
+/// A client connection whose requests may name any authority, as etcd takes them, held to
+/// `pings`.
+fn client<T>(
+    pings: Option<std::time::Duration>,
+) -> impl Fn(std::io::Result<T>) -> std::io::Result<ping_policy::Paced<authority::Lenient<T>>> {
+    move |connection| connection.map(|c| ping_policy::Paced::new(authority::Lenient::new(c), pings))
 }
 
 /// Binds every URL of a list, each with whether it is secure (https, unixs).

@@ -186,11 +186,7 @@ pub const FLAGS: &[Flag] = &[
     flag("max-txn-ops", Uint(64), Honoured),
     flag("max-request-bytes", Uint(64), Honoured),
     flag("max-concurrent-streams", Uint(32), Honoured),
-    flag(
-        "grpc-keepalive-min-time",
-        Duration,
-        NotYet("pings closer together than this are not refused yet"),
-    ),
+    flag("grpc-keepalive-min-time", Duration, Honoured),
     flag("grpc-keepalive-interval", Duration, Honoured),
     flag("grpc-keepalive-timeout", Duration, Honoured),
     flag("socket-reuse-port", Bool, Honoured),

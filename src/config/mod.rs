@@ -81,6 +81,8 @@ pub struct Config {
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
     pub max_concurrent_streams: u32,
+    /// How often a client may ping (0: grpc-go's default, 5 s); see `api::ping_policy`.
+    pub grpc_keepalive_min_time: Duration,
     pub grpc_keepalive_interval: Duration,
     pub grpc_keepalive_timeout: Duration,
     /// The backend quota, etcd's 2 GiB when `--quota-backend-bytes` is 0 or unset.
@@ -233,6 +235,9 @@ impl Config {
                 as usize,
             max_txn_ops: number("max-txn-ops", 128) as usize,
             max_concurrent_streams: number("max-concurrent-streams", u32::MAX.into()) as u32,
+            grpc_keepalive_min_time: Some(duration("grpc-keepalive-min-time", Duration::ZERO))
+                .filter(|d| !d.is_zero())
+                .unwrap_or(Duration::from_secs(5)),
             grpc_keepalive_interval: duration("grpc-keepalive-interval", Duration::from_secs(7200)),
             grpc_keepalive_timeout: duration("grpc-keepalive-timeout", Duration::from_secs(20)),
             quota_backend_bytes: s

@@ -23,6 +23,7 @@ mod lock;
 mod maintenance;
 mod migrate;
 mod monitoring;
+mod pings;
 mod requests;
 mod snapshot;
 mod support;
