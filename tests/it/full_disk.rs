@@ -1,5 +1,5 @@
-//! A full disk under the embedded store: a small tmpfs holds the data directory and fills up under
-//! writes.
+//! A full disk: a small tmpfs holds the embedded store's data directory, or the tablespace of a
+//! PostgreSQL database, and fills up under writes.
 
 use crate::requests::*;
 use crate::support::Strata;
@@ -14,9 +14,20 @@ struct Tmpfs {
 
 impl Tmpfs {
     fn mount(mib: u32) -> Tmpfs {
+        Tmpfs::mount_with(mib, "")
+    }
+
+    /// With more mount `options` (`,uid=...`).
+    fn mount_with(mib: u32, options: &str) -> Tmpfs {
         let dir = tempfile::tempdir().unwrap();
         let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m{options}"),
+                "tmpfs",
+            ])
             .arg(dir.path())
             .status()
             .expect("mount runs");
@@ -59,6 +70,90 @@ async fn alarms(server: &Strata) -> Vec<(u64, i32)> {
         .collect()
 }
 
+/// 64 KiB values, put under fresh keys until a put fails; returns the failure. The values are random
+/// hex, which PostgreSQL's compression of large values cannot shrink much.
+async fn fill(server: &Strata, acknowledged: &mut Vec<(String, i64)>) -> tonic::Status {
+    use std::hash::{BuildHasher, Hasher};
+    let mut kv = server.kv().await;
+    let random = std::collections::hash_map::RandomState::new();
+    let value: String = (0..(64 << 10) / 16)
+        .map(|i| {
+            let mut h = random.build_hasher();
+            h.write_u64(i);
+            format!("{:016x}", h.finish())
+        })
+        .collect();
+    loop {
+        let key = format!("k{:05}", acknowledged.len());
+        match kv.put(put(&key, &value)).await {
+            Ok(r) => acknowledged.push((key, r.into_inner().header.unwrap().revision)),
+            Err(s) => return s,
+        }
+        assert!(acknowledged.len() < 20_000, "the disk never filled");
+    }
+}
+
+/// The put that met the full disk failed with a storage failure (`failure`), NOSPACE is raised,
+/// later writes are refused with etcd's "database space exceeded", and reads go on. Returns the
+/// member that raised it.
+async fn nospace_raised(server: &Strata, failure: tonic::Status) -> u64 {
+    assert_eq!(failure.code(), tonic::Code::Unavailable, "{failure:?}");
+    assert!(
+        failure.message().contains("No space left on device"),
+        "{failure:?}"
+    );
+    let mut kv = server.kv().await;
+    let read = kv.range(get("k00000")).await.unwrap().into_inner();
+    assert_eq!(read.kvs[0].value.len(), 64 << 10, "reads go on");
+    let member = read.header.unwrap().member_id;
+    assert_eq!(
+        alarms(server).await,
+        vec![(member, AlarmType::Nospace as i32)]
+    );
+    let refused = kv.put(put("more", "v")).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        refused.message(),
+        "etcdserver: mvcc: database space exceeded"
+    );
+    member
+}
+
+/// Disarms `member`'s NOSPACE; then a write goes through, without a restart.
+async fn disarm_and_write(server: &Strata, member: u64, acknowledged: &mut Vec<(String, i64)>) {
+    let disarmed = MaintenanceClient::new(server.channel().await)
+        .alarm(AlarmRequest {
+            action: AlarmAction::Deactivate as i32,
+            member_id: member,
+            alarm: AlarmType::Nospace as i32,
+        })
+        .await
+        .unwrap();
+    assert_eq!(disarmed.into_inner().alarms.len(), 1);
+    let after = server.kv().await.put(put("after", "v")).await.unwrap();
+    acknowledged.push((
+        "after".to_owned(),
+        after.into_inner().header.unwrap().revision,
+    ));
+}
+
+/// Every acknowledged write is there, at its revision.
+async fn all_there(server: &Strata, acknowledged: &[(String, i64)]) {
+    let mut kv = server.kv().await;
+    for (key, revision) in acknowledged {
+        let found = kv.range(get(key)).await.unwrap().into_inner();
+        assert_eq!(
+            found.kvs.first().map(|kv| kv.mod_revision),
+            Some(*revision),
+            "{key}"
+        );
+    }
+}
+
 /// The disk fills under writes: the write that meets it fails with a storage failure, NOSPACE is
 /// raised, and later writes are refused with etcd's "database space exceeded" while reads go on.
 /// Once space returns and the alarm is disarmed, writes go on without a restart; a SIGTERM on the
@@ -80,72 +175,98 @@ async fn a_full_disk_raises_nospace_and_loses_nothing() {
         Strata::start_command(command)
     };
     let mut server = start();
-    let mut kv = server.kv().await;
-    let value = "v".repeat(64 << 10);
     let mut acknowledged = Vec::new();
-    let failure = loop {
-        let key = format!("k{:04}", acknowledged.len());
-        match kv.put(put(&key, &value)).await {
-            Ok(r) => acknowledged.push((key, r.into_inner().header.unwrap().revision)),
-            Err(s) => break s,
-        }
-        assert!(acknowledged.len() < 2000, "the disk never filled");
-    };
-    assert_eq!(failure.code(), tonic::Code::Unavailable, "{failure:?}");
-    assert!(
-        failure.message().contains("No space left on device"),
-        "{failure:?}"
-    );
-    let member = server.kv().await.range(get("k0000")).await.unwrap();
-    let member = member.into_inner().header.unwrap().member_id;
-    assert_eq!(
-        alarms(&server).await,
-        vec![(member, AlarmType::Nospace as i32)]
-    );
-    let refused = kv.put(put("more", "v")).await.unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::ResourceExhausted,
-        "{refused:?}"
-    );
-    assert_eq!(
-        refused.message(),
-        "etcdserver: mvcc: database space exceeded"
-    );
-    let read = kv.range(get("k0000")).await.unwrap().into_inner();
-    assert_eq!(read.kvs[0].value.len(), value.len(), "reads go on");
-
+    let failure = fill(&server, &mut acknowledged).await;
+    let member = nospace_raised(&server, failure).await;
     disk.grow(120);
-    let disarmed = MaintenanceClient::new(server.channel().await)
-        .alarm(AlarmRequest {
-            action: AlarmAction::Deactivate as i32,
-            member_id: member,
-            alarm: AlarmType::Nospace as i32,
-        })
-        .await
-        .unwrap();
-    assert_eq!(disarmed.into_inner().alarms.len(), 1);
-    let after = kv.put(put("after", "v")).await.unwrap().into_inner();
-    acknowledged.push(("after".to_owned(), after.header.unwrap().revision));
+    disarm_and_write(&server, member, &mut acknowledged).await;
 
     // Full again, then stopped: the stop is clean even though the store cannot sync.
-    loop {
-        let key = format!("k{:04}", acknowledged.len());
-        match kv.put(put(&key, &value)).await {
-            Ok(r) => acknowledged.push((key, r.into_inner().header.unwrap().revision)),
-            Err(_) => break,
-        }
-    }
+    fill(&server, &mut acknowledged).await;
     assert!(server.terminate().success(), "{}", server.log());
     disk.grow(200);
-    let server = start();
-    let mut kv = server.kv().await;
-    for (key, revision) in &acknowledged {
-        let found = kv.range(get(key)).await.unwrap().into_inner();
-        assert_eq!(
-            found.kvs.first().map(|kv| kv.mod_revision),
-            Some(*revision),
-            "{key}"
+    all_there(&start(), &acknowledged).await;
+}
+
+/// PostgreSQL's disk fills: the frontend's database is in a tablespace on a small tmpfs (the
+/// cluster's write-ahead log stays on its own disk: PostgreSQL stops altogether when that fills).
+/// The same as for the embedded store: the put that meets it fails (PostgreSQL's "could not extend
+/// file ...: No space left on device", SQLSTATE 53100), NOSPACE is raised, reads go on, and once
+/// space returns and the alarm is disarmed writes go on; a new frontend finds every acknowledged
+/// write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_out_of_space_raises_nospace_and_loses_nothing() {
+    let disk = Tmpfs::mount_with(24, ",uid=postgres,gid=postgres,mode=0700");
+    let space = Tablespace::create(&disk);
+    let database = space.database();
+    let frontend = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command.args([
+            "--backend",
+            &database,
+            "--quota-backend-bytes",
+            "8000000000",
+        ]);
+        Strata::start_command(command)
+    };
+
+    let mut server = frontend();
+    let mut acknowledged = Vec::new();
+    let failure = fill(&server, &mut acknowledged).await;
+    let member = nospace_raised(&server, failure).await;
+    disk.grow(64);
+    disarm_and_write(&server, member, &mut acknowledged).await;
+    assert!(server.terminate().success(), "{}", server.log());
+    let mut other = frontend();
+    all_there(&other, &acknowledged).await;
+    assert!(other.terminate().success(), "{}", other.log());
+}
+
+/// A tablespace of the tests' PostgreSQL on a tmpfs, with a database in it; both dropped when it
+/// is (before the tmpfs is unmounted).
+struct Tablespace {
+    admin: String,
+    name: String,
+}
+
+impl Tablespace {
+    fn create(disk: &Tmpfs) -> Tablespace {
+        let admin = std::env::var("STRATA_TEST_POSTGRES").expect(
+            "STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)",
         );
+        let space = Tablespace {
+            admin,
+            name: format!("strata_full_{}", std::process::id()),
+        };
+        let location = disk.dir.path().display();
+        assert!(space.sql(&format!(
+            "CREATE TABLESPACE {} LOCATION '{location}'",
+            space.name
+        )));
+        assert!(space.sql(&format!("CREATE DATABASE {0} TABLESPACE {0}", space.name)));
+        space
+    }
+
+    /// The database's connection string.
+    fn database(&self) -> String {
+        let (cluster, _) = self.admin.rsplit_once('/').expect("a postgres:// URL");
+        format!("{cluster}/{}", self.name)
+    }
+
+    fn sql(&self, statement: &str) -> bool {
+        Command::new("psql")
+            .args([self.admin.as_str(), "-q", "-c", statement])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Tablespace {
+    fn drop(&mut self) {
+        self.sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+        self.sql(&format!("DROP TABLESPACE IF EXISTS {}", self.name));
     }
 }
