@@ -133,6 +133,7 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
             fsync: !config.unsafe_no_fsync,
             identity,
         },
+        read_from: config.read_from.clone(),
     };
     let backend = open_backend(&config.backend, config.data_dir.clone(), &member, options).await?;
     let tokens = TokenProvider::new(
@@ -209,10 +210,12 @@ fn log_writer(
 
 /// How the embedded store is opened: checked first (etcd's initial corruption check), and as
 /// the store's own options say (`--unsafe-no-fsync`, the ids of a new store).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Opening {
     verify: bool,
     embedded: EmbeddedOptions,
+    /// A hot standby of the PostgreSQL database, to read the log from (`--read-from`).
+    read_from: Option<String>,
 }
 
 /// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells a
@@ -225,6 +228,9 @@ async fn open_backend(
 ) -> anyhow::Result<Arc<dyn Backend>> {
     Ok(match backend {
         "embedded" => {
+            if options.read_from.is_some() {
+                anyhow::bail!("--read-from names a standby of a PostgreSQL --backend");
+            }
             if options.verify {
                 match Embedded::verify(&data_dir) {
                     Ok(()) => tracing::info!("initial corruption checking passed; no corruption"),
@@ -265,7 +271,21 @@ async fn open_backend(
                 sslmode = ?postgres.config.get_ssl_mode(),
                 "connecting to PostgreSQL"
             );
-            Arc::new(Postgres::open(postgres, member).await?)
+            let standby = match &options.read_from {
+                Some(standby) => {
+                    let standby = strata::backend::postgres::tls::parse(standby).map_err(|e| {
+                        anyhow::anyhow!("--read-from is not a PostgreSQL connection string: {e}")
+                    })?;
+                    tracing::info!(
+                        hosts = ?standby.config.get_hosts(),
+                        dbname = ?standby.config.get_dbname(),
+                        "reading the log from a standby first"
+                    );
+                    Some(standby)
+                }
+                None => None,
+            };
+            Arc::new(Postgres::open(postgres, member, standby).await?)
         }
     })
 }

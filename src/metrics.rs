@@ -40,6 +40,10 @@ pub static APPENDS_FAILED: LazyLock<Counter> = LazyLock::new(Counter::default);
 /// Queries a shared backend answered for linearizable reads' read index (one serves every read
 /// waiting when it goes out).
 pub static READ_INDEX_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Reads of the log or its values that a hot standby (`--read-from`) answered, and those that went
+/// to the primary instead (the standby had not replayed them yet, or failed).
+pub static STANDBY_READS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static STANDBY_FALLBACKS: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static WATCHERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static WATCH_STREAMS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// Unary requests that took longer than [`slow_request`].
@@ -308,7 +312,7 @@ pub fn method(path: &str) -> Option<&'static Method> {
 /// The process-wide metrics, registered once.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut r = Registry::default();
-    let counters: [(&str, &str, &Counter); 9] = [
+    let counters: [(&str, &str, &Counter); 11] = [
         ("etcd_mvcc_put", "Total number of puts seen by this member", &PUTS),
         ("etcd_mvcc_delete", "Total number of deletes seen by this member", &DELETES),
         ("etcd_mvcc_range", "Total number of ranges seen by this member", &RANGES),
@@ -332,6 +336,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             "etcd_network_client_grpc_sent_bytes",
             "The total number of bytes sent to grpc clients",
             &GRPC_SENT_BYTES,
+        ),
+        (
+            "strata_backend_standby_reads",
+            "Reads of the log or its values that the hot standby (--read-from) answered",
+            &STANDBY_READS,
+        ),
+        (
+            "strata_backend_standby_fallbacks",
+            "Reads of the log or its values that went to the primary: the standby had not replayed them yet, or failed",
+            &STANDBY_FALLBACKS,
         ),
         (
             "strata_backend_read_index_queries",

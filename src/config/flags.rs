@@ -126,6 +126,12 @@ pub const FLAGS: &[Flag] = &[
         env: Env::Named("STRATA_BACKEND"),
     },
     Flag {
+        name: "read-from",
+        kind: Text,
+        effect: Honoured,
+        env: Env::Named("STRATA_READ_FROM"),
+    },
+    Flag {
         name: "worker-threads",
         kind: Uint(16),
         effect: Honoured,

@@ -40,6 +40,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `embedded`, or a PostgreSQL connection string.
     pub backend: String,
+    /// A hot standby of the PostgreSQL database, to read the log from (`--read-from`).
+    pub read_from: Option<String>,
     /// Threads that serve requests (None: one a CPU this process may use).
     pub worker_threads: Option<u16>,
     pub listen_client_urls: Vec<String>,
@@ -189,6 +191,7 @@ impl Config {
         Ok(Config {
             data_dir,
             backend: text("backend", "embedded"),
+            read_from: s.get("read-from").map(str::to_owned),
             worker_threads,
             listen_client_urls,
             listen_client_http_urls: list("listen-client-http-urls"),

@@ -26,6 +26,7 @@ mod monitoring;
 mod pings;
 mod requests;
 mod snapshot;
+mod standby;
 mod support;
 mod tls;
 mod watch;

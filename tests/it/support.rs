@@ -404,9 +404,34 @@ impl OwnPostgres {
         self.signal("-CONT");
     }
 
-    fn signal(&self, signal: &str) {
+    /// Stops the whole server (SIGSTOP to its postmaster and every process it started): open
+    /// connections hang too.
+    pub fn hang(&self) {
+        self.signal("-STOP");
+        self.signal_children("-STOP");
+    }
+
+    /// Lets a hung server go on.
+    pub fn resume(&self) {
+        self.signal_children("-CONT");
+        self.signal("-CONT");
+    }
+
+    fn signal_children(&self, signal: &str) {
+        let sent = Command::new("pkill")
+            .args([signal, "-P", &self.postmaster()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "pkill {signal}");
+    }
+
+    fn postmaster(&self) -> String {
         let pid = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")).unwrap();
-        let pid = pid.lines().next().unwrap().trim().to_owned();
+        pid.lines().next().unwrap().trim().to_owned()
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.postmaster();
         let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(sent.success(), "kill {signal} {pid}");
     }
@@ -419,9 +444,18 @@ impl OwnPostgres {
 
     /// A streaming replica of this server, made its synchronous standby.
     pub fn standby(&self) -> OwnPostgres {
+        self.replica("standby")
+    }
+
+    /// A streaming replica of this server that its commits do not wait for.
+    pub fn standby_async(&self) -> OwnPostgres {
+        self.replica("standby-async")
+    }
+
+    fn replica(&self, kind: &str) -> OwnPostgres {
         let dir = tempfile::tempdir().unwrap();
         let primary = self.dir.path().display().to_string();
-        let url = OwnPostgres::script_with(&["standby", &primary], dir.path());
+        let url = OwnPostgres::script_with(&[kind, &primary], dir.path());
         OwnPostgres { dir, url }
     }
 
@@ -449,6 +483,12 @@ impl OwnPostgres {
 
 impl Drop for OwnPostgres {
     fn drop(&mut self) {
+        // A server a failed test left stopped (SIGSTOP) goes on first, so that it can stop.
+        if let Ok(pid) = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid")) {
+            let pid = pid.lines().next().unwrap_or_default().trim().to_owned();
+            let _ = Command::new("pkill").args(["-CONT", "-P", &pid]).status();
+            let _ = Command::new("kill").args(["-CONT", &pid]).status();
+        }
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/postgres");
         let _ = Command::new(script)
             .args(["stop", &self.dir.path().display().to_string()])

@@ -29,6 +29,7 @@
 //! them) instead of hanging, and the next call reconnects.
 
 mod connect;
+mod readers;
 mod schema;
 mod session;
 mod shared;
@@ -37,6 +38,7 @@ mod tail;
 pub(crate) mod tests;
 pub mod tls;
 
+use readers::{Readers, Reads, Standby};
 use schema::init_schema;
 use session::{db_error, deadline, Conn, Params, Session, STATEMENT_DEADLINE};
 use tail::{measure_usage, tail};
@@ -192,6 +194,12 @@ const READ_REST_OF_REVISION: &str = concat!(
     log_columns!(),
     " FROM strata_log WHERE revision = $1 AND sub > $2 ORDER BY sub"
 );
+const READ_VALUES: &str = "
+SELECT l.revision, l.sub, l.deleted, l.key, l.create_revision, l.version, l.lease, l.value
+FROM strata_log l
+JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS r (revision, sub)
+  ON l.revision = r.revision AND l.sub = r.sub
+WHERE NOT l.deleted";
 const PROGRESS: &str = "SELECT head, compacted FROM strata_meta WHERE id = 1";
 /// The auth state's generation, 0 before the first change.
 macro_rules! auth_generation {
@@ -235,9 +243,10 @@ struct Inner {
     /// The connection auth changes go through: they wait for the append right, and must not hold
     /// up the writes of the writer connection (lease renewals among them) meanwhile.
     auth: Mutex<Session>,
-    /// Connections shared by reads, each carrying many pipelined queries at once.
-    readers: Vec<Mutex<Option<Arc<Conn>>>>,
-    next_reader: std::sync::atomic::AtomicUsize,
+    /// Connections shared by reads, on the primary.
+    readers: Readers,
+    /// The hot standby the log and its values are read from first, if one is given.
+    standby: Option<Standby>,
     /// The newest head this process has heard of from others: notifications and reads of the head.
     head: watch::Sender<i64>,
     size: AtomicI64,
@@ -266,18 +275,23 @@ fn number(row: &SimpleQueryRow, column: usize) -> Result<i64> {
 
 impl Postgres {
     /// Connects, creates or checks the schema, and starts the tailer. `member` names this frontend
-    /// (its name and client URLs): the same name gives the same member id after a restart.
-    pub async fn open(config: Connection, member: &str) -> Result<Postgres> {
+    /// (its name and client URLs): the same name gives the same member id after a restart. With
+    /// `standby`, a hot standby of the database, the log and its values are read from it first.
+    pub async fn open(
+        config: Connection,
+        member: &str,
+        standby: Option<Connection>,
+    ) -> Result<Postgres> {
         let conn = Conn::open(&config).await?;
         let cluster_id = init_schema(&conn.client).await?;
         let (head, _) = watch::channel(Progress::EMPTY.head);
         let inner = Arc::new(Inner {
+            readers: Readers::new(config.clone()),
             config,
             appender: Session::idle(None),
             writer: Session::idle(Some(conn)),
             auth: Session::idle(None),
-            readers: (0..READERS).map(|_| Mutex::new(None)).collect(),
-            next_reader: Default::default(),
+            standby: standby.map(Standby::new),
             head,
             size: AtomicI64::new(0),
             notify: Default::default(),
@@ -299,34 +313,9 @@ impl Postgres {
 }
 
 impl Inner {
-    /// A shared connection for reads, reconnecting a closed one.
-    async fn reader(&self) -> Result<Arc<Conn>> {
-        let i = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let mut slot = self.readers[i].lock().await;
-        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
-            return Ok(conn.clone());
-        }
-        let conn = Arc::new(Conn::open(&self.config).await?);
-        *slot = Some(conn.clone());
-        Ok(conn)
-    }
-
-    /// Runs a read on a shared connection; a connection that missed its deadline is dropped.
+    /// Runs a read on the primary.
     async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let conn = self.reader().await?;
-        let result = conn.query(sql, params).await;
-        if let Err(e) = &result {
-            conn.missed_deadline(e);
-        }
-        if result.is_err() && !conn.client.is_closed() {
-            for slot in &self.readers {
-                let mut slot = slot.lock().await;
-                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
-                    *slot = None;
-                }
-            }
-        }
-        result
+        self.readers.read(sql, params).await
     }
 
     /// Runs one write statement on the writer connection; returns the rows it changed.
@@ -434,6 +423,30 @@ fn entries(rows: &[Row]) -> Vec<LogEntry> {
     entries
 }
 
+/// Up to about `max_events` log events from revision `from` on, read from `source`: whole
+/// revisions only.
+async fn read_log(source: &impl Reads, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
+    let limit = max_events.max(1) as i64;
+    let mut rows = source.read(READ_LOG, &[&from, &limit]).await?;
+    if rows.len() as i64 == limit {
+        // Whole revisions only: the rest of the last one.
+        let last = rows.last().expect("limit is at least 1");
+        let (revision, sub): (i64, i64) = (last.get(0), last.get(1));
+        rows.extend(
+            source
+                .read(READ_REST_OF_REVISION, &[&revision, &sub])
+                .await?,
+        );
+    }
+    Ok(entries(&rows))
+}
+
+/// Values found, by revision.
+fn values(rows: &[Row]) -> impl Iterator<Item = ((i64, i64), KeyValue)> + '_ {
+    rows.iter()
+        .map(|row| ((row.get(0), row.get(1)), event(row).kv.unwrap_or_default()))
+}
+
 /// Splits revisions into the two arrays the statements unnest.
 fn columns(revisions: &[Revision]) -> (Vec<i64>, Vec<i64>) {
     revisions.iter().map(|r| (r.main, r.sub)).unzip()
@@ -520,19 +533,19 @@ impl Log for Postgres {
     }
 
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
-        let limit = max_events.max(1) as i64;
-        let mut rows = self.inner.read(READ_LOG, &[&from, &limit]).await?;
-        if rows.len() as i64 == limit {
-            // Whole revisions only: the rest of the last one.
-            let last = rows.last().expect("limit is at least 1");
-            let (revision, sub): (i64, i64) = (last.get(0), last.get(1));
-            rows.extend(
-                self.inner
-                    .read(READ_REST_OF_REVISION, &[&revision, &sub])
-                    .await?,
-            );
+        if let Some(standby) = &self.inner.standby {
+            match read_log(standby, from, max_events).await {
+                Ok(entries) if !entries.is_empty() => {
+                    crate::metrics::STANDBY_READS.inc();
+                    return Ok(entries);
+                }
+                // Not replayed there yet, or the standby failed.
+                _ => {
+                    crate::metrics::STANDBY_FALLBACKS.inc();
+                }
+            }
         }
-        Ok(entries(&rows))
+        read_log(&self.inner.readers, from, max_events).await
     }
 
     async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>> {
@@ -540,22 +553,27 @@ impl Log for Postgres {
             return Ok(Vec::new());
         }
         let (mains, subs) = columns(revisions);
-        let rows = self
-            .inner
-            .read(
-                "SELECT l.revision, l.sub, l.deleted, l.key, l.create_revision, l.version, l.lease,
-                        l.value
-                 FROM strata_log l
-                 JOIN UNNEST($1::BIGINT[], $2::BIGINT[]) AS r (revision, sub)
-                   ON l.revision = r.revision AND l.sub = r.sub
-                 WHERE NOT l.deleted",
-                &[&mains, &subs],
-            )
-            .await?;
-        let mut found: HashMap<(i64, i64), KeyValue> = rows
-            .iter()
-            .map(|row| ((row.get(0), row.get(1)), event(row).kv.unwrap_or_default()))
-            .collect();
+        let mut found: HashMap<(i64, i64), KeyValue> = HashMap::new();
+        if let Some(standby) = &self.inner.standby {
+            if let Ok(rows) = standby.read(READ_VALUES, &[&mains, &subs]).await {
+                found.extend(values(&rows));
+            }
+            if found.len() == revisions.len() {
+                crate::metrics::STANDBY_READS.inc();
+            } else {
+                crate::metrics::STANDBY_FALLBACKS.inc();
+            }
+        }
+        if found.len() < revisions.len() {
+            // What the standby lacks (a deleted row is asked for again, and again not found).
+            let (mains, subs): (Vec<i64>, Vec<i64>) = revisions
+                .iter()
+                .filter(|r| !found.contains_key(&(r.main, r.sub)))
+                .map(|r| (r.main, r.sub))
+                .unzip();
+            let rows = self.inner.read(READ_VALUES, &[&mains, &subs]).await?;
+            found.extend(values(&rows));
+        }
         Ok(revisions
             .iter()
             .map(|r| found.remove(&(r.main, r.sub)))

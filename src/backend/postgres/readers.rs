@@ -1,0 +1,118 @@
+//! The connections reads share: the primary's, and with `--read-from` a hot standby's, which the
+//! log and its values are read from first (see [`Standby`]).
+
+use super::*;
+use std::time::Instant;
+
+/// How long a standby that failed a read is left alone, its reads going to the primary.
+const STANDBY_REST: Duration = Duration::from_secs(10);
+/// How long a read on the standby may take, connecting included: the primary can answer instead,
+/// so a standby that hangs must not hold up the catch-up (and the reads waiting for it) long.
+const STANDBY_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Connections shared by reads, each carrying many pipelined queries at once: a closed one is
+/// opened again, and one whose read failed is dropped.
+pub(super) struct Readers {
+    config: Connection,
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Readers {
+    pub(super) fn new(config: Connection) -> Readers {
+        Readers {
+            config,
+            slots: (0..READERS).map(|_| Mutex::new(None)).collect(),
+            next: Default::default(),
+        }
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[i].lock().await;
+        if let Some(conn) = slot.as_ref().filter(|c| !c.client.is_closed()) {
+            return Ok(conn.clone());
+        }
+        let conn = Arc::new(Conn::open(&self.config).await?);
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Runs a read; a connection that missed its deadline is dropped.
+    pub(super) async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let conn = self.conn().await?;
+        let result = conn.query(sql, params).await;
+        if let Err(e) = &result {
+            conn.missed_deadline(e);
+        }
+        if result.is_err() && !conn.client.is_closed() {
+            for slot in &self.slots {
+                let mut slot = slot.lock().await;
+                if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+                    *slot = None;
+                }
+            }
+        }
+        result
+    }
+}
+
+/// A hot standby of the database (`--read-from`). The log and the values this frontend reads come
+/// from it where it has replayed them, and from the primary where it has not: every row a standby
+/// shows was committed on the primary, so the answer is the same from either, and the standby
+/// spares the primary the reading (and is near a frontend far from the primary). Everything else
+/// (appends, the head, the read index, leases, auth) stays on the primary. A read on the standby
+/// has [`STANDBY_DEADLINE`]; after one failed, the standby is left alone for [`STANDBY_REST`].
+pub(super) struct Standby {
+    readers: Readers,
+    resting_until: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Standby {
+    pub(super) fn new(config: Connection) -> Standby {
+        Standby {
+            readers: Readers::new(config),
+            resting_until: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+/// Where reads go: the primary's connections, or a standby's.
+pub(super) trait Reads {
+    async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>>;
+}
+
+impl Reads for Readers {
+    async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        Readers::read(self, sql, params).await
+    }
+}
+
+impl Reads for Standby {
+    /// A read on the standby: refused while it rests, and a failure makes it rest.
+    async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let resting = |until: &Option<Instant>| until.is_some_and(|t| Instant::now() < t);
+        if resting(&self.resting_until.lock().expect("standby lock")) {
+            return Err(BackendError::storage(
+                "the standby is resting after a failed read",
+            ));
+        }
+        let result = tokio::time::timeout(STANDBY_DEADLINE, self.readers.read(sql, params))
+            .await
+            .unwrap_or_else(|elapsed| {
+                Err(BackendError::caused_by(
+                    format!("no answer within {}s", STANDBY_DEADLINE.as_secs()),
+                    elapsed,
+                ))
+            });
+        if let Err(e) = &result {
+            tracing::warn!(
+                error = %e,
+                "the standby (--read-from) failed a read: reading from the primary for {}s",
+                STANDBY_REST.as_secs()
+            );
+            *self.resting_until.lock().expect("standby lock") = Some(Instant::now() + STANDBY_REST);
+        }
+        result
+    }
+}

@@ -1,0 +1,119 @@
+//! A frontend that reads the log from a PostgreSQL hot standby (`--read-from`): it answers as a
+//! frontend on the primary does, linearizably, whether the standby has replayed what it needs or
+//! not, and whether the standby answers at all.
+
+use crate::frontends::frontend_on;
+use crate::http::get_from;
+use crate::requests::*;
+use crate::support::{OwnPostgres, Strata};
+
+/// A frontend on `primary`'s database that reads the log from `standby` first.
+fn reading_from(primary: &OwnPostgres, standby: &OwnPostgres) -> Strata {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+    command.args(["--backend", &primary.url, "--read-from", &standby.url]);
+    Strata::start_command(command)
+}
+
+/// A counter of `server`'s `/metrics`.
+fn counter(server: &Strata, name: &str) -> u64 {
+    let (status, metrics) = get_from(server.address, "/metrics");
+    assert_eq!(status, 200);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
+/// Clients and watchers spread over a frontend on the primary and one reading from its standby
+/// see one linearizable store, with a synchronous standby (which acknowledges a commit once it has
+/// it, and shows it a moment later) and an asynchronous one: the second frontend meets revisions
+/// its standby does not show yet. The standby answers some of the second frontend's reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frontend_reading_from_a_standby_is_linearizable_with_the_others() {
+    for synchronous in [true, false] {
+        let primary = OwnPostgres::start();
+        let standby = if synchronous {
+            primary.standby()
+        } else {
+            primary.standby_async()
+        };
+        let on_primary = frontend_on(&primary.url);
+        let near_standby = reading_from(&primary, &standby);
+        crate::linearizability::check_history(&[&on_primary, &near_standby]).await;
+        let served = counter(&near_standby, "strata_backend_standby_reads_total");
+        let fell_back = counter(&near_standby, "strata_backend_standby_fallbacks_total");
+        println!(
+            "synchronous {synchronous}: reads the standby answered {served}, went to the primary \
+             {fell_back}"
+        );
+        assert!(served > 0, "the standby answered no read");
+        assert_eq!(
+            counter(&on_primary, "strata_backend_standby_reads_total"),
+            0
+        );
+    }
+}
+
+/// A standby that stops answering (every process of it stopped with SIGSTOP) costs the frontend a
+/// short deadline now and then; its reads then go to the primary, and everything written through
+/// the other frontend is there at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_hangs_sends_reads_to_the_primary() {
+    let primary = OwnPostgres::start();
+    // Asynchronous: commits on the primary do not wait for the standby.
+    let standby = primary.standby_async();
+    let on_primary = frontend_on(&primary.url);
+    let near_standby = reading_from(&primary, &standby);
+    let mut writes = on_primary.kv().await;
+    let mut reads = near_standby.kv().await;
+    writes.put(put("before", "1")).await.unwrap();
+    assert_eq!(
+        reads
+            .range(get("before"))
+            .await
+            .unwrap()
+            .into_inner()
+            .kvs
+            .len(),
+        1
+    );
+
+    standby.hang();
+    for i in 0..20 {
+        let key = format!("while/{i}");
+        let written = writes.put(put(&key, "v")).await.unwrap().into_inner();
+        let read = reads.range(get(&key)).await.unwrap().into_inner();
+        assert_eq!(read.kvs.len(), 1, "{key}");
+        assert_eq!(
+            read.kvs[0].mod_revision,
+            written.header.unwrap().revision,
+            "{key}"
+        );
+    }
+    standby.resume();
+    let log = near_standby.log();
+    assert!(
+        log.contains("the standby (--read-from) failed a read"),
+        "{log}"
+    );
+    assert!(counter(&near_standby, "strata_backend_standby_fallbacks_total") > 0);
+}
+
+/// `--read-from` names a standby of a PostgreSQL backend: with the embedded store it is refused.
+#[test]
+fn read_from_without_postgres_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_strata"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--read-from", "postgres://localhost/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--read-from names a standby of a PostgreSQL --backend"),
+        "{stderr}"
+    );
+}
