@@ -257,12 +257,21 @@ pub fn postgres_database(dir: &Path) -> String {
     format!("{server}/{name}")
 }
 
+/// A loopback port free now, and never handed out before in this process: the kernel may give a
+/// port just released again, and two of one server's URLs must not share one.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<std::collections::BTreeSet<u16>> =
+        Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// What `scripts/NAME ARGS` printed, trimmed; fails the test if it failed.
