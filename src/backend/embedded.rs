@@ -16,6 +16,7 @@
 //! After a failed commit redb refuses further writes until the file is reopened, and the failed commit
 //! may or may not have become durable; `progress` reopens it and reads the head to find out.
 
+mod pending;
 mod record;
 
 use super::wal::Wal;
@@ -26,6 +27,7 @@ use super::{
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
+use pending::Pending;
 use prost::Message;
 use record::Record;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -59,6 +61,32 @@ pub struct Embedded {
 struct Store {
     db: Database,
     wal: Option<Wal>,
+    /// What the log holds and the database could not take in at open (see [`pending`]).
+    pending: Pending,
+}
+
+impl Store {
+    fn in_memory(db: Database) -> Store {
+        Store {
+            db,
+            wal: None,
+            pending: Pending::default(),
+        }
+    }
+
+    /// Takes in what is pending, if anything: before every write.
+    fn settle(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let next = take_in(&self.db, &self.pending)?;
+        if let Some(wal) = &mut self.wal {
+            wal.restart(next);
+        }
+        self.pending = Pending::default();
+        tracing::info!("the write-ahead log's records are in the database: writes go on");
+        Ok(())
+    }
 }
 
 impl From<redb::Error> for BackendError {
@@ -167,7 +195,7 @@ impl Embedded {
         let db = Database::builder()
             .create_with_backend(redb::backends::InMemoryBackend::new())
             .map_err(storage)?;
-        Self::init(Store { db, wal: None }, None, true, None)
+        Self::init(Store::in_memory(db), None, true, None)
     }
 
     fn init(
@@ -264,8 +292,9 @@ impl Embedded {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.with_db(move |db| {
-            let tx = db.begin_write().map_err(storage)?;
+        self.with_store(move |store| {
+            store.settle()?;
+            let tx = store.db.begin_write().map_err(storage)?;
             let answer = f(&tx)?;
             tx.commit().map_err(storage)?;
             Ok(answer)
@@ -282,6 +311,7 @@ impl Embedded {
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(T, Option<Record>)> + Send + 'static,
     ) -> Result<T> {
         self.with_store(move |store| {
+            store.settle()?;
             let mut tx = store.db.begin_write().map_err(storage)?;
             let (answer, record) = f(&tx)?;
             let unsynced = |tx: &mut redb::WriteTransaction| {
@@ -348,7 +378,9 @@ fn create(path: &Path) -> Result<Database> {
 }
 
 /// Opens the store at `path` with its write-ahead log beside it (syncing its records if `fsync`),
-/// replaying the log's records that the database lacks, and starts the log's next cycle.
+/// replaying the log's records that the database lacks, and starts the log's next cycle. If the
+/// disk is too full for the database to take them in, they stay pending (served from memory, and
+/// taken in before the next write).
 fn open_store(path: &Path, fsync: bool) -> Result<Store> {
     let db = create(path)?;
     let (mut wal, records) = Wal::open(&path.with_extension("wal"), stored_cycle(&db)?)
@@ -362,44 +394,70 @@ fn open_store(path: &Path, fsync: bool) -> Result<Store> {
             "replaying the write-ahead log: the store was not closed cleanly"
         );
     }
+    let records = records
+        .iter()
+        .map(|r| Record::decode(r))
+        .collect::<Result<Vec<_>>>()?;
+    let head = {
+        let tx = db.begin_read().map_err(storage)?;
+        match tx.open_table(META) {
+            Ok(meta) => meta_value(&meta, "head", Progress::EMPTY.head)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => Progress::EMPTY.head,
+            Err(e) => return Err(storage(e)),
+        }
+    };
+    let pending = Pending::new(records, head)?;
+    let next = match take_in(&db, &pending) {
+        Ok(next) => next,
+        Err(BackendError::Storage(f)) if f.is_out_of_space() => {
+            tracing::warn!(
+                error = %f,
+                "the disk is full: the write-ahead log's records are served from memory, and \
+                 writes fail until there is room to take them in"
+            );
+            // redb refuses everything after a failed commit until the file is opened again.
+            drop(db);
+            return Ok(Store {
+                db: create(path)?,
+                wal: Some(wal),
+                pending,
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    wal.restart(next);
+    Ok(Store {
+        db,
+        wal: Some(wal),
+        pending: Pending::default(),
+    })
+}
+
+/// Takes `pending` into the database with a synced commit that records the write-ahead log's next
+/// cycle; returns that cycle, to start once the commit is done.
+fn take_in(db: &Database, pending: &Pending) -> Result<u64> {
     let tx = db.begin_write().map_err(storage)?;
     {
         let mut meta = tx.open_table(META).map_err(storage)?;
         let mut log = tx.open_table(LOG).map_err(storage)?;
         let mut leases = tx.open_table(LEASES).map_err(storage)?;
-        let mut head = meta_value(&meta, "head", Progress::EMPTY.head)?;
-        for record in &records {
-            match Record::decode(record)? {
-                // Lease changes are taken again in order: the last change of each lease wins, as
-                // it did when they were made.
-                Record::Leases(granted) => {
-                    for (id, ttl) in granted {
-                        leases.insert(id, ttl).map_err(storage)?;
-                    }
-                }
-                Record::LeaseRemoved(id) => {
-                    leases.remove(id).map_err(storage)?;
-                }
-                // Records the database took in before a synced commit are in it already.
-                Record::Log { last, .. } if last <= head => {}
-                Record::Log { first, .. } if first != head + 1 => {
-                    return Err(BackendError::Corrupt {
-                        revision: first,
-                        detail: format!("the write-ahead log goes on from {first} after {head}"),
-                    });
-                }
-                Record::Log { last, rows, .. } => {
-                    insert(&mut log, &rows)?;
-                    head = last;
-                }
+        for &(id, change) in &pending.leases {
+            match change {
+                Some(ttl) => leases.insert(id, ttl).map(drop),
+                None => leases.remove(id).map(drop),
             }
+            .map_err(storage)?;
         }
-        meta.insert("head", head as u64).map_err(storage)?;
+        for (key, value) in &pending.rows {
+            log.insert(key, value.as_slice()).map_err(storage)?;
+        }
+        if let Some(head) = pending.head {
+            meta.insert("head", head as u64).map_err(storage)?;
+        }
     }
     let next = begin_cycle(&tx)?;
     tx.commit().map_err(storage)?;
-    wal.restart(next);
-    Ok(Store { db, wal: Some(wal) })
+    Ok(next)
 }
 
 /// The write-ahead log's cycle the database records (0 before the first).
@@ -463,6 +521,7 @@ impl Backend for Embedded {
     async fn close(&self) -> Result<()> {
         let closed = self.closed.clone();
         self.with_store(move |store| {
+            store.settle()?;
             if let Some(wal) = &mut store.wal {
                 new_cycle(&store.db, wal)?;
             }
@@ -481,11 +540,12 @@ impl Backend for Embedded {
 #[async_trait]
 impl Log for Embedded {
     async fn progress(&self) -> Result<Progress> {
-        self.with_db(|db| {
-            let tx = db.begin_read().map_err(storage)?;
+        self.with_store(|store| {
+            let tx = store.db.begin_read().map_err(storage)?;
             let meta = tx.open_table(META).map_err(storage)?;
+            let head = meta_value(&meta, "head", Progress::EMPTY.head)?;
             Ok(Progress {
-                head: meta_value(&meta, "head", Progress::EMPTY.head)?,
+                head: store.pending.head.unwrap_or(head),
                 compacted: meta_value(&meta, "compacted", Progress::EMPTY.compacted)?,
             })
         })
@@ -514,13 +574,23 @@ impl Log for Embedded {
     }
 
     async fn read_log(&self, from: i64, max_events: usize) -> Result<Vec<LogEntry>> {
-        self.with_db(move |db| {
-            let tx = db.begin_read().map_err(storage)?;
+        self.with_store(move |store| {
+            let tx = store.db.begin_read().map_err(storage)?;
             let log = tx.open_table(LOG).map_err(storage)?;
             let mut entries: Vec<LogEntry> = Vec::new();
-            for (events, row) in log.range((from, 0)..).map_err(storage)?.enumerate() {
-                let (key, value) = row.map_err(storage)?;
-                let (main, _) = key.value();
+            let stored = log
+                .range((from, 0)..)
+                .map_err(storage)?
+                .map(|row| -> Result<_> {
+                    let (key, value) = row.map_err(storage)?;
+                    let (main, _) = key.value();
+                    Ok((main, decode(main, value.value())?))
+                });
+            // What is pending follows what the database holds.
+            let pending = store.pending.rows.range((from, 0)..);
+            let pending = pending.map(|(&(main, _), value)| Ok((main, decode(main, value)?)));
+            for (events, row) in stored.chain(pending).enumerate() {
+                let (main, event) = row?;
                 match entries.last_mut() {
                     Some(e) if e.revision == main => {}
                     _ if events >= max_events => break,
@@ -530,7 +600,7 @@ impl Log for Embedded {
                     }),
                 }
                 let entry = entries.last_mut().expect("pushed above");
-                entry.events.push(decode(main, value.value())?);
+                entry.events.push(event);
             }
             Ok(entries)
         })
@@ -539,16 +609,19 @@ impl Log for Embedded {
 
     async fn read_values(&self, revisions: &[Revision]) -> Result<Vec<Option<KeyValue>>> {
         let revisions = revisions.to_vec();
-        self.with_db(move |db| {
-            let tx = db.begin_read().map_err(storage)?;
+        self.with_store(move |store| {
+            let tx = store.db.begin_read().map_err(storage)?;
             let log = tx.open_table(LOG).map_err(storage)?;
             revisions
                 .iter()
                 .map(|r| {
-                    let Some(row) = log.get((r.main, r.sub)).map_err(storage)? else {
-                        return Ok(None);
+                    let event = match store.pending.rows.get(&(r.main, r.sub)) {
+                        Some(value) => decode(r.main, value)?,
+                        None => match log.get((r.main, r.sub)).map_err(storage)? {
+                            Some(row) => decode(r.main, row.value())?,
+                            None => return Ok(None),
+                        },
                     };
-                    let event = decode(r.main, row.value())?;
                     Ok(event.kv.filter(|_| event.r#type == EventType::Put as i32))
                 })
                 .collect()
@@ -584,6 +657,7 @@ impl Log for Embedded {
 
     async fn defragment(&self) -> Result<()> {
         self.with_store(|store| {
+            store.settle()?;
             // Compaction moves only what is durable in the database.
             if let Some(wal) = &mut store.wal {
                 new_cycle(&store.db, wal)?;
@@ -686,17 +760,18 @@ impl Records for Embedded {
     }
 
     async fn leases(&self) -> Result<Vec<(i64, i64)>> {
-        self.with_db(|db| {
-            let tx = db.begin_read().map_err(storage)?;
+        self.with_store(|store| {
+            let tx = store.db.begin_read().map_err(storage)?;
             let leases = tx.open_table(LEASES).map_err(storage)?;
-            leases
+            let stored = leases
                 .iter()
                 .map_err(storage)?
                 .map(|row| {
                     let (id, ttl) = row.map_err(storage)?;
                     Ok((id.value(), ttl.value()))
                 })
-                .collect()
+                .collect::<Result<Vec<_>>>()?;
+            Ok(store.pending.applied_to_leases(stored))
         })
         .await
     }

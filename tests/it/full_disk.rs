@@ -134,11 +134,9 @@ async fn disarm_and_write(server: &Strata, member: u64, acknowledged: &mut Vec<(
         .await
         .unwrap();
     assert_eq!(disarmed.into_inner().alarms.len(), 1);
-    let after = server.kv().await.put(put("after", "v")).await.unwrap();
-    acknowledged.push((
-        "after".to_owned(),
-        after.into_inner().header.unwrap().revision,
-    ));
+    let key = format!("after{:05}", acknowledged.len());
+    let after = server.kv().await.put(put(&key, "v")).await.unwrap();
+    acknowledged.push((key, after.into_inner().header.unwrap().revision));
 }
 
 /// Every acknowledged write is there, at its revision.
@@ -157,7 +155,8 @@ async fn all_there(server: &Strata, acknowledged: &[(String, i64)]) {
 /// The disk fills under writes: the write that meets it fails with a storage failure, NOSPACE is
 /// raised, and later writes are refused with etcd's "database space exceeded" while reads go on.
 /// Once space returns and the alarm is disarmed, writes go on without a restart; a SIGTERM on the
-/// full disk still stops cleanly; every acknowledged write is there after a restart.
+/// full disk still stops cleanly; a restart on the full disk serves every acknowledged write and
+/// refuses writes until space returns; every acknowledged write is there after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_raises_nospace_and_loses_nothing() {
     // The write-ahead log takes 64 MiB; 16 MiB are left for the database.
@@ -184,7 +183,29 @@ async fn a_full_disk_raises_nospace_and_loses_nothing() {
     // Full again, then stopped: the stop is clean even though the store cannot sync.
     fill(&server, &mut acknowledged).await;
     assert!(server.terminate().success(), "{}", server.log());
+
+    // Started again on the full disk, after SIGTERM and after kill -9: every acknowledged write is
+    // read (the write-ahead log's records served from memory), and writes fail as before.
+    let mut server = start();
+    all_there(&server, &acknowledged).await;
+    server.kill();
+    let server = start();
+    assert!(
+        server.log().contains("the disk is full"),
+        "{}",
+        server.log()
+    );
+    all_there(&server, &acknowledged).await;
+    let refused = server
+        .kv()
+        .await
+        .put(put("refused", "v"))
+        .await
+        .unwrap_err();
+    let member = nospace_raised(&server, refused).await;
     disk.grow(200);
+    disarm_and_write(&server, member, &mut acknowledged).await;
+    drop(server);
     all_there(&start(), &acknowledged).await;
 }
 
