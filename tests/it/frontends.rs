@@ -508,12 +508,7 @@ async fn a_frontend_killed_under_load_loses_no_acknowledged_write() {
 async fn a_database_failover_loses_no_acknowledged_write() {
     let primary = OwnPostgres::start();
     let standby = primary.standby();
-    let hosts = format!(
-        "host=127.0.0.1,127.0.0.1 port={},{} user=strata dbname=postgres \
-         target_session_attrs=read-write connect_timeout=5",
-        primary.port(),
-        standby.port()
-    );
+    let hosts = primary.and_then(&standby);
     let frontend = frontend_on(&hosts);
     let kv = frontend.kv().await;
     let mut writers = Writers::start(std::slice::from_ref(&kv), kv.clone());

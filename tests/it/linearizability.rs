@@ -378,7 +378,7 @@ impl Restartable {
         }
     }
 
-    fn kill_and_restart(&mut self) {
+    pub fn kill_and_restart(&mut self) {
         self.server.kill();
         self.server = (self.start)(&self.url);
     }

@@ -4,8 +4,10 @@
 
 use crate::frontends::frontend_on;
 use crate::http::get_from;
+use crate::linearizability::{check_history_through, Restartable};
 use crate::requests::*;
 use crate::support::{OwnPostgres, Strata};
+use tonic::transport::Channel;
 
 /// A frontend on `primary`'s database that reads the log from `standby` first.
 fn reading_from(primary: &OwnPostgres, standby: &OwnPostgres) -> Strata {
@@ -53,6 +55,46 @@ async fn a_frontend_reading_from_a_standby_is_linearizable_with_the_others() {
             0
         );
     }
+}
+
+/// Through faults: the frontend reading from the standby killed with SIGKILL and restarted, then
+/// the one on the primary, then the database failing over (its primary killed, the synchronous
+/// standby the second frontend reads from promoted; both frontends name both hosts with
+/// `target_session_attrs=read-write`). Clients and watchers spread over both see one linearizable
+/// store throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn linearizable_through_kill_9_and_a_failover() {
+    let primary = OwnPostgres::start();
+    let standby = primary.standby();
+    let hosts = primary.and_then(&standby);
+    let frontend = |read_from: Option<String>| {
+        let hosts = hosts.clone();
+        Restartable::new(move |url| {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_strata"));
+            command.args(["--backend", &hosts, "--listen-client-urls", url]);
+            if let Some(standby) = &read_from {
+                command.args(["--read-from", standby]);
+            }
+            Strata::start_command(command)
+        })
+    };
+    let mut frontends = [frontend(None), frontend(Some(standby.url.clone()))];
+    let channels = frontends
+        .iter()
+        .map(|f| Channel::from_shared(f.url.clone()).unwrap().connect_lazy())
+        .collect();
+    check_history_through(channels, 3, move |n| {
+        match n {
+            1 => frontends[1].kill_and_restart(),
+            2 => frontends[0].kill_and_restart(),
+            _ => {
+                primary.kill();
+                standby.promote();
+            }
+        }
+        std::future::ready(())
+    })
+    .await;
 }
 
 /// A standby that stops answering (every process of it stopped with SIGSTOP) costs the frontend a

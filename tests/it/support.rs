@@ -473,6 +473,17 @@ impl OwnPostgres {
         OwnPostgres::script("promote", self.dir.path());
     }
 
+    /// A connection string naming this server, then `standby`, for whichever of them takes
+    /// writes (`target_session_attrs=read-write`): it follows a failover.
+    pub fn and_then(&self, standby: &OwnPostgres) -> String {
+        format!(
+            "host=127.0.0.1,127.0.0.1 port={},{} user=strata dbname=postgres \
+             target_session_attrs=read-write connect_timeout=5",
+            self.port(),
+            standby.port()
+        )
+    }
+
     pub fn port(&self) -> u16 {
         let address = self.url.rsplit('@').next().unwrap();
         let port = address.split(['/', ':']).nth(1).unwrap();
