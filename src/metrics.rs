@@ -44,6 +44,9 @@ pub static READ_INDEX_QUERIES: LazyLock<Counter> = LazyLock::new(Counter::defaul
 /// to the primary instead (the standby had not replayed them yet, or failed).
 pub static STANDBY_READS: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static STANDBY_FALLBACKS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// How many revisions the hot standby (`--read-from`) showed fewer than the primary's head, at the
+/// last look (every second).
+pub static STANDBY_LAG: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static WATCHERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static WATCH_STREAMS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// Unary requests that took longer than [`slow_request`].
@@ -366,6 +369,11 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             "etcd_debugging_mvcc_watch_stream_total",
             "Total number of watch streams",
             &WATCH_STREAMS,
+        ),
+        (
+            "strata_backend_standby_lag_revisions",
+            "Revisions the hot standby (--read-from) lacked of the primary's head at the last look",
+            &STANDBY_LAG,
         ),
     ] {
         r.register(name, help, (*gauge).clone());

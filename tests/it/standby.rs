@@ -159,3 +159,43 @@ fn read_from_without_postgres_is_refused() {
         "{stderr}"
     );
 }
+
+/// Runs `sql` on the server at `url` with psql.
+fn psql(url: &str, sql: &str) {
+    let done = std::process::Command::new("psql")
+        .args([url, "-q", "-c", sql])
+        .status()
+        .expect("psql runs");
+    assert!(done.success(), "{sql}");
+}
+
+/// A standby that stops replaying (`pg_wal_replay_pause`) falls behind: linearizable reads through
+/// the frontend reading from it still see every write at once (from the primary), and the lag
+/// shows in its metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
+    let primary = OwnPostgres::start();
+    let standby = primary.standby_async();
+    let on_primary = frontend_on(&primary.url);
+    let near_standby = reading_from(&primary, &standby);
+    psql(&standby.url, "SELECT pg_wal_replay_pause()");
+    let mut writes = on_primary.kv().await;
+    let mut reads = near_standby.kv().await;
+    for i in 0..20 {
+        let key = format!("behind/{i}");
+        let written = writes.put(put(&key, "v")).await.unwrap().into_inner();
+        let read = reads.range(get(&key)).await.unwrap().into_inner();
+        assert_eq!(
+            read.kvs.first().map(|kv| kv.mod_revision),
+            written.header.map(|h| h.revision),
+            "{key}"
+        );
+    }
+    // The tailer looks at the standby's head every second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while counter(&near_standby, "strata_backend_standby_lag_revisions") < 20 {
+        assert!(std::time::Instant::now() < deadline, "no lag shown in 10 s");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    psql(&standby.url, "SELECT pg_wal_replay_resume()");
+}
