@@ -134,6 +134,7 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
             identity,
         },
         read_from: config.read_from.clone(),
+        cluster_id: config.bootstrap_ids().ok().map(|ids| ids.cluster),
     };
     let backend = open_backend(&config.backend, config.data_dir.clone(), &member, options).await?;
     let tokens = TokenProvider::new(
@@ -216,6 +217,8 @@ struct Opening {
     embedded: EmbeddedOptions,
     /// A hot standby of the PostgreSQL database, to read the log from (`--read-from`).
     read_from: Option<String>,
+    /// The cluster id a new PostgreSQL database takes: etcd's for this member's command line.
+    cluster_id: Option<u64>,
 }
 
 /// The embedded store in `data_dir`, or the PostgreSQL database `backend` names; `member` tells a
@@ -285,7 +288,11 @@ async fn open_backend(
                 }
                 None => None,
             };
-            Arc::new(Postgres::open(postgres, member, standby).await?)
+            let options = strata::backend::postgres::Options {
+                standby,
+                cluster_id: options.cluster_id,
+            };
+            Arc::new(Postgres::open(postgres, member, options).await?)
         }
     })
 }

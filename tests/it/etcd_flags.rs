@@ -476,29 +476,29 @@ fn unix_sockets_serve_clients_as_etcd_does() {
     assert!(!plain.exists() && !secure.exists(), "sockets left behind");
 }
 
-/// A new member takes the ids etcd derives from its command line (`--initial-cluster`,
-/// `--initial-advertise-peer-urls`, `--initial-cluster-token`), and keeps them for life.
-#[tokio::test]
-async fn a_new_member_has_the_ids_etcd_gives_it() {
+/// A server's (cluster id, member id, first member's id), and the first member's peer URL.
+async fn ids(server: &crate::support::Process) -> ((u64, u64, u64), String) {
     use strata::proto::etcdserverpb::cluster_client::ClusterClient;
     use strata::proto::etcdserverpb::MemberListRequest;
-    async fn ids(server: &crate::support::Process) -> (u64, u64, u64) {
-        let list = ClusterClient::new(server.channel().await)
-            .member_list(MemberListRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        let header = list.header.unwrap();
-        (header.cluster_id, header.member_id, list.members[0].id)
-    }
-    let etcd = crate::support::Etcd::start_with(&["--initial-cluster-token=tok1"]);
-    let theirs = ids(&etcd).await;
-    let list = ClusterClient::new(etcd.channel().await)
+    let list = ClusterClient::new(server.channel().await)
         .member_list(MemberListRequest::default())
         .await
         .unwrap()
         .into_inner();
-    let peer = list.members[0].peer_ur_ls[0].clone();
+    let header = list.header.unwrap();
+    let first = &list.members[0];
+    (
+        (header.cluster_id, header.member_id, first.id),
+        first.peer_ur_ls.first().cloned().unwrap_or_default(),
+    )
+}
+
+/// A new member takes the ids etcd derives from its command line (`--initial-cluster`,
+/// `--initial-advertise-peer-urls`, `--initial-cluster-token`), and keeps them for life.
+#[tokio::test]
+async fn a_new_member_has_the_ids_etcd_gives_it() {
+    let etcd = crate::support::Etcd::start_with(&["--initial-cluster-token=tok1"]);
+    let (theirs, peer) = ids(&etcd).await;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let flags = [
@@ -512,10 +512,42 @@ async fn a_new_member_has_the_ids_etcd_gives_it() {
         embedded(&data, &args)
     };
     let mut strata = Strata::start_command(args("--initial-cluster-token=tok1"));
-    assert_eq!(ids(&strata).await, theirs);
+    assert_eq!(ids(&strata).await.0, theirs);
     assert!(strata.terminate().success());
     let strata = Strata::start_command(args("--initial-cluster-token=other"));
-    assert_eq!(ids(&strata).await, theirs, "the store keeps its ids");
+    assert_eq!(ids(&strata).await.0, theirs, "the store keeps its ids");
+}
+
+/// On PostgreSQL a new database takes the cluster id etcd derives from the command line of the
+/// frontend that creates it (each frontend has a member id of its own): a kubeadm-style command
+/// line shows etcd's cluster id there too, and the database keeps it.
+#[tokio::test]
+async fn a_new_database_has_the_cluster_id_etcd_gives_it() {
+    let etcd = crate::support::Etcd::start_with(&["--initial-cluster-token=tok1"]);
+    let ((cluster, _, _), peer) = ids(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backend = crate::support::postgres_database(dir.path());
+    let frontend = |token: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_strata"));
+        command.args([
+            "--name=diff",
+            &format!("--initial-advertise-peer-urls={peer}"),
+            &format!("--initial-cluster=diff={peer}"),
+            token,
+            "--backend",
+            &backend,
+        ]);
+        Strata::start_command(command)
+    };
+    let mut strata = frontend("--initial-cluster-token=tok1");
+    assert_eq!(ids(&strata).await.0 .0, cluster);
+    assert!(strata.terminate().success());
+    let strata = frontend("--initial-cluster-token=other");
+    assert_eq!(
+        ids(&strata).await.0 .0,
+        cluster,
+        "the database keeps its id"
+    );
 }
 
 /// strata on the embedded store in `data`, whatever backend the tests run on, with `args`.

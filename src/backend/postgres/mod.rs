@@ -227,6 +227,15 @@ WITH appends AS (SELECT id FROM strata_meta WHERE id = 1 FOR UPDATE)
 UPDATE strata_auth SET generation = generation + 1, state = $2
 WHERE id = 1 AND generation = $1 AND EXISTS (SELECT 1 FROM appends)";
 
+/// How a frontend opens the database.
+#[derive(Default)]
+pub struct Options {
+    /// A hot standby of the database: the log and its values are read from it first.
+    pub standby: Option<Connection>,
+    /// The cluster id a new database takes (random if None); a database keeps its own.
+    pub cluster_id: Option<u64>,
+}
+
 pub struct Postgres {
     inner: Arc<Inner>,
     identity: Identity,
@@ -275,15 +284,14 @@ fn number(row: &SimpleQueryRow, column: usize) -> Result<i64> {
 
 impl Postgres {
     /// Connects, creates or checks the schema, and starts the tailer. `member` names this frontend
-    /// (its name and client URLs): the same name gives the same member id after a restart. With
-    /// `standby`, a hot standby of the database, the log and its values are read from it first.
-    pub async fn open(
-        config: Connection,
-        member: &str,
-        standby: Option<Connection>,
-    ) -> Result<Postgres> {
+    /// (its name and client URLs): the same name gives the same member id after a restart.
+    pub async fn open(config: Connection, member: &str, options: Options) -> Result<Postgres> {
+        let Options {
+            standby,
+            cluster_id,
+        } = options;
         let conn = Conn::open(&config).await?;
-        let cluster_id = init_schema(&conn.client).await?;
+        let cluster_id = init_schema(&conn.client, cluster_id).await?;
         let (head, _) = watch::channel(Progress::EMPTY.head);
         let inner = Arc::new(Inner {
             readers: Readers::new(config.clone()),

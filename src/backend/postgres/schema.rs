@@ -57,12 +57,12 @@ ALTER TABLE strata_members ADD COLUMN IF NOT EXISTS peer_urls TEXT NOT NULL DEFA
 
 /// Creates the tables if they are missing and returns the cluster id; refuses a database whose
 /// schema is newer than this binary's. Frontends starting together may race to create the tables,
-/// so a failed attempt is tried again.
-pub(super) async fn init_schema(client: &Client) -> Result<u64> {
+/// so a failed attempt is tried again. A new database takes `cluster_id` (random if None).
+pub(super) async fn init_schema(client: &Client, cluster_id: Option<u64>) -> Result<u64> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match try_init_schema(client).await {
+        match try_init_schema(client, cluster_id).await {
             Err(BackendError::Storage(e)) if attempt < 3 => {
                 tracing::info!(error = %e, "creating the schema raced another frontend; again");
             }
@@ -71,9 +71,9 @@ pub(super) async fn init_schema(client: &Client) -> Result<u64> {
     }
 }
 
-pub(super) async fn try_init_schema(client: &Client) -> Result<u64> {
+pub(super) async fn try_init_schema(client: &Client, cluster_id: Option<u64>) -> Result<u64> {
     deadline(client.batch_execute(SCHEMA)).await?;
-    let fresh = crate::backend::random_id() as i64;
+    let fresh = cluster_id.unwrap_or_else(crate::backend::random_id) as i64;
     deadline(client.execute(
         "INSERT INTO strata_keeper (id, holder, until) VALUES (1, 0, now()) ON CONFLICT (id) DO NOTHING",
         &[],

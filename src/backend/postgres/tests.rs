@@ -23,7 +23,7 @@ pub async fn fresh_database() -> Connection {
 }
 
 async fn fresh() -> Postgres {
-    Postgres::open(fresh_database().await, "test", None)
+    Postgres::open(fresh_database().await, "test", Default::default())
         .await
         .unwrap()
 }
@@ -44,7 +44,9 @@ async fn conformance() {
 async fn a_failure_keeps_the_sqlstate() {
     let mut missing = fresh_database().await;
     missing.config.dbname("strata_no_such_database");
-    let Err(BackendError::Storage(failure)) = Postgres::open(missing, "test", None).await else {
+    let Err(BackendError::Storage(failure)) =
+        Postgres::open(missing, "test", Default::default()).await
+    else {
         panic!("a missing database opens");
     };
     let error = crate::error::Error::Storage(failure);
@@ -62,8 +64,15 @@ async fn a_failure_keeps_the_sqlstate() {
 async fn shared_conformance() {
     async fn two() -> (Postgres, Postgres) {
         let config = fresh_database().await;
-        let a = Postgres::open(config.clone(), "a", None).await.unwrap();
-        (a, Postgres::open(config, "b", None).await.unwrap())
+        let a = Postgres::open(config.clone(), "a", Default::default())
+            .await
+            .unwrap();
+        (
+            a,
+            Postgres::open(config, "b", Default::default())
+                .await
+                .unwrap(),
+        )
     }
     let (a, b) = two().await;
     conformance::the_append_right_brings_others_appends(&a, &b).await;
@@ -78,8 +87,12 @@ async fn shared_conformance() {
 #[tokio::test]
 async fn frontends_share_identity_and_see_each_others_appends() {
     let config = fresh_database().await;
-    let a = Postgres::open(config.clone(), "a", None).await.unwrap();
-    let b = Postgres::open(config, "b", None).await.unwrap();
+    let a = Postgres::open(config.clone(), "a", Default::default())
+        .await
+        .unwrap();
+    let b = Postgres::open(config, "b", Default::default())
+        .await
+        .unwrap();
     assert_eq!(a.identity().cluster_id, b.identity().cluster_id);
     assert_ne!(a.identity().member_id, b.identity().member_id);
     let mut tail = b.shared().expect("a shared backend").tail();
@@ -98,13 +111,17 @@ async fn frontends_share_identity_and_see_each_others_appends() {
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
     let config = fresh_database().await;
-    drop(Postgres::open(config.clone(), "a", None).await.unwrap());
+    drop(
+        Postgres::open(config.clone(), "a", Default::default())
+            .await
+            .unwrap(),
+    );
     let client = Conn::open(&config).await.unwrap().client;
     client
         .batch_execute("UPDATE strata_meta SET schema_version = 99")
         .await
         .unwrap();
-    let err = Postgres::open(config, "a", None)
+    let err = Postgres::open(config, "a", Default::default())
         .await
         .err()
         .expect("refused");

@@ -205,7 +205,9 @@ async fn two_frontends_share_one_database() {
     let open = |name: &'static str| {
         let config = config.clone();
         async move {
-            let backend = Postgres::open(config, name, None).await.unwrap();
+            let backend = Postgres::open(config, name, Default::default())
+                .await
+                .unwrap();
             Store::open(Arc::new(backend)).await.unwrap()
         }
     };
