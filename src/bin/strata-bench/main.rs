@@ -79,6 +79,10 @@ struct Args {
     /// Watchers, for the watch workload.
     #[arg(long, default_value_t = 10_000)]
     watchers: usize,
+    /// For the watch workload: put through this endpoint instead of the first of `--endpoints`, to
+    /// time delivery from one server to another.
+    #[arg(long)]
+    put_endpoint: Option<String>,
     /// Leases granted, for the lease workload.
     #[arg(long, default_value_t = 10_000)]
     leases: u64,
@@ -131,15 +135,19 @@ fn spread(i: u64, space: u64) -> u64 {
 async fn connect(args: &Args) -> anyhow::Result<Vec<Channel>> {
     let mut channels = Vec::new();
     for i in 0..args.conns.max(1) {
-        let endpoint = &args.endpoints[i % args.endpoints.len()];
-        let url = if endpoint.contains("://") {
-            endpoint.clone()
-        } else {
-            format!("http://{endpoint}")
-        };
-        channels.push(Endpoint::from_shared(url)?.connect().await?);
+        channels.push(channel(&args.endpoints[i % args.endpoints.len()]).await?);
     }
     Ok(channels)
+}
+
+/// A connection to `endpoint` (host:port, or a URL).
+async fn channel(endpoint: &str) -> anyhow::Result<Channel> {
+    let url = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
+    Ok(Endpoint::from_shared(url)?.connect().await?)
 }
 
 /// Writes every key of the key space once, for the read workloads.

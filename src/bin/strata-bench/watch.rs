@@ -124,7 +124,11 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
         );
     }
 
-    let mut kv = KvClient::new(channels[0].clone());
+    let puts = match &args.put_endpoint {
+        Some(endpoint) => super::channel(endpoint).await?,
+        None => channels[0].clone(),
+    };
+    let mut kv = KvClient::new(puts);
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let start = Instant::now();
     let mut expected = 0;
