@@ -1,4 +1,5 @@
-//! Generated etcd v3 API types and gRPC services (see `proto/` and `build.rs`).
+//! Generated etcd v3 API types and gRPC services, and gRPC's health service (see `proto/` and
+//! `build.rs`).
 //!
 //! The modules are siblings because generated code refers across packages as
 //! `super::<package>::...`.
@@ -21,4 +22,9 @@ pub mod v3lockpb {
 
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+}
+
+/// gRPC's health checking protocol, `grpc.health.v1`.
+pub mod health {
+    tonic::include_proto!("grpc.health.v1");
 }

@@ -2,12 +2,14 @@
 //! server as a whole (service "") is always SERVING (etcd turns it to NOT_SERVING only while it
 //! defragments with `--experimental-stop-grpc-service-on-defrag`); any other name is unknown.
 
+use crate::proto::health::health_check_response::ServingStatus;
+use crate::proto::health::health_server::{Health, HealthServer};
+use crate::proto::health::{
+    HealthCheckRequest, HealthCheckResponse, HealthListRequest, HealthListResponse,
+};
 use std::pin::Pin;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_server::{Health, HealthServer};
-use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 pub struct HealthService;
 
@@ -36,6 +38,17 @@ impl Health for HealthService {
             Some(s) => Ok(Response::new(response(s))),
             None => Err(Status::not_found("unknown service")),
         }
+    }
+
+    /// Every service this server knows, with its status: the server as a whole.
+    async fn list(
+        &self,
+        _: Request<HealthListRequest>,
+    ) -> Result<Response<HealthListResponse>, Status> {
+        let statuses = [(String::new(), response(ServingStatus::Serving))];
+        Ok(Response::new(HealthListResponse {
+            statuses: statuses.into_iter().collect(),
+        }))
     }
 
     type WatchStream =

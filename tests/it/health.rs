@@ -1,8 +1,9 @@
-//! gRPC's health service, as etcd registers it: the server ("") SERVING, other names unknown.
+//! gRPC's health service, as etcd registers it: the server ("") SERVING, other names unknown, and
+//! List naming what Check answers for.
 
 use crate::support::start_both;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
+use strata::proto::health::health_client::HealthClient;
+use strata::proto::health::{HealthCheckRequest, HealthListRequest};
 
 fn named(service: &str) -> HealthCheckRequest {
     HealthCheckRequest {
@@ -22,12 +23,24 @@ async fn health_checks_answer_as_etcds() {
         let first = watched.message().await.unwrap().unwrap();
         let mut other = health.watch(named("nope")).await.unwrap().into_inner();
         let unknown_watched = other.message().await.unwrap().unwrap();
+        let listed = health
+            .list(HealthListRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let mut listed: Vec<(String, i32)> = listed
+            .statuses
+            .into_iter()
+            .map(|(name, status)| (name, status.status))
+            .collect();
+        listed.sort();
         answers.push((
             whole.status,
             unknown.code(),
             unknown.message().to_owned(),
             first.status,
             unknown_watched.status,
+            listed,
         ));
     }
     assert_eq!(answers[1], answers[0], "Strata's answers, then etcd's");
