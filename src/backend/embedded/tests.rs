@@ -1,4 +1,5 @@
 use super::super::conformance;
+use super::opening::{create, stored_cycle};
 use super::*;
 
 /// The operating system's error reaches mvcc's whole, to be matched on, and the client's
