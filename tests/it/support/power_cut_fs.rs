@@ -109,6 +109,24 @@ struct Unsynced {
     pages: BTreeMap<u64, Box<[u8]>>,
 }
 
+impl Unsynced {
+    /// Writes to `file` the pages `reaches_disk` picks, cut to the file's size; returns how many
+    /// it left out.
+    fn write_out(&self, file: &File, mut reaches_disk: impl FnMut() -> bool) -> io::Result<usize> {
+        let mut left = 0;
+        for (index, page) in &self.pages {
+            let start = index * PAGE;
+            let len = PAGE.min(self.size.saturating_sub(start)) as usize;
+            if reaches_disk() {
+                file.write_all_at(&page[..len], start)?;
+            } else {
+                left += 1;
+            }
+        }
+        Ok(left)
+    }
+}
+
 struct Node {
     /// Relative to the backing directory; None once unlinked.
     path: Option<PathBuf>,
@@ -172,22 +190,12 @@ impl State {
         let mut cut = self.cut.take().expect("due");
         let mut lost = 0;
         for node in self.nodes.values_mut() {
-            let (Some(unsynced), Some(file)) = (node.unsynced.take(), &node.file) else {
-                continue;
-            };
-            for (index, page) in &unsynced.pages {
-                let start = index * PAGE;
-                let len = PAGE.min(unsynced.size.saturating_sub(start)) as usize;
-                if (cut.reaches_disk)() {
-                    file.write_all_at(&page[..len], start)
-                        .expect("the disk under the file system takes a page");
-                } else {
-                    lost += 1;
-                }
+            if let (Some(unsynced), Some(file)) = (node.unsynced.take(), &node.file) {
+                lost += unsynced
+                    .write_out(file, &mut cut.reaches_disk)
+                    .expect("the disk under the file system takes a page");
             }
-            if node.opens == 0 {
-                node.file = None;
-            }
+            node.close_if_idle();
         }
         self.pages_lost = lost;
         self.down = true;
@@ -291,9 +299,7 @@ impl State {
     fn release(&mut self, ino: INodeNo) {
         if let Ok(node) = self.node(ino) {
             node.opens = node.opens.saturating_sub(1);
-            if node.opens == 0 && node.unsynced.is_none() {
-                node.file = None;
-            }
+            node.close_if_idle();
         }
     }
 
@@ -338,6 +344,13 @@ impl State {
 }
 
 impl Node {
+    /// Lets the backing file go once nothing holds it: no open, nothing unsynced.
+    fn close_if_idle(&mut self) {
+        if self.opens == 0 && self.unsynced.is_none() {
+            self.file = None;
+        }
+    }
+
     fn file(&self) -> Result<&File, Errno> {
         self.file.as_ref().ok_or(Errno::EBADF)
     }
@@ -440,16 +453,10 @@ impl Node {
         if unsynced.floor < file.metadata()?.len() {
             file.set_len(unsynced.floor)?;
         }
-        for (index, page) in &unsynced.pages {
-            let start = index * PAGE;
-            let len = PAGE.min(unsynced.size.saturating_sub(start)) as usize;
-            file.write_all_at(&page[..len], start)?;
-        }
+        unsynced.write_out(file, || true)?;
         file.set_len(unsynced.size)?;
         file.sync_all()?;
-        if self.opens == 0 {
-            self.file = None;
-        }
+        self.close_if_idle();
         Ok(())
     }
 }
