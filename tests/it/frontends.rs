@@ -134,13 +134,11 @@ async fn a_database_defaulting_to_serializable_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let database = postgres_database(dir.path());
     let name = database.rsplit('/').next().unwrap();
-    let admin = std::env::var("STRATA_TEST_POSTGRES").unwrap();
     let sql = format!("ALTER DATABASE {name} SET default_transaction_isolation = 'serializable'");
-    let altered = std::process::Command::new("psql")
-        .args([&admin, "-q", "-c", &sql])
-        .status()
-        .unwrap();
-    assert!(altered.success());
+    assert!(crate::support::psql(
+        &crate::support::admin_postgres(),
+        &sql
+    ));
     let a = Strata::frontend(dir.path(), "a");
     let b = Strata::frontend(dir.path(), "b");
     const WRITERS: usize = 8;

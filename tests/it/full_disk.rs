@@ -252,11 +252,8 @@ struct Tablespace {
 
 impl Tablespace {
     fn create(disk: &Tmpfs) -> Tablespace {
-        let admin = std::env::var("STRATA_TEST_POSTGRES").expect(
-            "STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)",
-        );
         let space = Tablespace {
-            admin,
+            admin: crate::support::admin_postgres(),
             name: format!("strata_full_{}", std::process::id()),
         };
         let location = disk.dir.path().display();
@@ -275,10 +272,7 @@ impl Tablespace {
     }
 
     fn sql(&self, statement: &str) -> bool {
-        Command::new("psql")
-            .args([self.admin.as_str(), "-q", "-c", statement])
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::support::psql(&self.admin, statement)
     }
 }
 

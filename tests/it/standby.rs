@@ -6,7 +6,7 @@ use crate::frontends::frontend_on;
 use crate::http::get_from;
 use crate::linearizability::{check_history_through, Restartable};
 use crate::requests::*;
-use crate::support::{OwnPostgres, Strata};
+use crate::support::{psql, OwnPostgres, Strata};
 use tonic::transport::Channel;
 
 /// A frontend on `primary`'s database that reads the log from `standby` first.
@@ -160,15 +160,6 @@ fn read_from_without_postgres_is_refused() {
     );
 }
 
-/// Runs `sql` on the server at `url` with psql.
-fn psql(url: &str, sql: &str) {
-    let done = std::process::Command::new("psql")
-        .args([url, "-q", "-c", sql])
-        .status()
-        .expect("psql runs");
-    assert!(done.success(), "{sql}");
-}
-
 /// A standby that stops replaying (`pg_wal_replay_pause`) falls behind: linearizable reads through
 /// the frontend reading from it still see every write at once (from the primary), and the lag
 /// shows in its metrics.
@@ -178,7 +169,7 @@ async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
     let standby = primary.standby_async();
     let on_primary = frontend_on(&primary.url);
     let near_standby = reading_from(&primary, &standby);
-    psql(&standby.url, "SELECT pg_wal_replay_pause()");
+    assert!(psql(&standby.url, "SELECT pg_wal_replay_pause()"));
     let mut writes = on_primary.kv().await;
     let mut reads = near_standby.kv().await;
     for i in 0..20 {
@@ -197,5 +188,5 @@ async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
         assert!(std::time::Instant::now() < deadline, "no lag shown in 10 s");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    psql(&standby.url, "SELECT pg_wal_replay_resume()");
+    assert!(psql(&standby.url, "SELECT pg_wal_replay_resume()"));
 }

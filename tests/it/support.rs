@@ -229,10 +229,23 @@ pub fn on_postgres() -> bool {
     std::env::var("STRATA_TEST_BACKEND").is_ok_and(|b| b == "postgres")
 }
 
+/// The PostgreSQL the tests make their databases on (`STRATA_TEST_POSTGRES`).
+pub fn admin_postgres() -> String {
+    std::env::var("STRATA_TEST_POSTGRES")
+        .expect("STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)")
+}
+
+/// Runs `statement` with psql on the server at `url`; whether it succeeded.
+pub fn psql(url: &str, statement: &str) -> bool {
+    Command::new("psql")
+        .args([url, "-q", "-c", statement])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The connection string of the database kept for `dir`, created on first use.
 pub fn postgres_database(dir: &Path) -> String {
-    let admin = std::env::var("STRATA_TEST_POSTGRES")
-        .expect("STRATA_TEST_POSTGRES names the PostgreSQL to test on (scripts/test starts one)");
+    let admin = admin_postgres();
     let marker = dir.join("postgres-database");
     let name = match std::fs::read_to_string(&marker) {
         Ok(name) => name,
@@ -244,11 +257,8 @@ pub fn postgres_database(dir: &Path) -> String {
                     .finish()
             };
             let name = format!("strata_it_{unique:x}");
-            let created = Command::new("psql")
-                .args([&admin, "-q", "-c", &format!("CREATE DATABASE {name}")])
-                .status()
-                .expect("psql runs");
-            assert!(created.success(), "CREATE DATABASE {name} failed");
+            let created = psql(&admin, &format!("CREATE DATABASE {name}"));
+            assert!(created, "CREATE DATABASE {name} failed");
             std::fs::write(&marker, &name).unwrap();
             name
         }
