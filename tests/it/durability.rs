@@ -137,13 +137,38 @@ impl Default for Acked {
     }
 }
 
-/// Kills `server` with SIGKILL within the next 200 ms, and waits for its `load` to stop.
-async fn kill_at_random(mut server: Strata, load: Vec<tokio::task::JoinHandle<()>>) {
-    tokio::time::sleep(Duration::from_millis(random_below(200))).await;
+/// Tasks putting load on a server, which end when it dies.
+type Load = Vec<tokio::task::JoinHandle<()>>;
+
+/// Kills `server` with SIGKILL, and waits for its `load` to stop.
+async fn kill_under(mut server: Strata, load: Load) {
     server.kill();
     for task in load {
         task.await.unwrap();
     }
+}
+
+/// Kills `server` with SIGKILL within the next 200 ms, and waits for its `load` to stop.
+async fn kill_at_random(server: Strata, load: Load) {
+    tokio::time::sleep(Duration::from_millis(random_below(200))).await;
+    kill_under(server, load).await;
+}
+
+/// Cuts the power of `fs` at its `ops`-th write or sync from now (see [`PowerCutFs::cut_after`]),
+/// under `server` and its `load`, which are then killed; the power comes back. Returns how many
+/// pages the cut lost.
+async fn cut_power(
+    fs: &PowerCutFs,
+    ops: u64,
+    reaches_disk: impl FnMut() -> bool + Send + 'static,
+    server: Strata,
+    load: Load,
+) -> usize {
+    fs.cut_after(ops, reaches_disk);
+    let lost = fs.power_lost().await;
+    kill_under(server, load).await;
+    fs.restore();
+    lost
 }
 
 /// Kill-and-restart cycles a crash test runs: 4, or `STRATA_CRASH_CYCLES`.
@@ -155,12 +180,7 @@ fn crash_cycles() -> usize {
 }
 
 /// Starts `n` [`writer`]s through `channel`.
-fn writers(
-    channel: &Channel,
-    n: usize,
-    cycle: usize,
-    acked: &Acked,
-) -> Vec<tokio::task::JoinHandle<()>> {
+fn writers(channel: &Channel, n: usize, cycle: usize, acked: &Acked) -> Load {
     (0..n)
         .map(|client| {
             tokio::spawn(writer(
@@ -264,15 +284,11 @@ async fn power_cut_under_load_loses_no_acknowledged_write() {
     let lost = AtomicUsize::new(0);
     crashes_under_load(
         || on_power_cut_fs(&fs, &[]),
-        async |mut server: Strata, load: Vec<tokio::task::JoinHandle<()>>, cycle: usize| {
+        async |server: Strata, load: Load, cycle: usize| {
             let torn = cycle % 2 == 1;
-            fs.cut_after(random_below(400), move || torn && random_below(2) == 0);
-            lost.fetch_add(fs.power_lost().await, Relaxed);
-            server.kill();
-            for task in load {
-                task.await.unwrap();
-            }
-            fs.restore();
+            let reaches_disk = move || torn && random_below(2) == 0;
+            let cut = cut_power(&fs, random_below(400), reaches_disk, server, load);
+            lost.fetch_add(cut.await, Relaxed);
         },
     )
     .await;
@@ -285,16 +301,11 @@ async fn power_cut_under_load_loses_no_acknowledged_write() {
 async fn power_cut_without_fsync_loses_acknowledged_writes() {
     let fs = PowerCutFs::mount().expect("a FUSE file system: needs /dev/fuse, as root");
     let acked = Acked::default();
-    let mut server = on_power_cut_fs(&fs, &["--unsafe-no-fsync"]);
+    let server = on_power_cut_fs(&fs, &["--unsafe-no-fsync"]);
     let load = writers(&server.channel().await, 4, 0, &acked);
     acked.count.acquire_many(50).await.unwrap().forget();
-    fs.cut_after(0, || false);
-    assert!(fs.power_lost().await > 0, "unsynced pages to lose");
-    server.kill();
-    for task in load {
-        task.await.unwrap();
-    }
-    fs.restore();
+    let lost = cut_power(&fs, 0, || false, server, load).await;
+    assert!(lost > 0, "unsynced pages to lose");
     let server = on_power_cut_fs(&fs, &[]);
     let found = live_keys(&server).await.1;
     let acknowledged = acked.keys.lock().unwrap().clone();
@@ -321,10 +332,7 @@ fn on_power_cut_fs(fs: &PowerCutFs, args: &[&str]) -> Strata {
 /// number) once some writes were acknowledged, and start it again: every acknowledged write is
 /// there at its revision, no txn is half there, every revision up to the head holds a write, and
 /// the history before hashes as it did.
-async fn crashes_under_load(
-    start: impl Fn() -> Strata,
-    crash: impl AsyncFn(Strata, Vec<tokio::task::JoinHandle<()>>, usize),
-) {
+async fn crashes_under_load(start: impl Fn() -> Strata, crash: impl AsyncFn(Strata, Load, usize)) {
     let acked = Acked::default();
     let mut hashes: Vec<(i64, u32)> = Vec::new();
     for cycle in 0..crash_cycles() {
@@ -395,17 +403,14 @@ async fn sigterm_under_load_answers_in_flight_writes_and_closes_the_store() {
     );
     drop(server);
 
-    let mut server = Strata::start_in(dir.path(), &[]);
+    let server = Strata::start_in(dir.path(), &[]);
     assert!(!server.log().contains(REPLAY), "log:\n{}", server.log());
     acked.all_in(&live_keys(&server).await.1, 0);
     // The contrast: after kill -9 under load the embedded store replays its write-ahead log.
     let after = Acked::default();
     let load = writers(&server.channel().await, 4, 1, &after);
     after.count.acquire_many(20).await.unwrap().forget();
-    server.kill();
-    for task in load {
-        task.await.unwrap();
-    }
+    kill_under(server, load).await;
     let server = Strata::start_in(dir.path(), &[]);
     assert_eq!(
         server.log().contains(REPLAY),

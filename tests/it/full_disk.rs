@@ -139,6 +139,20 @@ async fn disarm_and_write(server: &Strata, member: u64, acknowledged: &mut Vec<(
     acknowledged.push((key, after.into_inner().header.unwrap().revision));
 }
 
+/// After `failure`, the write that met the full disk: NOSPACE as [`nospace_raised`] checks; then the
+/// disk gets `mib` MiB in all and, the alarm disarmed, writes go on.
+async fn recover(
+    server: &Strata,
+    failure: tonic::Status,
+    disk: &Tmpfs,
+    mib: u32,
+    acknowledged: &mut Vec<(String, i64)>,
+) {
+    let member = nospace_raised(server, failure).await;
+    disk.grow(mib);
+    disarm_and_write(server, member, acknowledged).await;
+}
+
 /// Every acknowledged write is there, at its revision.
 async fn all_there(server: &Strata, acknowledged: &[(String, i64)]) {
     let mut kv = server.kv().await;
@@ -176,9 +190,7 @@ async fn a_full_disk_raises_nospace_and_loses_nothing() {
     let mut server = start();
     let mut acknowledged = Vec::new();
     let failure = fill(&server, &mut acknowledged).await;
-    let member = nospace_raised(&server, failure).await;
-    disk.grow(120);
-    disarm_and_write(&server, member, &mut acknowledged).await;
+    recover(&server, failure, &disk, 120, &mut acknowledged).await;
 
     // Full again, then stopped: the stop is clean even though the store cannot sync.
     fill(&server, &mut acknowledged).await;
@@ -202,9 +214,7 @@ async fn a_full_disk_raises_nospace_and_loses_nothing() {
         .put(put("refused", "v"))
         .await
         .unwrap_err();
-    let member = nospace_raised(&server, refused).await;
-    disk.grow(200);
-    disarm_and_write(&server, member, &mut acknowledged).await;
+    recover(&server, refused, &disk, 200, &mut acknowledged).await;
     drop(server);
     all_there(&start(), &acknowledged).await;
 }
@@ -234,9 +244,7 @@ async fn postgres_out_of_space_raises_nospace_and_loses_nothing() {
     let mut server = frontend();
     let mut acknowledged = Vec::new();
     let failure = fill(&server, &mut acknowledged).await;
-    let member = nospace_raised(&server, failure).await;
-    disk.grow(64);
-    disarm_and_write(&server, member, &mut acknowledged).await;
+    recover(&server, failure, &disk, 64, &mut acknowledged).await;
     assert!(server.terminate().success(), "{}", server.log());
     let mut other = frontend();
     all_there(&other, &acknowledged).await;

@@ -16,6 +16,34 @@ fn reading_from(primary: &OwnPostgres, standby: &OwnPostgres) -> Strata {
     Strata::start_command(command)
 }
 
+/// A primary, its standby, a frontend on the primary, and one reading from the standby.
+struct Pair {
+    /// Held to the end: dropped, the server stops.
+    _primary: OwnPostgres,
+    standby: OwnPostgres,
+    on_primary: Strata,
+    near_standby: Strata,
+}
+
+impl Pair {
+    fn start(synchronous: bool) -> Pair {
+        let primary = OwnPostgres::start();
+        let standby = if synchronous {
+            primary.standby()
+        } else {
+            primary.standby_async()
+        };
+        let on_primary = frontend_on(&primary.url);
+        let near_standby = reading_from(&primary, &standby);
+        Pair {
+            _primary: primary,
+            standby,
+            on_primary,
+            near_standby,
+        }
+    }
+}
+
 /// A counter of `server`'s `/metrics`.
 fn counter(server: &Strata, name: &str) -> u64 {
     let (status, metrics) = get_from(server.address, "/metrics");
@@ -34,26 +62,18 @@ fn counter(server: &Strata, name: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frontend_reading_from_a_standby_is_linearizable_with_the_others() {
     for synchronous in [true, false] {
-        let primary = OwnPostgres::start();
-        let standby = if synchronous {
-            primary.standby()
-        } else {
-            primary.standby_async()
-        };
-        let on_primary = frontend_on(&primary.url);
-        let near_standby = reading_from(&primary, &standby);
-        crate::linearizability::check_history(&[&on_primary, &near_standby]).await;
-        let served = counter(&near_standby, "strata_backend_standby_reads_total");
-        let fell_back = counter(&near_standby, "strata_backend_standby_fallbacks_total");
+        // Kept whole: the databases stop as it is dropped.
+        let pair = Pair::start(synchronous);
+        let (on_primary, near_standby) = (&pair.on_primary, &pair.near_standby);
+        crate::linearizability::check_history(&[on_primary, near_standby]).await;
+        let served = counter(near_standby, "strata_backend_standby_reads_total");
+        let fell_back = counter(near_standby, "strata_backend_standby_fallbacks_total");
         println!(
             "synchronous {synchronous}: reads the standby answered {served}, went to the primary \
              {fell_back}"
         );
         assert!(served > 0, "the standby answered no read");
-        assert_eq!(
-            counter(&on_primary, "strata_backend_standby_reads_total"),
-            0
-        );
+        assert_eq!(counter(on_primary, "strata_backend_standby_reads_total"), 0);
     }
 }
 
@@ -102,12 +122,10 @@ async fn linearizable_through_kill_9_and_a_failover() {
 /// the other frontend is there at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_hangs_sends_reads_to_the_primary() {
-    let primary = OwnPostgres::start();
     // Asynchronous: commits on the primary do not wait for the standby.
-    let standby = primary.standby_async();
-    let on_primary = frontend_on(&primary.url);
-    let near_standby = reading_from(&primary, &standby);
-    let mut writes = on_primary.kv().await;
+    let pair = Pair::start(false);
+    let (standby, near_standby) = (&pair.standby, &pair.near_standby);
+    let mut writes = pair.on_primary.kv().await;
     let mut reads = near_standby.kv().await;
     writes.put(put("before", "1")).await.unwrap();
     assert_eq!(
@@ -139,7 +157,7 @@ async fn a_standby_that_hangs_sends_reads_to_the_primary() {
         log.contains("the standby (--read-from) failed a read"),
         "{log}"
     );
-    assert!(counter(&near_standby, "strata_backend_standby_fallbacks_total") > 0);
+    assert!(counter(near_standby, "strata_backend_standby_fallbacks_total") > 0);
 }
 
 /// `--read-from` names a standby of a PostgreSQL backend: with the embedded store it is refused.
@@ -165,12 +183,10 @@ fn read_from_without_postgres_is_refused() {
 /// shows in its metrics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
-    let primary = OwnPostgres::start();
-    let standby = primary.standby_async();
-    let on_primary = frontend_on(&primary.url);
-    let near_standby = reading_from(&primary, &standby);
+    let pair = Pair::start(false);
+    let (standby, near_standby) = (&pair.standby, &pair.near_standby);
     assert!(psql(&standby.url, "SELECT pg_wal_replay_pause()"));
-    let mut writes = on_primary.kv().await;
+    let mut writes = pair.on_primary.kv().await;
     let mut reads = near_standby.kv().await;
     for i in 0..20 {
         let key = format!("behind/{i}");
@@ -184,7 +200,7 @@ async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
     }
     // The tailer looks at the standby's head every second.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while counter(&near_standby, "strata_backend_standby_lag_revisions") < 20 {
+    while counter(near_standby, "strata_backend_standby_lag_revisions") < 20 {
         assert!(std::time::Instant::now() < deadline, "no lag shown in 10 s");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
