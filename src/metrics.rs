@@ -47,6 +47,10 @@ pub static STANDBY_FALLBACKS: LazyLock<Counter> = LazyLock::new(Counter::default
 /// How many revisions the hot standby (`--read-from`) showed fewer than the primary's head, at the
 /// last look (every second).
 pub static STANDBY_LAG: LazyLock<Gauge> = LazyLock::new(Gauge::default);
+/// Appends to a shared backend made without taking the append right first, and those refused
+/// because the store no longer stood as presumed (then made under the right).
+pub static PRESUMED_APPENDS: LazyLock<Counter> = LazyLock::new(Counter::default);
+pub static PRESUMED_REFUSED: LazyLock<Counter> = LazyLock::new(Counter::default);
 pub static WATCHERS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 pub static WATCH_STREAMS: LazyLock<Gauge> = LazyLock::new(Gauge::default);
 /// Unary requests that took longer than [`slow_request`].
@@ -315,7 +319,7 @@ pub fn method(path: &str) -> Option<&'static Method> {
 /// The process-wide metrics, registered once.
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut r = Registry::default();
-    let counters: [(&str, &str, &Counter); 11] = [
+    let counters: [(&str, &str, &Counter); 13] = [
         ("etcd_mvcc_put", "Total number of puts seen by this member", &PUTS),
         ("etcd_mvcc_delete", "Total number of deletes seen by this member", &DELETES),
         ("etcd_mvcc_range", "Total number of ranges seen by this member", &RANGES),
@@ -349,6 +353,16 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
             "strata_backend_standby_fallbacks",
             "Reads of the log or its values that went to the primary: the standby had not replayed them yet, or failed",
             &STANDBY_FALLBACKS,
+        ),
+        (
+            "strata_backend_presumed_appends",
+            "Batches appended to a shared backend in one round trip, without taking the append right first",
+            &PRESUMED_APPENDS,
+        ),
+        (
+            "strata_backend_presumed_refused",
+            "Batches not appended as presumed (another frontend got in first), then appended under the append right",
+            &PRESUMED_REFUSED,
         ),
         (
             "strata_backend_read_index_queries",

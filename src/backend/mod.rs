@@ -322,6 +322,21 @@ pub struct ReadIndex {
     pub auth: u64,
 }
 
+/// What a frontend knew when it applied a batch without the append right
+/// ([`Shared::append_presumed`]): the batch holds only if the store still stands so at its append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Presumed {
+    /// The head the batch was applied on.
+    pub head: i64,
+    /// The compaction revision the batch was applied under: a newer one fails it.
+    pub compacted: i64,
+    /// The oldest generation of the auth state the batch's writes were allowed under (`u64::MAX`
+    /// if none was checked): a newer stored state fails it.
+    pub auth: u64,
+    /// The leases the batch attaches keys to, each once: every one must still be recorded.
+    pub leases: Vec<i64>,
+}
+
 /// A backend shared by several frontends: the append right, the tail, leases timed by the
 /// backend's clock and expired by one keeper, and the member registry (DESIGN.md, invariants 3–6).
 #[async_trait]
@@ -334,6 +349,12 @@ pub trait Shared: Send + Sync {
     /// the caller reads the rest). The right is held until the next `append` or
     /// [`Shared::unlock`]; meanwhile others' appends wait, and so do changes of the auth state.
     async fn lock(&self, after: i64) -> Result<Locked>;
+
+    /// Appends `entries` (none: only checks) if the store still stands as `presumed` says, taking
+    /// and giving back the append right in the same round trip to the store; false, and nothing
+    /// written, if it does not. What [`Shared::lock`] then `append` do in two round trips, for a
+    /// frontend that has every append of the others already (it compares on the head).
+    async fn append_presumed(&self, entries: &[LogEntry], presumed: &Presumed) -> Result<bool>;
 
     /// The head, and the generation of the stored auth state, read together: what a linearizable
     /// read must have caught up with.
@@ -583,6 +604,59 @@ pub(crate) mod conformance {
         sa.unlock().await.unwrap();
         assert_eq!(sb.read_index().await.unwrap().head, 3);
         assert_eq!(b.read_log(1, 1000).await.unwrap(), log[..2]);
+    }
+
+    /// An append presumed on what a frontend knows holds only if the store still stands so: the
+    /// head, the compaction, the auth state and the leases it names; otherwise nothing is written.
+    pub async fn presumed_appends_hold_only_as_presumed(a: &dyn Backend, b: &dyn Backend) {
+        let (sa, sb) = both(a, b);
+        let log = entries();
+        let known = |head| Presumed {
+            head,
+            compacted: Progress::EMPTY.compacted,
+            auth: u64::MAX,
+            leases: Vec::new(),
+        };
+        assert!(sa.append_presumed(&log[..1], &known(1)).await.unwrap());
+        // b had not read a's append: its own of revision 2 is refused, and so is its check.
+        assert!(!sb.append_presumed(&log[..1], &known(1)).await.unwrap());
+        assert!(!sb.append_presumed(&[], &known(1)).await.unwrap());
+        assert!(sb.append_presumed(&[], &known(2)).await.unwrap());
+        // While b holds the right, a's append waits for it and finds the head b left.
+        sb.lock(2).await.unwrap();
+        let at_two = known(2);
+        let (presumed, appended) = tokio::join!(
+            sa.append_presumed(&log[1..2], &at_two),
+            b.append(&log[1..2]),
+        );
+        appended.unwrap();
+        assert!(!presumed.unwrap());
+        assert_eq!(b.read_log(1, 1000).await.unwrap(), log[..2]);
+        // A lease it names must be recorded.
+        a.put_leases(&[(7, 60)]).await.unwrap();
+        let with_leases = |leases: Vec<i64>| Presumed { leases, ..known(3) };
+        assert!(!sa
+            .append_presumed(&log[2..], &with_leases(vec![7, 8]))
+            .await
+            .unwrap());
+        assert!(sb
+            .append_presumed(&[], &with_leases(vec![7]))
+            .await
+            .unwrap());
+        // The auth state must be no newer than the writes were allowed under.
+        assert!(b.put_auth(0, b"on").await.unwrap());
+        let allowed_under = |auth| Presumed { auth, ..known(3) };
+        assert!(!sa.append_presumed(&[], &allowed_under(0)).await.unwrap());
+        assert!(sa.append_presumed(&[], &allowed_under(1)).await.unwrap());
+        // And so the compaction.
+        b.set_compacted(3).await.unwrap();
+        assert!(!sa.append_presumed(&log[2..], &known(3)).await.unwrap());
+        let compacted = Presumed {
+            compacted: 3,
+            ..known(3)
+        };
+        assert!(sa.append_presumed(&log[2..], &compacted).await.unwrap());
+        assert_eq!(b.read_log(1, 1000).await.unwrap(), log);
     }
 
     /// Leases are timed by the backend's clock, whichever frontend granted or renews them; one

@@ -11,7 +11,7 @@ use super::queue::{Batched, Job, Queued, Write, MAX_BATCH};
 use super::recovery::{load_index, restore, RECOVERY_CHUNK};
 use super::txn;
 use super::watch::WatchHub;
-use crate::backend::{Backend, BackendError, LogEntry};
+use crate::backend::{Backend, BackendError, LogEntry, Presumed, Shared};
 use crate::error::{Error, Result};
 use crate::proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, LeaseRevokeResponse, ResponseHeader,
@@ -35,6 +35,9 @@ pub(super) struct Writer {
     held: Option<Job<CompactionRequest, CompactionResponse>>,
     /// See [`Store::auth_seen`](super::Store::auth_seen).
     auth_seen: Arc<std::sync::atomic::AtomicU64>,
+    /// Until when batches take the append right instead of presuming (see [`Writer::presume`]):
+    /// another frontend's append got in before a presumed one.
+    contended_until: Option<Instant>,
 }
 
 struct Unresolved {
@@ -69,10 +72,7 @@ fn refuse_stale(group: &mut Vec<Batched>, auth: u64) {
 /// Under the append right: leaves out of `group` the expiries of leases that are not expired by
 /// the backend's clock (they were renewed after the keeper looked), answering them as for a lease
 /// gone; the keeper takes no notice of the answer.
-async fn still_expired(
-    shared: &dyn crate::backend::Shared,
-    group: &mut Vec<Batched>,
-) -> Result<()> {
+async fn still_expired(shared: &dyn Shared, group: &mut Vec<Batched>) -> Result<()> {
     let expiries: Vec<i64> = group
         .iter()
         .filter_map(|q| match &q.write {
@@ -96,13 +96,39 @@ async fn still_expired(
     Ok(())
 }
 
+/// The leases `group` attaches keys to or revokes, each once.
+fn named_leases(group: &[Batched]) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for q in group {
+        q.write.leases(&mut ids);
+    }
+    ids.retain(|id| *id != 0);
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Whether `group` holds anything but catch-ups.
 fn may_write(group: &[Batched]) -> bool {
     group.iter().any(|q| !matches!(q.write, Write::CatchUp(_)))
 }
 
+/// Times `append`, an append of `entries` (none: only a check), in the commit metrics.
+async fn measured<T>(entries: &[LogEntry], append: impl std::future::Future<Output = T>) -> T {
+    let start = std::time::Instant::now();
+    let appended = append.await;
+    if !entries.is_empty() {
+        crate::metrics::COMMITS.observe(start.elapsed().as_secs_f64());
+        crate::metrics::APPENDED.observe(entries.len() as f64);
+    }
+    appended
+}
+
 /// How often a batch is applied again after another process's append got in before it.
 const MAX_ATTEMPTS: usize = 16;
+/// How long batches take the append right after another frontend's append got in before a
+/// presumed one: while others write too, presuming mostly wastes a round trip.
+const CONTENDED: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Writer {
     /// A writer over the store's shared state; [`Writer::run`] then owns the order of writes.
@@ -125,6 +151,7 @@ impl Writer {
             committed,
             held: None,
             auth_seen,
+            contended_until: None,
         }
     }
 
@@ -184,10 +211,25 @@ impl Writer {
         mut queue: Option<&mut mpsc::Receiver<Queued>>,
     ) {
         let mut attempt = 0;
-        // On a shared backend a batch that may write holds the append right from here on.
-        let locked = may_write(&group) && self.backend.shared().is_some();
+        // On a shared backend a batch that may write holds the append right from here on, unless
+        // it can be presumed (first try only).
+        let backend = self.backend.clone();
+        let locked = may_write(&group) && backend.shared().is_some();
         let done = loop {
             attempt += 1;
+            let presumed = match backend.shared() {
+                Some(shared) if locked && attempt == 1 => {
+                    self.presume(shared, &mut group).map(|p| (shared, p))
+                }
+                _ => None,
+            };
+            if let Some((shared, presumed)) = presumed {
+                match self.append_presumed(shared, &mut group, &presumed).await {
+                    Some(done) => break done,
+                    // Taken back: the next attempt takes the right.
+                    None => continue,
+                }
+            }
             if let Err(e) = self.prepare(&mut group, queue.take()).await {
                 break Err(e);
             }
@@ -199,7 +241,7 @@ impl Writer {
                     break Err(e);
                 }
             }
-            let Some(last) = g.entries.last() else {
+            if g.entries.is_empty() {
                 if locked {
                     if let Err(e) = self.unlock().await {
                         self.take_back(g).await;
@@ -208,12 +250,8 @@ impl Writer {
                 }
                 self.settle_revokes(g.revoked, true).await;
                 break Ok(());
-            };
-            let head = last.revision;
-            let start = std::time::Instant::now();
-            let appended = self.backend.append(&g.entries).await;
-            crate::metrics::COMMITS.observe(start.elapsed().as_secs_f64());
-            crate::metrics::APPENDED.observe(g.entries.len() as f64);
+            }
+            let appended = measured(&g.entries, self.backend.append(&g.entries)).await;
             match appended {
                 Ok(()) => {
                     self.publish(&g.entries);
@@ -227,19 +265,7 @@ impl Writer {
                     // it back and apply it again on top of theirs.
                     self.take_back(g).await;
                 }
-                Err(e) => {
-                    crate::metrics::APPENDS_FAILED.inc();
-                    tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
-                    self.unresolved = Some(Unresolved {
-                        undo: g.undo,
-                        entries: g.entries,
-                    });
-                    let _ = self.resolve().await;
-                    let durable = self.index.read().expect("index lock").committed >= head
-                        && self.unresolved.is_none();
-                    self.settle_revokes(g.revoked, durable).await;
-                    break Err(Error::from(e));
-                }
+                Err(e) => break Err(self.append_failed(g, e).await),
             }
         };
         if let Err(e) = done {
@@ -327,6 +353,95 @@ impl Writer {
         }
     }
 
+    /// What this frontend knows of the shared store, if `group` may be appended on it without
+    /// taking the append right first ([`Shared::append_presumed`], one round trip instead of two):
+    /// nothing is unsettled, no append of another frontend is known and unread nor got in lately,
+    /// and the group revokes no lease and attaches keys only to leases this frontend knows. The
+    /// writes allowed under an auth state older than one this frontend has seen are refused first.
+    fn presume(&self, shared: &dyn Shared, group: &mut Vec<Batched>) -> Option<Presumed> {
+        let contended = self.contended_until.is_some_and(|t| Instant::now() < t);
+        if self.unresolved.is_some() || contended {
+            return None;
+        }
+        let (head, compacted) = {
+            let index = self.index.read().expect("index lock");
+            (index.committed, index.compacted)
+        };
+        let revokes = group
+            .iter()
+            .any(|q| matches!(q.write, Write::Revoke(_) | Write::Expire(_)));
+        if *shared.tail().borrow() > head || revokes {
+            return None;
+        }
+        let leases = named_leases(group);
+        let lessor = self.lessor.lock().expect("lessor lock");
+        if !leases.iter().all(|id| lessor.contains(*id)) {
+            return None;
+        }
+        drop(lessor);
+        refuse_stale(
+            group,
+            self.auth_seen.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        Some(Presumed {
+            head,
+            compacted,
+            auth: group
+                .iter()
+                .filter_map(|q| q.auth)
+                .min()
+                .unwrap_or(u64::MAX),
+            leases,
+        })
+    }
+
+    /// Applies `group` and appends it as `presumed` says the store stands; None, the group taken
+    /// back, if the store stood otherwise.
+    async fn append_presumed(
+        &mut self,
+        shared: &dyn Shared,
+        group: &mut [Batched],
+        presumed: &Presumed,
+    ) -> Option<Result<()>> {
+        let g = self.apply_group(group);
+        let appended = measured(&g.entries, shared.append_presumed(&g.entries, presumed)).await;
+        match appended {
+            Ok(true) => {
+                crate::metrics::PRESUMED_APPENDS.inc();
+                self.publish(&g.entries);
+                Some(Ok(()))
+            }
+            Ok(false) => {
+                crate::metrics::PRESUMED_REFUSED.inc();
+                self.contended_until = Some(Instant::now() + CONTENDED);
+                self.take_back(g).await;
+                None
+            }
+            Err(e) if g.entries.is_empty() => {
+                self.take_back(g).await;
+                Some(Err(Error::from(e)))
+            }
+            Err(e) => Some(Err(self.append_failed(g, e).await)),
+        }
+    }
+
+    /// After an append of `g` failed otherwise than by another's getting in first: no write of it
+    /// is acknowledged, and it is settled (see [`Writer::resolve`]) before anything else is applied.
+    async fn append_failed(&mut self, g: AppliedGroup, e: BackendError) -> Error {
+        crate::metrics::APPENDS_FAILED.inc();
+        tracing::error!(error = %e, "append failed; no write of the batch is acknowledged");
+        let head = g.entries.last().map_or(0, |e| e.revision);
+        self.unresolved = Some(Unresolved {
+            undo: g.undo,
+            entries: g.entries,
+        });
+        let _ = self.resolve().await;
+        let durable =
+            self.index.read().expect("index lock").committed >= head && self.unresolved.is_none();
+        self.settle_revokes(g.revoked, durable).await;
+        Error::from(e)
+    }
+
     /// Gives back the append right of a shared backend (nothing to give back otherwise).
     async fn unlock(&self) -> Result<()> {
         match self.backend.shared() {
@@ -336,18 +451,8 @@ impl Writer {
     }
 
     /// Brings the lessor's view of the leases `group` names up to date with the backend.
-    async fn sync_leases(
-        &self,
-        shared: &dyn crate::backend::Shared,
-        group: &[Batched],
-    ) -> Result<()> {
-        let mut ids = Vec::new();
-        for q in group {
-            q.write.leases(&mut ids);
-        }
-        ids.retain(|id| *id != 0);
-        ids.sort_unstable();
-        ids.dedup();
+    async fn sync_leases(&self, shared: &dyn Shared, group: &[Batched]) -> Result<()> {
+        let ids = named_leases(group);
         if ids.is_empty() {
             return Ok(());
         }

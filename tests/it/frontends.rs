@@ -2,6 +2,7 @@
 //! is read and watched through the others, concurrent writes through all get one revision sequence,
 //! and a frontend killed with SIGKILL loses nothing and comes back up to date.
 
+use crate::http::counter;
 use crate::lease::leased;
 use crate::requests::*;
 use crate::support::{postgres_database, OwnPostgres, Strata};
@@ -124,6 +125,36 @@ async fn two_frontends_are_linearizable() {
     let a = Strata::frontend(dir.path(), "a");
     let b = Strata::frontend(dir.path(), "b");
     crate::linearizability::check_history(&[&a, &b]).await;
+}
+
+/// A frontend that alone writes appends each batch in one round trip, presuming the head it knows
+/// (and checking it in the append). Another frontend's write does not get lost under that: the
+/// next write lands on top of it, whether the presumption is refused or not made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_writer_appends_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let (mut kv_a, mut kv_b) = (a.kv().await, b.kv().await);
+    for i in 0..10 {
+        kv_a.put(put(&format!("k/{i}"), "a")).await.unwrap();
+    }
+    let presumed = |s: &Strata| counter(s, "strata_backend_presumed_appends_total");
+    let refused = |s: &Strata| counter(s, "strata_backend_presumed_refused_total");
+    assert_eq!((presumed(&a), refused(&a)), (10, 0));
+    let by_b = kv_b.put(put("k/b", "b")).await.unwrap().into_inner();
+    let by_a = kv_a.put(put("k/a", "a")).await.unwrap().into_inner();
+    let (b_at, a_at) = (by_b.header.unwrap().revision, by_a.header.unwrap().revision);
+    assert_eq!(a_at, b_at + 1);
+    let read = under_k(&a).await;
+    assert_eq!((read.count, read.header.unwrap().revision), (12, a_at));
+    println!(
+        "a: presumed {}, refused {}; b: presumed {}, refused {}",
+        presumed(&a),
+        refused(&a),
+        presumed(&b),
+        refused(&b)
+    );
 }
 
 /// A database whose default isolation is SERIALIZABLE: frontends that take turns at the append

@@ -29,6 +29,17 @@ pub fn get_from(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
+/// A counter of `server`'s `/metrics`.
+pub fn counter(server: &Strata, name: &str) -> u64 {
+    let (status, metrics) = get_from(server.address, "/metrics");
+    assert_eq!(status, 200);
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+}
+
 /// Sends one HTTP/1.1 request and reads the status and body of its answer.
 fn request(address: std::net::SocketAddr, text: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(address).unwrap();

@@ -3,7 +3,7 @@
 //! not, and whether the standby answers at all.
 
 use crate::frontends::frontend_on;
-use crate::http::get_from;
+use crate::http::counter;
 use crate::linearizability::{check_history_through, Restartable};
 use crate::requests::*;
 use crate::support::{psql, OwnPostgres, Strata};
@@ -44,17 +44,6 @@ impl Pair {
     }
 }
 
-/// A counter of `server`'s `/metrics`.
-fn counter(server: &Strata, name: &str) -> u64 {
-    let (status, metrics) = get_from(server.address, "/metrics");
-    assert_eq!(status, 200);
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics"))
-}
-
 /// Clients and watchers spread over a frontend on the primary and one reading from its standby
 /// see one linearizable store, with a synchronous standby (which acknowledges a commit once it has
 /// it, and shows it a moment later) and an asynchronous one: the second frontend meets revisions
@@ -68,9 +57,11 @@ async fn a_frontend_reading_from_a_standby_is_linearizable_with_the_others() {
         crate::linearizability::check_history(&[on_primary, near_standby]).await;
         let served = counter(near_standby, "strata_backend_standby_reads_total");
         let fell_back = counter(near_standby, "strata_backend_standby_fallbacks_total");
+        let presumed = counter(near_standby, "strata_backend_presumed_appends_total");
+        let refused = counter(near_standby, "strata_backend_presumed_refused_total");
         println!(
             "synchronous {synchronous}: reads the standby answered {served}, went to the primary \
-             {fell_back}"
+             {fell_back}; batches appended as presumed {presumed}, refused {refused}"
         );
         assert!(served > 0, "the standby answered no read");
         assert_eq!(counter(on_primary, "strata_backend_standby_reads_total"), 0);

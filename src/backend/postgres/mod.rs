@@ -8,7 +8,9 @@
 //!   catches up to the head it read, evaluates its batch, and appends in the same transaction
 //!   (the rows, and the head moved from the revision before the first to the last, only if it still
 //!   is that revision). Commit order is therefore revision order, and no frontend evaluates a txn
-//!   on a stale state. A change of the auth state (`strata_auth`, a generation and the state)
+//!   on a stale state. A frontend that knows of no unread append may instead presume the head
+//!   ([`Shared::append_presumed`]): lock, append under conditions read while holding it, and
+//!   commit, in one round trip. A change of the auth state (`strata_auth`, a generation and the state)
 //!   takes the same row lock, so that each append is made under one known auth state.
 //! - `strata_log`: one row per change, keyed by (revision, sub).
 //! - `strata_leases`: lease id → TTL, and when it expires by the database's clock (every frontend
@@ -46,8 +48,8 @@ use tail::{measure_usage, tail};
 pub use tls::Connection;
 
 use super::{
-    Backend, BackendError, Identity, Locked, Log, LogEntry, MemberRecord, Progress, ReadIndex,
-    Records, Restore, Result, Shared, Usage,
+    Backend, BackendError, Identity, Locked, Log, LogEntry, MemberRecord, Presumed, Progress,
+    ReadIndex, Records, Restore, Result, Shared, Usage,
 };
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -81,14 +83,26 @@ const MEMBER_FORGET_SECONDS: i64 = 24 * 3600;
 /// Connections shared by reads; each carries many pipelined queries at once.
 const READERS: usize = 2;
 
-const APPEND: &str = "
+/// Inserts the rows $3 to $10 and moves the head from $2 to $1, only if it still is $2 and the
+/// conditions given (SQL beginning with AND) hold.
+macro_rules! append_if {
+    ($($condition:tt)*) => {
+        concat!(
+            "
 WITH moved AS (
-    UPDATE strata_meta SET head = $1 WHERE id = 1 AND head = $2 RETURNING head
+    UPDATE strata_meta SET head = $1 WHERE id = 1 AND head = $2",
+            $($condition)*,
+            " RETURNING head
 )
 INSERT INTO strata_log (revision, sub, deleted, key, create_revision, version, lease, value)
 SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7::BIGINT[],
                      $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
-WHERE EXISTS (SELECT 1 FROM moved)";
+WHERE EXISTS (SELECT 1 FROM moved)"
+        )
+    };
+}
+use append_if;
+const APPEND: &str = append_if!("");
 
 /// Marks a database never written as being restored (its head 0).
 const BEGIN_RESTORE: &str = "
@@ -136,6 +150,23 @@ fn with_rows<'a>(
 ) -> [&'a (dyn tokio_postgres::types::ToSql + Sync); 10] {
     let [a, b, c, d, e, f, g, h] = row_params(rows);
     [one, two, a, b, c, d, e, f, g, h]
+}
+
+/// The first and last revision of `entries` (None if there are none), which must follow one
+/// another.
+fn numbered(entries: &[LogEntry]) -> Result<Option<(i64, i64)>> {
+    let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        return Ok(None);
+    };
+    for (expected, entry) in (first.revision..).zip(entries) {
+        if entry.revision != expected {
+            return Err(BackendError::OutOfOrder {
+                head: expected - 1,
+                got: entry.revision,
+            });
+        }
+    }
+    Ok(Some((first.revision, last.revision)))
 }
 
 /// The log rows of `entries`, and about how much space they take.
@@ -207,6 +238,7 @@ macro_rules! auth_generation {
         "COALESCE((SELECT generation FROM strata_auth WHERE id = 1), 0)"
     };
 }
+use auth_generation;
 const READ_INDEX: &str = concat!(
     "SELECT head, ",
     auth_generation!(),
@@ -485,18 +517,9 @@ impl Log for Postgres {
     }
 
     async fn append(&self, entries: &[LogEntry]) -> Result<()> {
-        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+        let Some((first, last)) = numbered(entries)? else {
             return Ok(());
         };
-        let (first, last) = (first.revision, last.revision);
-        for (expected, entry) in (first..).zip(entries) {
-            if entry.revision != expected {
-                return Err(BackendError::OutOfOrder {
-                    head: expected - 1,
-                    got: entry.revision,
-                });
-            }
-        }
         let (rows, bytes) = log_rows(entries);
         let before = first - 1;
         let params = with_rows(&last, &before, &rows);

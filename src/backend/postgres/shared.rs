@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// [`APPEND`], if also the compaction revision is no newer than $11, the auth state's generation
+/// no newer than $12, and every lease of $13 recorded: sent after [`LOCK`], so that it reads them
+/// as of holding the right (no auth change or revoke can commit before the append then).
+const PRESUMED_APPEND: &str = append_if!(
+    " AND compacted <= $11 AND ",
+    auth_generation!(),
+    " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13)) = cardinality($13::BIGINT[])"
+);
+/// Whether the head is $1, the compaction revision no newer than $2 and the auth state's
+/// generation no newer than $3, as of one moment.
+const PRESUMED_CHECK: &str = concat!(
+    "SELECT head = $1 AND compacted <= $2 AND ",
+    auth_generation!(),
+    " <= $3 FROM strata_meta WHERE id = 1"
+);
+
+/// Gives back a right the appender holds, appending nothing.
+async fn roll_back(appender: &mut Session, config: &Connection) -> Result<()> {
+    if appender.locked {
+        appender.locked = false;
+        appender
+            .simple(config, "ROLLBACK", STATEMENT_DEADLINE)
+            .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Shared for Postgres {
     fn tail(&self) -> watch::Receiver<i64> {
@@ -12,12 +39,7 @@ impl Shared for Postgres {
     async fn lock(&self, after: i64) -> Result<Locked> {
         let mut appender = self.inner.appender.lock().await;
         let config = &self.inner.config;
-        if appender.locked {
-            appender.locked = false;
-            appender
-                .simple(config, "ROLLBACK", STATEMENT_DEADLINE)
-                .await?;
-        }
+        roll_back(&mut appender, config).await?;
         // The statements prepared before the transaction, so that nothing but them runs in it.
         let read = appender.prepared(config, READ_LOG).await?;
         let auth = appender.prepared(config, LOCKED_AUTH).await?;
@@ -62,6 +84,58 @@ impl Shared for Postgres {
             auth,
             entries: entries(&rows),
         })
+    }
+
+    async fn append_presumed(&self, entries: &[LogEntry], presumed: &Presumed) -> Result<bool> {
+        let auth = i64::try_from(presumed.auth).unwrap_or(i64::MAX);
+        let Some((_, last)) = numbered(entries)? else {
+            let params: Params = &[&presumed.head, &presumed.compacted, &auth];
+            let rows = self.inner.read(PRESUMED_CHECK, params).await?;
+            return Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)));
+        };
+        let (rows, bytes) = log_rows(entries);
+        let [a, b, c, d, e, f, g, h, i, j] = with_rows(&last, &presumed.head, &rows);
+        let params: Params = &[
+            a,
+            b,
+            c,
+            d,
+            e,
+            f,
+            g,
+            h,
+            i,
+            j,
+            &presumed.compacted,
+            &auth,
+            &presumed.leases,
+        ];
+        let mut appender = self.inner.appender.lock().await;
+        let config = &self.inner.config;
+        roll_back(&mut appender, config).await?;
+        let insert = appender.prepared(config, PRESUMED_APPEND).await?;
+        let conn = appender.conn(config).await?;
+        // One round trip: the right, the rows under it, and the commit. The wake-up for other
+        // frontends names the head as the append leaves it, whether it was made or not.
+        let begin = format!("BEGIN ISOLATION LEVEL READ COMMITTED; {LOCK}");
+        let finish = if self.inner.notify.load(Ordering::Relaxed) {
+            format!(
+                "SELECT pg_notify('{CHANNEL}', head::TEXT) FROM strata_meta WHERE id = 1; COMMIT"
+            )
+        } else {
+            "COMMIT".to_owned()
+        };
+        let (locked, inserted, committed) = tokio::join!(
+            deadline(conn.client.simple_query(&begin)),
+            deadline(conn.client.execute(&insert, params)),
+            deadline(conn.client.simple_query(&finish)),
+        );
+        // A failure drops the connection, and with it the transaction if it began.
+        let inserted = appender.failed(locked.and(inserted).and_then(|n| committed.map(|_| n)))?;
+        if inserted > 0 {
+            self.inner.size.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Ok(inserted > 0)
     }
 
     async fn read_index(&self) -> Result<ReadIndex> {

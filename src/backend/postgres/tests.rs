@@ -77,6 +77,8 @@ async fn shared_conformance() {
     let (a, b) = two().await;
     conformance::the_append_right_brings_others_appends(&a, &b).await;
     let (a, b) = two().await;
+    conformance::presumed_appends_hold_only_as_presumed(&a, &b).await;
+    let (a, b) = two().await;
     conformance::leases_are_timed_by_the_backend(&a, &b).await;
     let (a, b) = two().await;
     conformance::one_lease_keeper_at_a_time(&a, &b).await;
