@@ -356,6 +356,11 @@ pub trait Shared: Send + Sync {
     /// frontend that has every append of the others already (it compares on the head).
     async fn append_presumed(&self, entries: &[LogEntry], presumed: &Presumed) -> Result<bool>;
 
+    /// Where the log stands, at least as far as `head` (heard of through the tail), read where it
+    /// is nearest: from a hot standby that shows it by now or in a moment, else from the primary.
+    /// What following others needs; what must see every commit reads [`Log::progress`].
+    async fn progress_near(&self, head: i64) -> Result<Progress>;
+
     /// The head, and the generation of the stored auth state, read together: what a linearizable
     /// read must have caught up with.
     async fn read_index(&self) -> Result<ReadIndex>;
@@ -603,6 +608,7 @@ pub(crate) mod conformance {
         assert_eq!((locked.progress.head, locked.entries.len()), (3, 0));
         sa.unlock().await.unwrap();
         assert_eq!(sb.read_index().await.unwrap().head, 3);
+        assert_eq!(sb.progress_near(3).await.unwrap().head, 3);
         assert_eq!(b.read_log(1, 1000).await.unwrap(), log[..2]);
     }
 

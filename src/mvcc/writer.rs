@@ -311,7 +311,19 @@ impl Writer {
             return Ok(());
         };
         if !may_write(group) {
-            let progress = self.backend.progress().await?;
+            let progress = if group.is_empty() {
+                // A compaction's: as the head stands, so that a revision another frontend wrote
+                // is not taken for a future one.
+                self.backend.progress().await?
+            } else {
+                // Catch-ups: as far as the head heard of, which this frontend may have reached
+                // by its own appends since.
+                let heard = *shared.tail().borrow();
+                if heard <= self.index.read().expect("index lock").committed {
+                    return Ok(());
+                }
+                shared.progress_near(heard).await?
+            };
             return self.catch_up(progress, Vec::new()).await;
         }
         let committed = self.index.read().expect("index lock").committed;

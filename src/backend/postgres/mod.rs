@@ -307,6 +307,17 @@ fn fnv(parts: &[&[u8]]) -> u64 {
     h.max(1)
 }
 
+/// What [`PROGRESS`] read.
+fn progress_of(rows: &[Row]) -> Result<Progress> {
+    let row = rows
+        .first()
+        .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
+    Ok(Progress {
+        head: row.get(0),
+        compacted: row.get(1),
+    })
+}
+
 /// A text column of a simple query's row as a number.
 fn number(row: &SimpleQueryRow, column: usize) -> Result<i64> {
     row.get(column)
@@ -380,14 +391,7 @@ impl Inner {
     }
 
     async fn progress(&self) -> Result<Progress> {
-        let rows = self.read(PROGRESS, &[]).await?;
-        let row = rows
-            .first()
-            .ok_or_else(|| BackendError::Schema("strata_meta has no row".into()))?;
-        let progress = Progress {
-            head: row.get(0),
-            compacted: row.get(1),
-        };
+        let progress = progress_of(&self.read(PROGRESS, &[]).await?)?;
         self.seen(progress.head);
         Ok(progress)
     }

@@ -10,6 +10,12 @@ const STANDBY_REST: Duration = Duration::from_secs(10);
 /// so a standby that hangs must not hold up the catch-up (and the reads waiting for it) long.
 const STANDBY_DEADLINE: Duration = Duration::from_secs(2);
 
+/// How long a catch-up waits for the standby to show a head heard of from the primary, looking
+/// every [`STANDBY_LOOK`]: it replays within moments what the primary committed a moment ago,
+/// and the primary is, for a frontend near its standby, far.
+const STANDBY_WAIT: Duration = Duration::from_millis(50);
+const STANDBY_LOOK: Duration = Duration::from_millis(1);
+
 /// Connections shared by reads, each carrying many pipelined queries at once: a closed one is
 /// opened again, and one whose read failed is dropped.
 pub(super) struct Readers {
@@ -66,6 +72,9 @@ impl Readers {
 pub(super) struct Standby {
     readers: Readers,
     resting_until: std::sync::Mutex<Option<Instant>>,
+    /// The last wait for a head ran out: until the standby shows one in time again, it is looked
+    /// at once and not waited for.
+    behind: std::sync::atomic::AtomicBool,
 }
 
 impl Standby {
@@ -73,6 +82,27 @@ impl Standby {
         Standby {
             readers: Readers::new(config),
             resting_until: std::sync::Mutex::new(None),
+            behind: Default::default(),
+        }
+    }
+
+    /// Where the log stands on the standby, once it shows `head`: waited for up to
+    /// [`STANDBY_WAIT`] (unless it was behind at the last wait); None if it does not.
+    pub(super) async fn progress_reaching(&self, head: i64) -> Option<Progress> {
+        let wait = if self.behind.load(Ordering::Relaxed) {
+            Duration::ZERO
+        } else {
+            STANDBY_WAIT
+        };
+        let until = Instant::now() + wait;
+        loop {
+            let progress = progress_of(&self.read(PROGRESS, &[]).await.ok()?).ok()?;
+            let reached = progress.head >= head;
+            if reached || Instant::now() >= until {
+                self.behind.store(!reached, Ordering::Relaxed);
+                return reached.then_some(progress);
+            }
+            tokio::time::sleep(STANDBY_LOOK).await;
         }
     }
 }

@@ -138,6 +138,15 @@ impl Shared for Postgres {
         Ok(inserted > 0)
     }
 
+    async fn progress_near(&self, head: i64) -> Result<Progress> {
+        if let Some(standby) = &self.inner.standby {
+            if let Some(progress) = standby.progress_reaching(head).await {
+                return Ok(progress);
+            }
+        }
+        self.inner.progress().await
+    }
+
     async fn read_index(&self) -> Result<ReadIndex> {
         let rows = self.inner.read(READ_INDEX, &[]).await?;
         let row = rows
