@@ -132,9 +132,10 @@ async fn linearizable_through_kill_9_and_a_failover() {
     .await;
 }
 
-/// A standby that stops answering (every process of it stopped with SIGSTOP) costs the frontend a
-/// short deadline now and then; its reads then go to the primary, and everything written through
-/// the other frontend is there at once.
+/// A standby that stops answering (every process of it stopped with SIGSTOP) costs the frontend
+/// one short deadline; its reads then go to the primary, and everything written through the other
+/// frontend is there at once. Probed off the path of requests, it is read from again once it
+/// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_hangs_sends_reads_to_the_primary() {
     // Asynchronous: commits on the primary do not wait for the standby.
@@ -166,13 +167,17 @@ async fn a_standby_that_hangs_sends_reads_to_the_primary() {
             "{key}"
         );
     }
-    standby.resume();
-    let log = near_standby.log();
-    assert!(
-        log.contains("the standby (--read-from) failed a read"),
-        "{log}"
-    );
     assert!(counter(near_standby, "strata_backend_standby_fallbacks_total") > 0);
+    // Resumed, it is found answering by the next probe, and read from again.
+    standby.resume();
+    read_from_the_standby(&pair.on_primary, near_standby).await;
+    let log = near_standby.log();
+    for said in [
+        "the standby (--read-from) failed a read",
+        "the standby (--read-from) answers again",
+    ] {
+        assert_eq!(log.matches(said).count(), 1, "{said}: {log}");
+    }
 }
 
 /// `--read-from` names a standby of a PostgreSQL backend: with the embedded store it is refused.

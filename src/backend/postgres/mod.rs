@@ -40,7 +40,7 @@ mod tail;
 pub(crate) mod tests;
 pub mod tls;
 
-use readers::{Readers, Reads, Standby};
+use readers::{watch_standby, Readers, Reads, Standby};
 use schema::init_schema;
 use session::{db_error, deadline, Conn, Params, Session, STATEMENT_DEADLINE};
 use tail::{measure_usage, tail};
@@ -352,6 +352,9 @@ impl Postgres {
         let tasks = Tasks::default();
         tasks.spawn(tail(Arc::downgrade(&inner)));
         tasks.spawn(measure_usage(Arc::downgrade(&inner)));
+        if inner.standby.is_some() {
+            tasks.spawn(watch_standby(Arc::downgrade(&inner)));
+        }
         Ok(Postgres {
             identity: Identity {
                 cluster_id,

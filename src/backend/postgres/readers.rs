@@ -4,8 +4,6 @@
 use super::*;
 use std::time::Instant;
 
-/// How long a standby that failed a read is left alone, its reads going to the primary.
-const STANDBY_REST: Duration = Duration::from_secs(10);
 /// How long a read on the standby may take, connecting included: the primary can answer instead,
 /// so a standby that hangs must not hold up the catch-up (and the reads waiting for it) long.
 const STANDBY_DEADLINE: Duration = Duration::from_secs(2);
@@ -68,10 +66,11 @@ impl Readers {
 /// shows was committed on the primary, so the answer is the same from either, and the standby
 /// spares the primary the reading (and is near a frontend far from the primary). Everything else
 /// (appends, the head, the read index, leases, auth) stays on the primary. A read on the standby
-/// has [`STANDBY_DEADLINE`]; after one failed, the standby is left alone for [`STANDBY_REST`].
+/// has [`STANDBY_DEADLINE`]; after one failed, the standby is left alone (it rests) until a
+/// probe, off the path of requests ([`watch_standby`]), finds it answering again.
 pub(super) struct Standby {
     readers: Readers,
-    resting_until: std::sync::Mutex<Option<Instant>>,
+    resting: std::sync::atomic::AtomicBool,
     /// The last wait for a head ran out: until the standby shows one in time again, it is looked
     /// at once and not waited for.
     behind: std::sync::atomic::AtomicBool,
@@ -81,9 +80,37 @@ impl Standby {
     pub(super) fn new(config: Connection) -> Standby {
         Standby {
             readers: Readers::new(config),
-            resting_until: std::sync::Mutex::new(None),
+            resting: Default::default(),
             behind: Default::default(),
         }
+    }
+
+    /// A read within [`STANDBY_DEADLINE`], connecting included, whether the standby rests or not:
+    /// a failure makes it rest, an answer ends its rest.
+    async fn try_read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
+        let result = tokio::time::timeout(STANDBY_DEADLINE, self.readers.read(sql, params))
+            .await
+            .unwrap_or_else(|elapsed| {
+                Err(BackendError::caused_by(
+                    format!("no answer within {}s", STANDBY_DEADLINE.as_secs()),
+                    elapsed,
+                ))
+            });
+        let was_resting = self.resting.swap(result.is_err(), Ordering::Relaxed);
+        match &result {
+            Err(e) if !was_resting => tracing::warn!(
+                error = %e,
+                "the standby (--read-from) failed a read: reading from the primary until it answers again"
+            ),
+            Ok(_) if was_resting => tracing::info!("the standby (--read-from) answers again"),
+            _ => {}
+        }
+        result
+    }
+
+    /// Where the log stands on the standby, resting or not: what [`watch_standby`] looks at.
+    async fn probe(&self) -> Result<Progress> {
+        progress_of(&self.try_read(PROGRESS, &[]).await?)
     }
 
     /// Where the log stands on the standby, once it shows `head`: waited for up to
@@ -121,28 +148,34 @@ impl Reads for Readers {
 impl Reads for Standby {
     /// A read on the standby: refused while it rests, and a failure makes it rest.
     async fn read(&self, sql: &'static str, params: Params<'_>) -> Result<Vec<Row>> {
-        let resting = |until: &Option<Instant>| until.is_some_and(|t| Instant::now() < t);
-        if resting(&self.resting_until.lock().expect("standby lock")) {
+        if self.resting.load(Ordering::Relaxed) {
             return Err(BackendError::storage(
                 "the standby is resting after a failed read",
             ));
         }
-        let result = tokio::time::timeout(STANDBY_DEADLINE, self.readers.read(sql, params))
-            .await
-            .unwrap_or_else(|elapsed| {
-                Err(BackendError::caused_by(
-                    format!("no answer within {}s", STANDBY_DEADLINE.as_secs()),
-                    elapsed,
-                ))
-            });
-        if let Err(e) = &result {
-            tracing::warn!(
-                error = %e,
-                "the standby (--read-from) failed a read: reading from the primary for {}s",
-                STANDBY_REST.as_secs()
-            );
-            *self.resting_until.lock().expect("standby lock") = Some(Instant::now() + STANDBY_REST);
+        self.try_read(sql, params).await
+    }
+}
+
+/// How often the standby is probed: how far behind the primary's head it is, and whether one that
+/// rests answers again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Probes the standby every [`PROBE_INTERVAL`] while the backend lives: its lag behind the head
+/// this frontend heard of (`strata_backend_standby_lag_revisions`), and the end of its rest. Apart
+/// from the tailer, so that a standby that hangs holds up neither the tail nor any request.
+pub(super) async fn watch_standby(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let Some(standby) = &inner.standby else {
+            return;
+        };
+        if let Ok(progress) = standby.probe().await {
+            let heard = *inner.head.borrow();
+            crate::metrics::STANDBY_LAG.set((heard - progress.head).max(0));
         }
-        result
     }
 }

@@ -66,22 +66,13 @@ pub(super) async fn tail(inner: Weak<Inner>) {
     }
 }
 
-/// Reads the head once, and how far a standby read from is behind it; false when the backend is
-/// gone.
+/// Reads the head once; false when the backend is gone.
 async fn poll_once(inner: &Weak<Inner>) -> bool {
     let Some(inner) = inner.upgrade() else {
         return false;
     };
-    match inner.progress().await {
-        Ok(primary) => {
-            if let Some(standby) = &inner.standby {
-                if let Ok(rows) = standby.read(PROGRESS, &[]).await {
-                    let head: i64 = rows.first().map_or(0, |row| row.get(0));
-                    crate::metrics::STANDBY_LAG.set((primary.head - head).max(0));
-                }
-            }
-        }
-        Err(e) => tracing::debug!(error = %e, "tailer could not read the head"),
+    if let Err(e) = inner.progress().await {
+        tracing::debug!(error = %e, "tailer could not read the head");
     }
     true
 }
