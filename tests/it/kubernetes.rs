@@ -4,6 +4,7 @@
 //! records the versions they ran with.
 
 use crate::migrate::{serve_copy, target, Migration};
+use crate::standby::Pair;
 use crate::support::{free_port, on_postgres, Etcd, Process, Strata};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -634,6 +635,50 @@ fn two_kube_apiservers_on_two_frontends() {
         .contains("after-kill"));
     let health = one.ok(&["get", "--raw", "/healthz"]);
     assert_eq!(health, "ok");
+}
+
+/// Across regions on PostgreSQL replicas: one kube-apiserver on a frontend next to the primary,
+/// one on a frontend that reads from an asynchronous hot standby (`--read-from`). What either
+/// writes the other reads at once, and a watch from before the write sees it.
+#[test]
+#[ignore = "needs KUBE_APISERVER: a kube-apiserver binary (and KUBECTL)"]
+fn two_kube_apiservers_on_a_primary_and_a_standby_frontend() {
+    let binary = binary();
+    let pair = Pair::start(false);
+    let near = start(&binary, &pair.on_primary.endpoint());
+    let far = start(&binary, &pair.near_standby.endpoint());
+    near.ok(&["create", "namespace", "regions"]);
+    far.until("the namespace on the far kube-apiserver", || {
+        far.kubectl(&["get", "namespace", "regions"]).success
+    });
+    for (writer, reader, name) in [(&near, &far, "from-near"), (&far, &near, "from-far")] {
+        let since = reader.raw("/api/v1/namespaces/regions/configmaps")["metadata"]
+            ["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        writer.ok(&[
+            "-n",
+            "regions",
+            "create",
+            "configmap",
+            name,
+            "--from-literal=k=v",
+        ]);
+        let listed = reader.ok(&["-n", "regions", "get", "configmaps", "-o", "name"]);
+        assert!(listed.contains(name), "{listed}");
+        let events = reader.ok(&[
+            "get",
+            "--raw",
+            &format!(
+                "/api/v1/namespaces/regions/configmaps?watch=1&resourceVersion={since}&timeoutSeconds=2"
+            ),
+        ]);
+        assert!(
+            events.contains("\"ADDED\"") && events.contains(name),
+            "{events}"
+        );
+    }
 }
 
 /// A cluster moved from etcd to Strata while kube-apiserver serves: `strata migrate` follows etcd

@@ -17,16 +17,16 @@ fn reading_from(primary: &OwnPostgres, standby: &OwnPostgres) -> Strata {
 }
 
 /// A primary, its standby, a frontend on the primary, and one reading from the standby.
-struct Pair {
+pub(crate) struct Pair {
     /// Held to the end: dropped, the server stops.
     _primary: OwnPostgres,
     standby: OwnPostgres,
-    on_primary: Strata,
-    near_standby: Strata,
+    pub(crate) on_primary: Strata,
+    pub(crate) near_standby: Strata,
 }
 
 impl Pair {
-    fn start(synchronous: bool) -> Pair {
+    pub(crate) fn start(synchronous: bool) -> Pair {
         let primary = OwnPostgres::start();
         let standby = if synchronous {
             primary.standby()
