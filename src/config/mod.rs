@@ -411,6 +411,25 @@ fn check_after_parse(s: &Settings) -> Result<(), String> {
     for suite in ciphers.unwrap_or("").split(',').filter(|c| !c.is_empty()) {
         cipher_suite(suite)?;
     }
+    let on = |name: &str| s.get(name).is_some_and(|v| v != "false");
+    if on("experimental-enable-lease-checkpoint-persist")
+        && !on("experimental-enable-lease-checkpoint")
+    {
+        return Err(
+            "setting experimental-enable-lease-checkpoint-persist requires \
+                    experimental-enable-lease-checkpoint"
+                .to_owned(),
+        );
+    }
+    let gates = settings::feature_gates(s.get("feature-gates").unwrap_or("")).unwrap_or_default();
+    let gate = |name: &str| gates.iter().any(|(gate, on)| *gate == name && *on);
+    if gate("LeaseCheckpointPersist") && !gate("LeaseCheckpoint") {
+        return Err(
+            "enabling feature gate LeaseCheckpointPersist requires enabling feature gate \
+                    LeaseCheckpoint"
+                .to_owned(),
+        );
+    }
     let milliseconds =
         |name: &str, default: u64| s.get(name).and_then(|v| v.parse().ok()).unwrap_or(default);
     let (heartbeat, election) = (
@@ -628,6 +647,20 @@ mod tests {
         ]);
         assert_eq!(revisions.auto_compaction, Some(Policy::Revision(1000)));
         assert!(auto_compaction("revision", "1h").is_err());
+    }
+
+    #[test]
+    fn persisted_lease_checkpoints_need_checkpoints() {
+        assert_eq!(
+            refusal(&["--feature-gates=LeaseCheckpointPersist=true"]),
+            "enabling feature gate LeaseCheckpointPersist requires enabling feature gate \
+             LeaseCheckpoint"
+        );
+        config(&["--feature-gates=LeaseCheckpoint=true,LeaseCheckpointPersist=true"]);
+        config(&[
+            "--experimental-enable-lease-checkpoint",
+            "--experimental-enable-lease-checkpoint-persist",
+        ]);
     }
 
     #[test]

@@ -352,6 +352,11 @@ fn malformed_flags_are_refused_as_etcd_refuses_them() {
             &["--name=x", "--initial-cluster=y=http://localhost:2380"],
             &[],
         ),
+        (&["--experimental-enable-lease-checkpoint-persist"], &[]),
+        (
+            &[],
+            &[("ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", "true")],
+        ),
         (&["--enable-log-rotation"], &[]),
         (&["--enable-log-rotation", "--log-outputs=stderr"], &[]),
         (&["--log-outputs=default,/tmp/strata-never.log"], &[]),
