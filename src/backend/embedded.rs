@@ -22,8 +22,8 @@ mod record;
 
 use super::wal::Wal;
 use super::{
-    random_id, Backend, BackendError, Identity, Log, LogEntry, Progress, Records, Restore, Result,
-    Usage,
+    random_id, Backend, BackendError, Identity, LeaseCheckpoints, Log, LogEntry, Progress, Records,
+    Restore, Result, Usage,
 };
 use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
@@ -33,6 +33,7 @@ use pending::Pending;
 use prost::Message;
 use record::Record;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,6 +41,8 @@ use std::sync::{Arc, Mutex};
 const LOG: TableDefinition<(i64, i64), &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
+/// Recorded remaining TTLs of leases in LEASES (see [`LeaseCheckpoints`]).
+const LEASE_CHECKPOINTS: TableDefinition<i64, i64> = TableDefinition::new("lease_checkpoints");
 const ALARMS: TableDefinition<(u64, i32), ()> = TableDefinition::new("alarms");
 const AUTH: TableDefinition<u64, &[u8]> = TableDefinition::new("auth");
 
@@ -210,6 +213,7 @@ impl Embedded {
         let identity = {
             tx.open_table(LOG).map_err(storage)?;
             tx.open_table(LEASES).map_err(storage)?;
+            tx.open_table(LEASE_CHECKPOINTS).map_err(storage)?;
             tx.open_table(ALARMS).map_err(storage)?;
             tx.open_table(AUTH).map_err(storage)?;
             let mut meta = tx.open_table(META).map_err(storage)?;
@@ -380,10 +384,76 @@ fn decode(main: i64, bytes: &[u8]) -> Result<Event> {
     })
 }
 
+/// The leases recorded, by id as (TTL, recorded remaining TTL or 0), with what the write-ahead
+/// log holds beyond the database.
+fn stored_leases(store: &mut Store) -> Result<BTreeMap<i64, (i64, i64)>> {
+    let tx = store.db.begin_read().map_err(storage)?;
+    let mut leases = BTreeMap::new();
+    for row in tx
+        .open_table(LEASES)
+        .map_err(storage)?
+        .iter()
+        .map_err(storage)?
+    {
+        let (id, ttl) = row.map_err(storage)?;
+        leases.insert(id.value(), (ttl.value(), 0));
+    }
+    match tx.open_table(LEASE_CHECKPOINTS) {
+        Ok(checkpoints) => {
+            for row in checkpoints.iter().map_err(storage)? {
+                let (id, remaining) = row.map_err(storage)?;
+                if let Some(lease) = leases.get_mut(&id.value()) {
+                    lease.1 = remaining.value();
+                }
+            }
+        }
+        // A store written before checkpoints were.
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(storage(e)),
+    }
+    Ok(store.pending.applied_to_leases(leases))
+}
+
+#[async_trait]
+impl LeaseCheckpoints for Embedded {
+    async fn checkpoint_leases(&self, remaining: &[(i64, i64)]) -> Result<()> {
+        let remaining = remaining.to_vec();
+        self.commit_logged(move |tx| {
+            let leases = tx.open_table(LEASES).map_err(storage)?;
+            let mut checkpoints = tx.open_table(LEASE_CHECKPOINTS).map_err(storage)?;
+            for &(id, seconds) in &remaining {
+                if leases.get(id).map_err(storage)?.is_none() {
+                    continue;
+                }
+                if seconds > 0 {
+                    checkpoints.insert(id, seconds).map_err(storage)?;
+                } else {
+                    checkpoints.remove(id).map_err(storage)?;
+                }
+            }
+            Ok(((), Some(Record::LeaseCheckpoints(remaining))))
+        })
+        .await
+    }
+
+    async fn recorded(&self) -> Result<Vec<(i64, i64)>> {
+        let leases = self.with_store(stored_leases).await?;
+        Ok(leases
+            .into_iter()
+            .filter(|(_, (_, remaining))| *remaining > 0)
+            .map(|(id, (_, remaining))| (id, remaining))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl Backend for Embedded {
     fn identity(&self) -> Identity {
         self.identity
+    }
+
+    fn lease_checkpoints(&self) -> Option<&dyn LeaseCheckpoints> {
+        Some(self)
     }
 
     async fn close(&self) -> Result<()> {
@@ -618,30 +688,20 @@ impl Records for Embedded {
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
         self.commit_logged(move |tx| {
-            tx.open_table(LEASES)
-                .map_err(storage)?
-                .remove(id)
-                .map_err(storage)?;
+            for table in [LEASES, LEASE_CHECKPOINTS] {
+                tx.open_table(table)
+                    .map_err(storage)?
+                    .remove(id)
+                    .map_err(storage)?;
+            }
             Ok(((), Some(Record::LeaseRemoved(id))))
         })
         .await
     }
 
     async fn leases(&self) -> Result<Vec<(i64, i64)>> {
-        self.with_store(|store| {
-            let tx = store.db.begin_read().map_err(storage)?;
-            let leases = tx.open_table(LEASES).map_err(storage)?;
-            let stored = leases
-                .iter()
-                .map_err(storage)?
-                .map(|row| {
-                    let (id, ttl) = row.map_err(storage)?;
-                    Ok((id.value(), ttl.value()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok(store.pending.applied_to_leases(stored))
-        })
-        .await
+        let leases = self.with_store(stored_leases).await?;
+        Ok(leases.into_iter().map(|(id, (ttl, _))| (id, ttl)).collect())
     }
 
     async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()> {

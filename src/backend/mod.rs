@@ -302,6 +302,24 @@ pub trait Backend: Log + Restore + Records + Send + Sync + 'static {
     fn shared(&self) -> Option<&dyn Shared> {
         None
     }
+
+    /// Where the remaining TTLs of leases are recorded, on a backend whose leases this process
+    /// times (the embedded store); None where the backend's clock times them.
+    fn lease_checkpoints(&self) -> Option<&dyn LeaseCheckpoints> {
+        None
+    }
+}
+
+/// Leases' remaining TTLs, recorded now and then (etcd's persisted lease checkpoints): what a
+/// restart gives each lease instead of a full TTL.
+#[async_trait]
+pub trait LeaseCheckpoints: Send + Sync {
+    /// Durably records each lease's remaining TTL in seconds (0: none, a full TTL again), for the
+    /// leases still recorded; one forgotten ([`Records::remove_lease`]) loses its record with it.
+    async fn checkpoint_leases(&self, remaining: &[(i64, i64)]) -> Result<()>;
+
+    /// The remaining TTLs recorded, as (id, seconds), in id order.
+    async fn recorded(&self) -> Result<Vec<(i64, i64)>>;
 }
 
 /// What [`Shared::lock`] found.
@@ -610,6 +628,22 @@ pub(crate) mod conformance {
         assert_eq!(sb.read_index().await.unwrap().head, 3);
         assert_eq!(sb.progress_near(3).await.unwrap().head, 3);
         assert_eq!(b.read_log(1, 1000).await.unwrap(), log[..2]);
+    }
+
+    /// A lease's checkpoint is kept until replaced, cleared or the lease forgotten, and only for
+    /// a recorded lease.
+    pub async fn lease_checkpoints_are_kept_with_their_leases(b: &dyn Backend) {
+        let c = b.lease_checkpoints().expect("lease checkpoints");
+        b.put_leases(&[(7, 600), (8, 600), (9, 600)]).await.unwrap();
+        c.checkpoint_leases(&[(7, 300), (8, 200), (10, 100)])
+            .await
+            .unwrap();
+        assert_eq!(c.recorded().await.unwrap(), [(7, 300), (8, 200)]);
+        c.checkpoint_leases(&[(7, 0), (8, 150)]).await.unwrap();
+        b.remove_lease(8).await.unwrap();
+        b.put_leases(&[(8, 600)]).await.unwrap();
+        c.checkpoint_leases(&[(9, 50)]).await.unwrap();
+        assert_eq!(c.recorded().await.unwrap(), [(9, 50)]);
     }
 
     /// An append presumed on what a frontend knows holds only if the store still stands so: the

@@ -3,7 +3,7 @@
 //! connection.
 
 use super::embedded::Embedded;
-use super::{Backend, Identity, Log, LogEntry, Records, Restore, Usage};
+use super::{Backend, Identity, LeaseCheckpoints, Log, LogEntry, Records, Restore, Usage};
 use crate::backend::Revision;
 use crate::proto::mvccpb::KeyValue;
 use async_trait::async_trait;
@@ -24,6 +24,10 @@ impl Backend for Faulty {
 
     async fn close(&self) -> crate::backend::Result<()> {
         self.inner.close().await
+    }
+
+    fn lease_checkpoints(&self) -> Option<&dyn LeaseCheckpoints> {
+        self.inner.lease_checkpoints()
     }
 }
 

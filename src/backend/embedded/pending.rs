@@ -15,8 +15,41 @@ pub(super) struct Pending {
     pub(super) rows: BTreeMap<(i64, i64), Vec<u8>>,
     /// The last revision among them, if any.
     pub(super) head: Option<i64>,
-    /// Lease changes, in order: granted with a TTL, or forgotten.
-    pub(super) leases: Vec<(i64, Option<i64>)>,
+    /// Lease changes, in order.
+    pub(super) leases: Vec<(i64, LeaseChange)>,
+}
+
+/// A change of one lease's record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum LeaseChange {
+    /// Granted, with its TTL.
+    Granted(i64),
+    /// Forgotten, with its checkpoint.
+    Removed,
+    /// Its remaining TTL recorded (0: none), if it is recorded.
+    Checkpoint(i64),
+}
+
+/// Leases by id as (TTL, recorded remaining TTL or 0), with `changes` applied in order.
+pub(super) fn apply_lease_changes(
+    leases: &mut BTreeMap<i64, (i64, i64)>,
+    changes: impl IntoIterator<Item = (i64, LeaseChange)>,
+) {
+    for (id, change) in changes {
+        match change {
+            LeaseChange::Granted(ttl) => {
+                leases.insert(id, (ttl, 0));
+            }
+            LeaseChange::Removed => {
+                leases.remove(&id);
+            }
+            LeaseChange::Checkpoint(remaining) => {
+                if let Some(lease) = leases.get_mut(&id) {
+                    lease.1 = remaining;
+                }
+            }
+        }
+    }
 }
 
 impl Pending {
@@ -27,10 +60,17 @@ impl Pending {
         let mut pending = Pending::default();
         for record in records {
             match record {
-                Record::Leases(granted) => pending
-                    .leases
-                    .extend(granted.into_iter().map(|(id, ttl)| (id, Some(ttl)))),
-                Record::LeaseRemoved(id) => pending.leases.push((id, None)),
+                Record::Leases(granted) => pending.leases.extend(
+                    granted
+                        .into_iter()
+                        .map(|(id, ttl)| (id, LeaseChange::Granted(ttl))),
+                ),
+                Record::LeaseRemoved(id) => pending.leases.push((id, LeaseChange::Removed)),
+                Record::LeaseCheckpoints(recorded) => pending.leases.extend(
+                    recorded
+                        .into_iter()
+                        .map(|(id, remaining)| (id, LeaseChange::Checkpoint(remaining))),
+                ),
                 Record::Log { last, .. } if last <= head => {}
                 Record::Log { first, .. } if first != head + 1 => {
                     return Err(BackendError::Corrupt {
@@ -52,16 +92,13 @@ impl Pending {
         self.rows.is_empty() && self.leases.is_empty()
     }
 
-    /// `stored` leases (id, TTL) with the changes applied.
-    pub(super) fn applied_to_leases(&self, stored: Vec<(i64, i64)>) -> Vec<(i64, i64)> {
-        let mut leases: BTreeMap<i64, i64> = stored.into_iter().collect();
-        for &(id, change) in &self.leases {
-            match change {
-                Some(ttl) => leases.insert(id, ttl),
-                None => leases.remove(&id),
-            };
-        }
-        leases.into_iter().collect()
+    /// `stored` leases, by id as (TTL, recorded remaining TTL or 0), with the changes applied.
+    pub(super) fn applied_to_leases(
+        &self,
+        mut stored: BTreeMap<i64, (i64, i64)>,
+    ) -> BTreeMap<i64, (i64, i64)> {
+        apply_lease_changes(&mut stored, self.leases.iter().copied());
+        stored
     }
 }
 
@@ -83,7 +120,9 @@ mod tests {
             log(2, 3),
             Record::Leases(vec![(7, 10), (8, 10)]),
             log(4, 5),
+            Record::LeaseCheckpoints(vec![(7, 4), (8, 6)]),
             Record::LeaseRemoved(7),
+            Record::LeaseCheckpoints(vec![(8, 0)]),
             log(6, 6),
         ];
         let pending = Pending::new(records, 3).unwrap();
@@ -92,9 +131,10 @@ mod tests {
             pending.rows.keys().copied().collect::<Vec<_>>(),
             [(4, 0), (5, 0), (6, 0)]
         );
+        let stored = BTreeMap::from([(1, (5, 0)), (8, (3, 2))]);
         assert_eq!(
-            pending.applied_to_leases(vec![(1, 5), (8, 3)]),
-            [(1, 5), (8, 10)]
+            pending.applied_to_leases(stored),
+            BTreeMap::from([(1, (5, 0)), (8, (10, 0))])
         );
         assert!(matches!(
             Pending::new(vec![log(5, 6)], 3),

@@ -15,11 +15,14 @@ pub(super) enum Record {
     Leases(Vec<(i64, i64)>),
     /// A lease forgotten.
     LeaseRemoved(i64),
+    /// Leases' remaining TTLs recorded, as (id, seconds; 0: none).
+    LeaseCheckpoints(Vec<(i64, i64)>),
 }
 
 impl Record {
     /// A kind byte, then: each log row as its revision, sub-revision, length and encoded event;
-    /// or each lease as its id and TTL; or the forgotten lease's id.
+    /// or each lease as its id and TTL; or the forgotten lease's id; or each lease as its id and
+    /// remaining TTL.
     pub(super) fn encode(&self) -> Vec<u8> {
         let mut record = Vec::new();
         match self {
@@ -35,11 +38,15 @@ impl Record {
                     record.extend_from_slice(value);
                 }
             }
-            Record::Leases(granted) => {
-                record.push(1);
-                for (id, ttl) in granted {
+            Record::Leases(pairs) | Record::LeaseCheckpoints(pairs) => {
+                record.push(if matches!(self, Record::Leases(_)) {
+                    1
+                } else {
+                    3
+                });
+                for (id, seconds) in pairs {
                     record.extend_from_slice(&id.to_le_bytes());
-                    record.extend_from_slice(&ttl.to_le_bytes());
+                    record.extend_from_slice(&seconds.to_le_bytes());
                 }
             }
             Record::LeaseRemoved(id) => {
@@ -80,12 +87,16 @@ impl Record {
                 }
                 Ok(Record::Log { first, last, rows })
             }
-            1 => {
-                let mut granted = Vec::new();
+            1 | 3 => {
+                let mut pairs = Vec::new();
                 while !record.is_empty() {
-                    granted.push((number(&mut record)?, number(&mut record)?));
+                    pairs.push((number(&mut record)?, number(&mut record)?));
                 }
-                Ok(Record::Leases(granted))
+                Ok(if kind == 1 {
+                    Record::Leases(pairs)
+                } else {
+                    Record::LeaseCheckpoints(pairs)
+                })
             }
             2 => Ok(Record::LeaseRemoved(number(&mut record)?)),
             _ => Err(BackendError::storage(format!(

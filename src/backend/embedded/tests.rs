@@ -31,6 +31,8 @@ async fn conformance_in_memory() {
     conformance::append_out_of_order_is_refused(&Embedded::in_memory().unwrap()).await;
     conformance::compaction_removes_and_is_remembered(&Embedded::in_memory().unwrap()).await;
     conformance::leases_are_recorded_and_forgotten(&Embedded::in_memory().unwrap()).await;
+    conformance::lease_checkpoints_are_kept_with_their_leases(&Embedded::in_memory().unwrap())
+        .await;
     conformance::alarms_are_recorded_and_cleared(&Embedded::in_memory().unwrap()).await;
     conformance::auth_changes_only_from_the_stored_generation(&Embedded::in_memory().unwrap())
         .await;
@@ -81,8 +83,10 @@ async fn open_replays_the_write_ahead_log() {
     // Lease changes are taken again in order.
     for record in [
         Record::Leases(vec![(1, 10), (2, 20)]),
+        Record::LeaseCheckpoints(vec![(1, 5), (2, 7)]),
         Record::LeaseRemoved(1),
         Record::LeaseRemoved(3),
+        Record::LeaseCheckpoints(vec![(1, 4)]),
     ] {
         wal.append(&record.encode()).unwrap();
     }
@@ -90,6 +94,8 @@ async fn open_replays_the_write_ahead_log() {
     let b = Embedded::open(dir.path()).unwrap();
     assert_eq!(b.progress().await.unwrap().head, 7);
     assert_eq!(b.leases().await.unwrap(), vec![(2, 20)]);
+    let checkpoints = b.lease_checkpoints().expect("lease checkpoints");
+    assert_eq!(checkpoints.recorded().await.unwrap(), vec![(2, 7)]);
     assert_eq!(b.read_log(5, 100).await.unwrap(), renumbered(5));
     assert_eq!(b.read_log(2, 100).await.unwrap()[..3], written[..]);
     b.append(&renumbered(8)[..1]).await.unwrap();
