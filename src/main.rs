@@ -144,6 +144,9 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
     .map_err(anyhow::Error::msg)?;
     let auth = AuthStore::open(backend.clone(), config.bcrypt_cost, tokens).await?;
     let store = Store::open(backend).await?;
+    if let Some(every) = config.lease_checkpoints {
+        store.checkpoint_leases(every);
+    }
     let compaction = Tasks::default();
     if let Some(policy) = config.auto_compaction {
         tracing::info!(?policy, "automatic compaction");

@@ -38,8 +38,6 @@ pub enum Effect {
     /// Accepted and checked as etcd checks it, with no effect here, for the reason given; named once
     /// in a start-up log line when set.
     NoEffect(&'static str),
-    /// Accepted and checked; Strata does not do what it asks yet, and says so at start-up when set.
-    NotYet(&'static str),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -89,6 +87,10 @@ const DISCOVERY: &str =
 const V2: &str = "etcd's v2 API and its proxy are gone from etcd 3.6; Strata serves v3 only";
 const TRACING: &str = "Strata exports no OpenTelemetry traces";
 const ETCD_IGNORES: &str = "etcd itself ignores it";
+/// Why lease checkpoints alone change nothing here.
+pub const LEASE_CHECKPOINT: &str = "etcd's leader sends checkpoints so that a new leader goes on \
+     from each lease's remaining TTL; Strata has no leader to change, and records them across \
+     restarts with --experimental-enable-lease-checkpoint-persist";
 
 const fn flag(name: &'static str, kind: Kind, effect: Effect) -> Flag {
     Flag {
@@ -99,7 +101,7 @@ const fn flag(name: &'static str, kind: Kind, effect: Effect) -> Flag {
     }
 }
 
-use Effect::{Honoured, NoEffect, NotYet};
+use Effect::{Honoured, NoEffect};
 use Kind::{
     Bool, Choice, Duration, FeatureGates, Ignored, Int, List, Text, Uint, Urls, UrlsOrStar,
 };
@@ -130,6 +132,12 @@ pub const FLAGS: &[Flag] = &[
         kind: Text,
         effect: Honoured,
         env: Env::Named("STRATA_READ_FROM"),
+    },
+    Flag {
+        name: "lease-checkpoint-interval",
+        kind: Duration,
+        effect: Honoured,
+        env: Env::Named("STRATA_LEASE_CHECKPOINT_INTERVAL"),
     },
     Flag {
         name: "worker-threads",
@@ -393,18 +401,12 @@ pub const FLAGS: &[Flag] = &[
     flag(
         "experimental-enable-lease-checkpoint",
         Bool,
-        NotYet(
-            "the embedded store gives every lease its full TTL again at a restart, as etcd \
-             does without checkpoints; on PostgreSQL every keep-alive records the expiry",
-        ),
+        NoEffect(LEASE_CHECKPOINT),
     ),
     flag(
         "experimental-enable-lease-checkpoint-persist",
         Bool,
-        NotYet(
-            "the embedded store gives every lease its full TTL again at a restart, as etcd \
-             does without checkpoints; on PostgreSQL every keep-alive records the expiry",
-        ),
+        Honoured,
     ),
     flag(
         "downgrade-check-time",

@@ -111,6 +111,9 @@ pub struct Config {
     pub unsafe_no_fsync: bool,
     /// Check the embedded store's file before serving it (etcd's initial corruption check).
     pub initial_corrupt_check: bool,
+    /// How often the embedded store records each long lease's remaining TTL, so that a restart
+    /// goes on from it instead of a full TTL (etcd's persisted lease checkpoints); None: never.
+    pub lease_checkpoints: Option<Duration>,
     /// What was read, for the start-up log lines.
     pub settings: Settings,
 }
@@ -141,6 +144,7 @@ impl Config {
             s.get(name).and_then(|v| v.parse().ok()).unwrap_or(default)
         };
         let boolean = |name: &str| s.get(name) == Some("true");
+        let gate = |name: &str| s.gate(name);
         let duration = |name: &str, default: Duration| -> Duration {
             s.get(name)
                 .and_then(|v| crate::duration::parse(v).ok())
@@ -285,11 +289,10 @@ impl Config {
             socket_reuse_port: boolean("socket-reuse-port"),
             unsafe_no_fsync: boolean("unsafe-no-fsync"),
             initial_corrupt_check: boolean("experimental-initial-corrupt-check")
-                || s.get("feature-gates").is_some_and(|gates| {
-                    settings::feature_gates(gates)
-                        .unwrap_or_default()
-                        .contains(&("InitialCorruptCheck", true))
-                }),
+                || gate("InitialCorruptCheck"),
+            lease_checkpoints: (boolean("experimental-enable-lease-checkpoint-persist")
+                || gate("LeaseCheckpointPersist"))
+            .then(|| duration("lease-checkpoint-interval", Duration::from_secs(300))),
             metrics: match s.get("metrics") {
                 Some("extensive") => MetricsLevel::Extensive,
                 _ => MetricsLevel::Basic,
@@ -310,24 +313,13 @@ impl Config {
         )
     }
 
-    /// One line for each flag set that has no effect here, or whose effect is still to come, with
-    /// the reason: what an operator moving a manifest over should know.
+    /// One line for each flag set that has no effect here, with the reason: what an operator moving
+    /// a manifest over should know.
     pub fn notices(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for (name, value) in self.settings.iter() {
-            let Some(flag) = flags::lookup(name) else {
-                continue;
-            };
-            match flag.effect {
-                Effect::NoEffect(why) => {
-                    lines.push(format!("--{name}={value} has no effect in Strata: {why}"));
-                }
-                Effect::NotYet(why) if value != "false" => {
-                    lines.push(format!(
-                        "--{name}={value} is accepted but not acted on yet: {why}"
-                    ));
-                }
-                _ => {}
+            if let Some(Effect::NoEffect(why)) = flags::lookup(name).map(|f| f.effect) {
+                lines.push(format!("--{name}={value} has no effect in Strata: {why}"));
             }
         }
         if let Some(gates) = self.settings.get("feature-gates") {
@@ -335,6 +327,8 @@ impl Config {
                 let why = match gate {
                     "InitialCorruptCheck" => continue,
                     "CompactHashCheck" => flags::ONE_COPY,
+                    "LeaseCheckpointPersist" => continue,
+                    "LeaseCheckpoint" => flags::LEASE_CHECKPOINT,
                     _ => "it changes raft or bbolt behaviour Strata does not have",
                 };
                 lines.push(format!(
@@ -421,9 +415,7 @@ fn check_after_parse(s: &Settings) -> Result<(), String> {
                 .to_owned(),
         );
     }
-    let gates = settings::feature_gates(s.get("feature-gates").unwrap_or("")).unwrap_or_default();
-    let gate = |name: &str| gates.iter().any(|(gate, on)| *gate == name && *on);
-    if gate("LeaseCheckpointPersist") && !gate("LeaseCheckpoint") {
+    if s.gate("LeaseCheckpointPersist") && !s.gate("LeaseCheckpoint") {
         return Err(
             "enabling feature gate LeaseCheckpointPersist requires enabling feature gate \
                     LeaseCheckpoint"
@@ -579,7 +571,6 @@ pub fn help() -> String {
         let effect = match flag.effect {
             Effect::Honoured => "",
             Effect::NoEffect(_) => " (accepted, no effect)",
-            Effect::NotYet(_) => " (accepted, not acted on yet)",
         };
         text.push_str(&format!("  --{}{effect}\n", flag.name));
     }

@@ -19,6 +19,13 @@ impl Settings {
         self.values.get(name).map(String::as_str)
     }
 
+    /// Whether `--feature-gates` turns the gate `name` on.
+    pub fn gate(&self, name: &str) -> bool {
+        feature_gates(self.get("feature-gates").unwrap_or(""))
+            .unwrap_or_default()
+            .contains(&(name, true))
+    }
+
     /// The flags set, with their values.
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.values.iter().map(|(k, v)| (*k, v.as_str()))

@@ -24,6 +24,38 @@ const KEEPER_INTERVAL: std::time::Duration = std::time::Duration::from_millis(25
 /// Expired leases revoked per look.
 const EXPIRED_PER_LOOK: usize = 1000;
 
+/// On a backend whose leases this process times: records the remaining TTL of the leases whose
+/// checkpoint is due (see [`Lessor::due_checkpoints`]), every `every` or sooner, in one call.
+pub(super) async fn checkpoint_leases(
+    lessor: Arc<Mutex<Lessor>>,
+    backend: Arc<dyn Backend>,
+    every: std::time::Duration,
+) {
+    let Some(checkpoints) = backend.lease_checkpoints() else {
+        return;
+    };
+    loop {
+        let next = lessor.lock().expect("lessor lock").next_checkpoint();
+        let soonest = Instant::now() + every;
+        tokio::time::sleep_until(next.map_or(soonest, |at| at.min(soonest))).await;
+        let due = lessor
+            .lock()
+            .expect("lessor lock")
+            .due_checkpoints(Instant::now());
+        if due.is_empty() {
+            continue;
+        }
+        let recorded = checkpoints.checkpoint_leases(&due).await;
+        if let Err(e) = &recorded {
+            tracing::warn!(error = %e, "could not record the leases' remaining TTLs");
+        }
+        lessor
+            .lock()
+            .expect("lessor lock")
+            .checkpointed(&due, recorded.is_ok(), Instant::now());
+    }
+}
+
 /// On a shared backend: while this frontend holds the lease-keeper role, revokes the leases whose
 /// time is up by the backend's clock, through the writer like a client's revoke.
 pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {

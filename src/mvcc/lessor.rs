@@ -5,7 +5,10 @@
 //!
 //! Leases are durable in the backend with their granted TTL. After a restart every lease starts a
 //! full TTL again, as etcd renews every lease when a new leader takes over: a lease that was kept
-//! alive is never expired by a restart, and one that was abandoned expires one TTL after it.
+//! alive is never expired by a restart, and one that was abandoned expires one TTL after it. With
+//! persisted checkpoints (etcd's `--experimental-enable-lease-checkpoint-persist`) the remaining
+//! TTL of each lease with more left than the checkpoint interval is recorded every interval, and
+//! a restart gives a lease what its record says; a keep-alive clears the record.
 //!
 //! ```text
 //! leases: { 7: {ttl 10, deadline t+10}, 9: {ttl 60, deadline t+60} }
@@ -31,12 +34,20 @@ pub struct Lease {
     deadline: Instant,
     /// Expired and waiting for its revoke: it can no longer be kept alive.
     expired: bool,
+    /// The remaining TTL last recorded, in seconds (0: none).
+    recorded: i64,
+    /// When its next checkpoint is due, if one is.
+    checkpoint_at: Option<Instant>,
 }
 
 #[derive(Default)]
 pub struct Lessor {
     leases: HashMap<i64, Lease>,
     queue: BTreeSet<(Instant, i64)>,
+    /// How often a lease's remaining TTL is recorded; None: never.
+    checkpoint_every: Option<Duration>,
+    /// Checkpoints due, by when.
+    checkpoints: BTreeSet<(Instant, i64)>,
 }
 
 impl Lessor {
@@ -47,22 +58,30 @@ impl Lessor {
     /// Starts a lease (already durable) whose deadline is one TTL from `now`; a lease already
     /// there starts afresh.
     pub fn grant(&mut self, id: i64, ttl: i64, now: Instant) {
-        let deadline = now + ttl_duration(ttl);
+        self.resume(id, ttl, 0, now);
+    }
+
+    /// Starts a lease (already durable) whose remaining TTL was recorded as `recorded` seconds
+    /// (0: none, a full TTL).
+    pub fn resume(&mut self, id: i64, ttl: i64, recorded: i64, now: Instant) {
+        let left = if recorded > 0 { recorded } else { ttl };
         let lease = Lease {
             ttl,
-            deadline,
+            deadline: now + ttl_duration(left),
             expired: false,
+            recorded,
+            checkpoint_at: None,
         };
-        if let Some(old) = self.leases.insert(id, lease) {
-            self.queue.remove(&(old.deadline, id));
-        }
-        self.queue.insert((deadline, id));
+        self.remove(id);
+        self.restore(id, lease);
     }
 
     /// Puts back a lease taken by [`Lessor::remove`] whose revoke did not happen.
-    pub fn restore(&mut self, id: i64, lease: Lease) {
+    pub fn restore(&mut self, id: i64, mut lease: Lease) {
         self.queue.insert((lease.deadline, id));
+        lease.checkpoint_at = None;
         self.leases.insert(id, lease);
+        self.schedule_checkpoint(id, Instant::now());
     }
 
     /// Renews a lease for another TTL from `now`; None if it does not exist or has expired.
@@ -71,13 +90,89 @@ impl Lessor {
         self.queue.remove(&(lease.deadline, id));
         lease.deadline = now + ttl_duration(lease.ttl);
         self.queue.insert((lease.deadline, id));
-        Some(lease.ttl)
+        let ttl = lease.ttl;
+        self.schedule_checkpoint(id, now);
+        Some(ttl)
     }
 
     pub fn remove(&mut self, id: i64) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
         self.queue.remove(&(lease.deadline, id));
+        if let Some(at) = lease.checkpoint_at {
+            self.checkpoints.remove(&(at, id));
+        }
         Some(lease)
+    }
+
+    /// Records remaining TTLs every `every` from `now` on (see [`Lessor::due_checkpoints`]).
+    pub fn checkpoint_every(&mut self, every: Duration, now: Instant) {
+        self.checkpoint_every = Some(every);
+        for id in self.ids() {
+            self.schedule_checkpoint(id, now);
+        }
+    }
+
+    /// Schedules a lease's next checkpoint one interval from `now`, if it has more left than that
+    /// (as etcd does: one with less expires, or is kept alive, before it would matter).
+    fn schedule_checkpoint(&mut self, id: i64, now: Instant) {
+        let Some(every) = self.checkpoint_every else {
+            return;
+        };
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if let Some(at) = lease.checkpoint_at.take() {
+            self.checkpoints.remove(&(at, id));
+        }
+        if lease.deadline.saturating_duration_since(now) > every {
+            lease.checkpoint_at = Some(now + every);
+            self.checkpoints.insert((now + every, id));
+        }
+    }
+
+    /// When the next checkpoint is due, if any is.
+    pub fn next_checkpoint(&self) -> Option<Instant> {
+        self.checkpoints.first().map(|(at, _)| *at)
+    }
+
+    /// The checkpoints due at `now`, as (id, whole seconds left, rounded up), for leases with
+    /// less left than their TTL; [`Lessor::checkpointed`] once they are recorded.
+    pub fn due_checkpoints(&mut self, now: Instant) -> Vec<(i64, i64)> {
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.checkpoints.first() {
+            if at > now {
+                break;
+            }
+            self.checkpoints.pop_first();
+            let lease = self.leases.get_mut(&id).expect("a scheduled lease exists");
+            lease.checkpoint_at = None;
+            let left = lease.deadline.saturating_duration_since(now);
+            let left = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
+            if !lease.expired && left < lease.ttl {
+                due.push((id, left));
+            }
+        }
+        due
+    }
+
+    /// After the checkpoints `due` were recorded (or not): each lease's next one is scheduled.
+    pub fn checkpointed(&mut self, due: &[(i64, i64)], recorded: bool, now: Instant) {
+        for &(id, left) in due {
+            if let Some(lease) = self.leases.get_mut(&id) {
+                if recorded {
+                    lease.recorded = left;
+                }
+                self.schedule_checkpoint(id, now);
+            }
+        }
+    }
+
+    /// Forgets a lease's recorded remaining TTL (a keep-alive renewed it); true if it had one,
+    /// which the backend must then clear too.
+    pub fn clear_recorded(&mut self, id: i64) -> bool {
+        self.leases
+            .get_mut(&id)
+            .is_some_and(|l| std::mem::take(&mut l.recorded) > 0)
     }
 
     /// The granted TTL and the whole seconds left, as etcd reports them.
@@ -156,6 +251,35 @@ mod tests {
         l.remove(7);
         l.remove(9);
         assert_eq!(l.next_deadline(), None);
+    }
+
+    #[test]
+    fn checkpoints_record_what_is_left_of_long_leases() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut l = Lessor::default();
+        l.grant(7, 600, t);
+        l.grant(8, 200, t);
+        l.checkpoint_every(s(300), t);
+        // Only 7 has more left than an interval.
+        assert_eq!(l.next_checkpoint(), Some(t + s(300)));
+        assert_eq!(l.due_checkpoints(t + s(299)), []);
+        let due = l.due_checkpoints(t + Duration::from_millis(300_500));
+        assert_eq!(due, [(7, 300)]);
+        l.checkpointed(&due, true, t + s(300));
+        // 300 s left is not more than an interval: no further checkpoint.
+        assert_eq!(l.next_checkpoint(), None);
+        // A keep-alive clears the record once, and schedules the next checkpoint.
+        assert_eq!(l.renew(7, t + s(310)), Some(600));
+        assert!(l.clear_recorded(7));
+        assert!(!l.clear_recorded(7));
+        assert_eq!(l.next_checkpoint(), Some(t + s(610)));
+        // A lease resumed from its record has what it recorded left.
+        l.resume(9, 600, 120, t);
+        assert_eq!(l.time_to_live(9, t), Some((600, 120)));
+        assert!(l.clear_recorded(9));
+        l.remove(7);
+        assert_eq!(l.next_checkpoint(), None);
     }
 
     #[test]

@@ -86,11 +86,16 @@ impl Store {
             keys = index.len(),
             "recovered the key index from the log"
         );
-        // Every lease starts a full TTL again, as etcd renews them all under a new leader.
+        // Every lease starts a full TTL again, as etcd renews them all under a new leader, or
+        // what its checkpoint recorded.
+        let recorded: std::collections::HashMap<i64, i64> = match backend.lease_checkpoints() {
+            Some(checkpoints) => checkpoints.recorded().await?.into_iter().collect(),
+            None => Default::default(),
+        };
         let mut leases = Lessor::default();
         let now = Instant::now();
         for (id, ttl) in backend.leases().await? {
-            leases.grant(id, ttl, now);
+            leases.resume(id, ttl, recorded.get(&id).copied().unwrap_or(0), now);
         }
         let alarms = Mutex::new(Alarms::from_records(backend.alarms().await?));
         let index = Arc::new(RwLock::new(index));
@@ -432,6 +437,23 @@ impl Store {
         }
     }
 
+    /// Records each long lease's remaining TTL every `every` (etcd's persisted lease checkpoints),
+    /// on a backend whose leases this process times; a shared backend's clock times them there.
+    pub fn checkpoint_leases(&self, every: std::time::Duration) {
+        if self.backend.lease_checkpoints().is_none() {
+            return;
+        }
+        self.lessor
+            .lock()
+            .expect("lessor lock")
+            .checkpoint_every(every, Instant::now());
+        self.tasks.spawn(lease_keeper::checkpoint_leases(
+            self.lessor.clone(),
+            self.backend.clone(),
+            every,
+        ));
+    }
+
     /// Revokes a lease: its keys are deleted in one revision, then the lease is forgotten. `auth`
     /// as for [`Store::put`].
     pub async fn lease_revoke(&self, id: i64, auth: Option<u64>) -> Result<LeaseRevokeResponse> {
@@ -443,11 +465,15 @@ impl Store {
     /// is answered.
     pub async fn lease_renew(&self, id: i64) -> Result<Option<i64>> {
         let Some(renewals) = &self.renewals else {
-            return Ok(self
-                .lessor
-                .lock()
-                .expect("lessor lock")
-                .renew(id, Instant::now()));
+            let (renewed, recorded) = {
+                let mut lessor = self.lessor.lock().expect("lessor lock");
+                (lessor.renew(id, Instant::now()), lessor.clear_recorded(id))
+            };
+            // A lease kept alive gets a full TTL at a restart again.
+            if let (true, Some(checkpoints)) = (recorded, self.backend.lease_checkpoints()) {
+                checkpoints.checkpoint_leases(&[(id, 0)]).await?;
+            }
+            return Ok(renewed);
         };
         let (reply, answer) = oneshot::channel();
         renewals
