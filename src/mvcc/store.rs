@@ -53,8 +53,8 @@ pub struct Store {
     /// The committed revision, as it moves.
     committed: tokio::sync::watch::Receiver<i64>,
     read_index: ReadIndex,
-    /// On a shared backend, the newest generation of the auth state it has shown this process:
-    /// read indexes and the writer's append right learn it.
+    /// The newest generation of the auth state this process has seen: its own changes
+    /// ([`Store::auth_changed`]), and on a shared backend read indexes and the append right.
     auth_seen: Arc<std::sync::atomic::AtomicU64>,
     /// The writer and the store's background tasks.
     tasks: Tasks,
@@ -338,9 +338,17 @@ impl Store {
         Ok(pending.finish())
     }
 
-    /// The newest generation of the auth state a shared backend has shown this process (0 on a
-    /// backend of its own, whose auth state this process keeps): a linearizable read, or a write
-    /// refused as [`Error::AuthStale`], must be allowed under a state at least as new.
+    /// This process's auth state is of generation `generation` now: a write allowed under an
+    /// older one is refused with [`Error::AuthStale`] from now on, as etcd refuses a request whose
+    /// auth revision is older than the one it applies under.
+    pub fn auth_changed(&self, generation: u64) {
+        self.auth_seen
+            .fetch_max(generation, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The newest generation of the auth state this process has seen (its own changes', and on a
+    /// shared backend what the backend showed): a linearizable read, or a write refused as
+    /// [`Error::AuthStale`], must be allowed under a state at least as new.
     pub fn auth_seen(&self) -> u64 {
         self.auth_seen.load(std::sync::atomic::Ordering::SeqCst)
     }

@@ -308,6 +308,12 @@ impl Writer {
         self.resolve().await?;
         let backend = self.backend.clone();
         let Some(shared) = backend.shared() else {
+            // The auth state changes through this process alone: the newest it has is the one
+            // the writes must have been allowed under.
+            refuse_stale(
+                group,
+                self.auth_seen.load(std::sync::atomic::Ordering::SeqCst),
+            );
             return Ok(());
         };
         if !may_write(group) {
