@@ -456,6 +456,14 @@ pub async fn restore(
     }
     let leases: Vec<(i64, i64)> = snapshot.leases.iter().map(|l| (l.id, l.ttl)).collect();
     backend.put_leases(&leases).await?;
+    // A remaining TTL recorded in the snapshot is what etcd starts such a lease with.
+    if let Some(checkpoints) = backend.lease_checkpoints() {
+        let recorded: Vec<(i64, i64)> = (snapshot.leases.iter())
+            .filter(|l| l.remaining_ttl > 0)
+            .map(|l| (l.id, l.remaining_ttl))
+            .collect();
+        checkpoints.checkpoint_leases(&recorded).await?;
+    }
     backend.put_auth(0, &snapshot.auth.encode_to_vec()).await?;
     backend
         .finish_restore(crate::backend::Progress {
@@ -656,6 +664,30 @@ mod tests {
             database_of(&file[..1000], false),
             Err(ImportError::Length(1000))
         ));
+    }
+
+    /// A lease's remaining TTL in the snapshot is recorded for it, as etcd starts it from it.
+    #[tokio::test]
+    async fn a_restore_keeps_what_was_left_of_the_leases() {
+        let lease = |id, remaining_ttl| Lease {
+            id,
+            ttl: 30,
+            remaining_ttl,
+        };
+        let contents = Contents {
+            log: Vec::new(),
+            compacted: 0,
+            leases: vec![lease(9, 12), lease(10, 0)],
+            auth: AuthRecord::default(),
+        };
+        let backend = crate::backend::embedded::Embedded::in_memory().unwrap();
+        let whole = database(&contents);
+        restore(&backend, &open(&whole).unwrap(), &mut |_| {})
+            .await
+            .unwrap();
+        use crate::backend::Backend;
+        let checkpoints = Backend::lease_checkpoints(&backend).expect("lease checkpoints");
+        assert_eq!(checkpoints.recorded().await.unwrap(), [(9, 12)]);
     }
 
     /// A history read in parts gives whole revisions, and what a damaged entry late in the file
