@@ -3,7 +3,9 @@
 //! client's PING that comes sooner than the minimum time after the one before while a call is open,
 //! or within two hours of it while none is; the first ping is free, and any HEADERS or DATA frame
 //! the server sends clears the strikes. On the third strike the server sends GOAWAY with
-//! ENHANCE_YOUR_CALM and "too_many_pings", and closes the connection. The HTTP/2 layer under tonic
+//! ENHANCE_YOUR_CALM and "too_many_pings", sends nothing more, and closes the connection once the
+//! client has (reading and dropping what it sends meanwhile) or a second has passed: closed with
+//! unread bytes, a connection is reset, and the client may lose the GOAWAY. The HTTP/2 layer under tonic
 //! has no such policy, so [`Paced`] keeps it from outside: it follows the frames both ways (their
 //! 9-byte headers only) and writes the GOAWAY itself.
 //!
@@ -12,6 +14,7 @@
 //! too, Go's HTTP/2 server carries the calls and nothing is enforced; Strata does the same.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -33,6 +36,9 @@ const TOO_MANY_PINGS: &[u8] = b"too_many_pings";
 const IDLE_MIN_TIME: Duration = Duration::from_secs(2 * 60 * 60);
 /// Strikes allowed; the next one closes the connection (grpc-go's `maxPingStrikes`).
 const MAX_STRIKES: u32 = 2;
+/// How long a connection stays open after its GOAWAY, unless the client closes it first
+/// (grpc-go's wait for its reader before it closes a connection).
+const LINGER: Duration = Duration::from_secs(1);
 
 /// A frame header.
 #[derive(Clone, Copy)]
@@ -167,7 +173,9 @@ enum State {
     Following,
     /// Pinged too often: the GOAWAY (what of it is left to write), then the end.
     Closing(Vec<u8>),
-    /// The GOAWAY is out: reads end.
+    /// The GOAWAY is out: what the client sends is dropped until it closes or the wait ends.
+    Draining(Pin<Box<tokio::time::Sleep>>),
+    /// Reads end.
     Closed,
     /// Not HTTP/2, or no policy: bytes pass through.
     Off,
@@ -267,10 +275,38 @@ impl<T: AsyncWrite + Unpin> Paced<T> {
             goaway.drain(..n);
         }
         std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        self.state = State::Closed;
+        self.state = State::Draining(Box::pin(tokio::time::sleep(LINGER)));
         if let Some(reader) = self.reader.take() {
             reader.wake();
         }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether the GOAWAY is out, after which nothing more is sent.
+    fn went_away(&self) -> bool {
+        matches!(self.state, State::Draining(_) | State::Closed)
+    }
+}
+
+impl<T: AsyncRead + Unpin> Paced<T> {
+    /// After the GOAWAY: drops what the client sends until it closes the connection or the wait
+    /// ends, then ends the server's reads.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let State::Draining(linger) = &mut self.state else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut scratch = [0u8; 1024];
+        loop {
+            let mut dropped = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut dropped) {
+                Poll::Ready(Ok(())) if !dropped.filled().is_empty() => {}
+                // Closed by the client, or failed.
+                Poll::Ready(_) => break,
+                Poll::Pending if linger.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                Poll::Pending => break,
+            }
+        }
+        self.state = State::Closed;
         Poll::Ready(Ok(()))
     }
 }
@@ -286,10 +322,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Paced<T> {
             State::Off => return Pin::new(&mut this.inner).poll_read(cx, buf),
             // The end, for the server: the connection closes.
             State::Closed => return Poll::Ready(Ok(())),
+            State::Draining(_) => return this.poll_drain(cx),
             State::Closing(_) => {
                 std::task::ready!(this.poll_goaway(cx))?;
-                if matches!(this.state, State::Closed) {
-                    return Poll::Ready(Ok(()));
+                if this.went_away() {
+                    return this.poll_drain(cx);
                 }
                 // The server is in the middle of a frame: the write that ends it sends the GOAWAY.
                 this.reader = Some(cx.waker().clone());
@@ -315,6 +352,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
             return Pin::new(&mut this.inner).poll_write(cx, buf);
         }
         std::task::ready!(this.poll_goaway(cx))?;
+        if this.went_away() {
+            return Poll::Ready(Ok(buf.len()));
+        }
         let n = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         this.follow_server(&buf[..n]);
         Poll::Ready(Ok(n))
@@ -330,6 +370,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Paced<T> {
             return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
         }
         std::task::ready!(this.poll_goaway(cx))?;
+        if this.went_away() {
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
         let mut n = std::task::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
         let written = n;
         for buf in bufs {
