@@ -22,8 +22,8 @@
 //! The SQL keeps to what CockroachDB and YugabyteDB also accept: plain tables, `INSERT … ON
 //! CONFLICT`, multi-array `UNNEST`, data-modifying CTEs, `SELECT … FOR UPDATE` (also inside a
 //! CTE), and `SET default_transaction_isolation = 'read committed'` on each connection.
-//! LISTEN/NOTIFY is used only as a wake-up for other frontends' tailers, which also poll; without
-//! it (or if it fails) they only poll. PostgreSQL's own, and off the request path: the space used
+//! LISTEN/NOTIFY (and `pg_notify`) is used only as a wake-up for other frontends' tailers, which
+//! also poll; without it (or if it fails) they only poll. PostgreSQL's own, and off the request path: the space used
 //! (`pg_total_relation_size`; without it only this frontend's appends are counted) and
 //! defragmentation (`VACUUM FULL`).
 //!

@@ -9,7 +9,8 @@ use super::*;
 const PRESUMED_APPEND: &str = append_if!(
     " AND compacted <= $11 AND ",
     auth_generation!(),
-    " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13)) = cardinality($13::BIGINT[])"
+    " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13))
+             = (SELECT count(*) FROM UNNEST($13::BIGINT[]))"
 );
 /// Whether the head is $1, the compaction revision no newer than $2 and the auth state's
 /// generation no newer than $3, as of one moment.
