@@ -139,11 +139,7 @@ impl Lessor {
     /// less left than their TTL; [`Lessor::checkpointed`] once they are recorded.
     pub fn due_checkpoints(&mut self, now: Instant) -> Vec<(i64, i64)> {
         let mut due = Vec::new();
-        while let Some(&(at, id)) = self.checkpoints.first() {
-            if at > now {
-                break;
-            }
-            self.checkpoints.pop_first();
+        while let Some(id) = take_due(&mut self.checkpoints, now) {
             let lease = self.leases.get_mut(&id).expect("a scheduled lease exists");
             lease.checkpoint_at = None;
             let left = lease.deadline.saturating_duration_since(now);
@@ -198,11 +194,7 @@ impl Lessor {
     /// revoke in case it fails.
     pub fn take_expired(&mut self, now: Instant) -> Vec<i64> {
         let mut expired = Vec::new();
-        while let Some(&(deadline, id)) = self.queue.first() {
-            if deadline > now {
-                break;
-            }
-            self.queue.pop_first();
+        while let Some(id) = take_due(&mut self.queue, now) {
             let lease = self.leases.get_mut(&id).expect("queued lease exists");
             lease.expired = true;
             lease.deadline = now + REVOKE_RETRY;
@@ -211,6 +203,15 @@ impl Lessor {
         }
         expired
     }
+}
+
+/// The first lease of `queue` (by time, then id) if its time is at or before `now`, taken out.
+fn take_due(queue: &mut BTreeSet<(Instant, i64)>, now: Instant) -> Option<i64> {
+    let &(at, id) = queue.first()?;
+    (at <= now).then(|| {
+        queue.pop_first();
+        id
+    })
 }
 
 fn ttl_duration(ttl: i64) -> Duration {
