@@ -399,6 +399,22 @@ impl Inner {
         Ok(progress)
     }
 
+    /// A wake-up for other frontends' tailers naming the head as the transaction it runs in leaves
+    /// it (sent on commit; they poll if it is lost); None where LISTEN/NOTIFY does not work.
+    fn wake_up(&self) -> Option<String> {
+        self.notify.load(Ordering::Relaxed).then(|| {
+            format!("SELECT pg_notify('{CHANNEL}', head::TEXT) FROM strata_meta WHERE id = 1")
+        })
+    }
+
+    /// What ends an append's transaction: the wake-up, then the commit.
+    fn finish_append(&self) -> String {
+        match self.wake_up() {
+            Some(wake_up) => format!("{wake_up}; COMMIT"),
+            None => "COMMIT".to_owned(),
+        }
+    }
+
     fn seen(&self, head: i64) {
         self.head.send_if_modified(|h| {
             let newer = head > *h;
@@ -533,19 +549,13 @@ impl Log for Postgres {
         let inserted = {
             let mut appender = self.inner.appender.lock().await;
             let config = &self.inner.config;
-            // A wake-up for other frontends' tailers, sent on commit; they poll if it is lost.
-            let notify = if self.inner.notify.load(Ordering::Relaxed) {
-                format!("NOTIFY {CHANNEL}, '{last}'; ")
-            } else {
-                String::new()
-            };
             if appender.locked {
                 // One round trip: the rows, then the commit pipelined behind them (if the insert
                 // fails, PostgreSQL turns the commit into a rollback; if it inserts nothing, the
                 // commit only gives the lock back).
                 let insert = appender.prepared(config, APPEND).await?;
                 let conn = appender.conn(config).await?;
-                let finish = format!("{notify}COMMIT");
+                let finish = self.inner.finish_append();
                 let (inserted, committed) = tokio::join!(
                     deadline(conn.client.execute(&insert, &params)),
                     deadline(conn.client.batch_execute(&finish)),
@@ -554,8 +564,8 @@ impl Log for Postgres {
                 appender.failed(inserted.and_then(|n| committed.map(|()| n)))?
             } else {
                 let inserted = appender.execute(config, APPEND, &params).await?;
-                if inserted > 0 && !notify.is_empty() {
-                    if let Err(e) = appender.simple(config, &notify, STATEMENT_DEADLINE).await {
+                if let Some(wake_up) = self.inner.wake_up().filter(|_| inserted > 0) {
+                    if let Err(e) = appender.simple(config, &wake_up, STATEMENT_DEADLINE).await {
                         tracing::debug!(error = %e, "could not notify other frontends");
                     }
                 }

@@ -116,16 +116,10 @@ impl Shared for Postgres {
         roll_back(&mut appender, config).await?;
         let insert = appender.prepared(config, PRESUMED_APPEND).await?;
         let conn = appender.conn(config).await?;
-        // One round trip: the right, the rows under it, and the commit. The wake-up for other
-        // frontends names the head as the append leaves it, whether it was made or not.
+        // One round trip: the right, the rows under it, and the commit (whose wake-up names the
+        // head as the append leaves it, whether it was made or not).
         let begin = format!("BEGIN ISOLATION LEVEL READ COMMITTED; {LOCK}");
-        let finish = if self.inner.notify.load(Ordering::Relaxed) {
-            format!(
-                "SELECT pg_notify('{CHANNEL}', head::TEXT) FROM strata_meta WHERE id = 1; COMMIT"
-            )
-        } else {
-            "COMMIT".to_owned()
-        };
+        let finish = self.inner.finish_append();
         let (locked, inserted, committed) = tokio::join!(
             deadline(conn.client.simple_query(&begin)),
             deadline(conn.client.execute(&insert, params)),
