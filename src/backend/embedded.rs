@@ -29,7 +29,7 @@ use crate::backend::Revision;
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 use async_trait::async_trait;
 use opening::{begin_cycle, new_cycle, open_store, take_in};
-use pending::Pending;
+use pending::{apply_lease_changes, LeaseChange, Pending};
 use prost::Message;
 use record::Record;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -414,23 +414,50 @@ fn stored_leases(store: &mut Store) -> Result<BTreeMap<i64, (i64, i64)>> {
     Ok(store.pending.applied_to_leases(leases))
 }
 
+/// Makes `changes` to the leases' records in `tx`, in order, as [`apply_lease_changes`] says.
+fn change_leases(tx: &redb::WriteTransaction, changes: &[(i64, LeaseChange)]) -> Result<()> {
+    let mut leases = tx.open_table(LEASES).map_err(storage)?;
+    let mut checkpoints = tx.open_table(LEASE_CHECKPOINTS).map_err(storage)?;
+    // The leases changed, as recorded, then as the changes leave them.
+    let mut changed = BTreeMap::new();
+    for &(id, _) in changes {
+        if let Some(ttl) = leases.get(id).map_err(storage)? {
+            let remaining = checkpoints
+                .get(id)
+                .map_err(storage)?
+                .map_or(0, |r| r.value());
+            changed.insert(id, (ttl.value(), remaining));
+        }
+    }
+    apply_lease_changes(&mut changed, changes.iter().copied());
+    for &(id, _) in changes {
+        match changed.get(&id) {
+            Some(&(ttl, remaining)) => {
+                leases.insert(id, ttl).map_err(storage)?;
+                if remaining > 0 {
+                    checkpoints.insert(id, remaining).map_err(storage)?;
+                } else {
+                    checkpoints.remove(id).map_err(storage)?;
+                }
+            }
+            None => {
+                leases.remove(id).map_err(storage)?;
+                checkpoints.remove(id).map_err(storage)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl LeaseCheckpoints for Embedded {
     async fn checkpoint_leases(&self, remaining: &[(i64, i64)]) -> Result<()> {
         let remaining = remaining.to_vec();
         self.commit_logged(move |tx| {
-            let leases = tx.open_table(LEASES).map_err(storage)?;
-            let mut checkpoints = tx.open_table(LEASE_CHECKPOINTS).map_err(storage)?;
-            for &(id, seconds) in &remaining {
-                if leases.get(id).map_err(storage)?.is_none() {
-                    continue;
-                }
-                if seconds > 0 {
-                    checkpoints.insert(id, seconds).map_err(storage)?;
-                } else {
-                    checkpoints.remove(id).map_err(storage)?;
-                }
-            }
+            let changes: Vec<(i64, LeaseChange)> = (remaining.iter())
+                .map(|&(id, seconds)| (id, LeaseChange::Checkpoint(seconds)))
+                .collect();
+            change_leases(tx, &changes)?;
             Ok(((), Some(Record::LeaseCheckpoints(remaining))))
         })
         .await
@@ -688,12 +715,7 @@ impl Records for Embedded {
 
     async fn remove_lease(&self, id: i64) -> Result<()> {
         self.commit_logged(move |tx| {
-            for table in [LEASES, LEASE_CHECKPOINTS] {
-                tx.open_table(table)
-                    .map_err(storage)?
-                    .remove(id)
-                    .map_err(storage)?;
-            }
+            change_leases(tx, &[(id, LeaseChange::Removed)])?;
             Ok(((), Some(Record::LeaseRemoved(id))))
         })
         .await

@@ -2,15 +2,11 @@
 //! in (or left pending on a full disk); and the log's cycles, each started by a synced commit of
 //! the database.
 
-use super::pending::{apply_lease_changes, Pending};
+use super::pending::Pending;
 use super::record::Record;
-use super::{
-    meta_value, storage, BackendError, Progress, Result, Store, LEASES, LEASE_CHECKPOINTS, LOG,
-    META,
-};
+use super::{change_leases, meta_value, storage, BackendError, Progress, Result, Store, LOG, META};
 use crate::backend::wal::Wal;
-use redb::{Database, ReadableDatabase, ReadableTable};
-use std::collections::BTreeMap;
+use redb::{Database, ReadableDatabase};
 use std::path::Path;
 
 /// redb's page cache. The index holds every key's newest value in memory, so the file is read only
@@ -89,37 +85,7 @@ pub(super) fn take_in(db: &Database, pending: &Pending) -> Result<u64> {
     {
         let mut meta = tx.open_table(META).map_err(storage)?;
         let mut log = tx.open_table(LOG).map_err(storage)?;
-        let mut leases = tx.open_table(LEASES).map_err(storage)?;
-        let mut checkpoints = tx.open_table(LEASE_CHECKPOINTS).map_err(storage)?;
-        // The leases changed, as recorded, then as the changes leave them.
-        let mut changed = BTreeMap::new();
-        for &(id, _) in &pending.leases {
-            if let Some(ttl) = leases.get(id).map_err(storage)? {
-                let remaining = checkpoints
-                    .get(id)
-                    .map_err(storage)?
-                    .map_or(0, |r| r.value());
-                changed.insert(id, (ttl.value(), remaining));
-            }
-        }
-        let ids: Vec<i64> = pending.leases.iter().map(|&(id, _)| id).collect();
-        apply_lease_changes(&mut changed, pending.leases.iter().copied());
-        for id in ids {
-            match changed.get(&id) {
-                Some(&(ttl, remaining)) => {
-                    leases.insert(id, ttl).map_err(storage)?;
-                    if remaining > 0 {
-                        checkpoints.insert(id, remaining).map_err(storage)?;
-                    } else {
-                        checkpoints.remove(id).map_err(storage)?;
-                    }
-                }
-                None => {
-                    leases.remove(id).map_err(storage)?;
-                    checkpoints.remove(id).map_err(storage)?;
-                }
-            }
-        }
+        change_leases(&tx, &pending.leases)?;
         for (key, value) in &pending.rows {
             log.insert(key, value.as_slice()).map_err(storage)?;
         }
