@@ -676,6 +676,16 @@ impl Restore for Embedded {
         .await
     }
 
+    async fn restore_leases(&self, leases: &[(i64, i64, i64)]) -> Result<()> {
+        let granted: Vec<(i64, i64)> = leases.iter().map(|&(id, ttl, _)| (id, ttl)).collect();
+        self.put_leases(&granted).await?;
+        let remaining: Vec<(i64, i64)> = (leases.iter())
+            .filter(|(_, _, remaining)| *remaining > 0)
+            .map(|&(id, _, remaining)| (id, remaining))
+            .collect();
+        self.checkpoint_leases(&remaining).await
+    }
+
     async fn finish_restore(&self, progress: Progress) -> Result<()> {
         self.commit(move |tx| {
             let mut meta = tx.open_table(META).map_err(storage)?;

@@ -250,6 +250,12 @@ pub trait Restore: Send + Sync {
     /// that history was compacted.
     async fn restore_log(&self, entries: &[LogEntry]) -> Result<()>;
 
+    /// Records the leases of the history being restored, as (id, TTL, remaining TTL) in seconds,
+    /// a remaining TTL of 0 meaning none. A lease with one starts from it, as etcd's lessor starts
+    /// a lease recovered with a checkpoint: at the first start, and again at a change of whoever
+    /// times the leases, until a keep-alive gives it its whole TTL.
+    async fn restore_leases(&self, leases: &[(i64, i64, i64)]) -> Result<()>;
+
     /// Ends a restore: the log stands at `progress`.
     async fn finish_restore(&self, progress: Progress) -> Result<()>;
 }

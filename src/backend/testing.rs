@@ -88,6 +88,10 @@ impl Restore for Faulty {
         self.inner.restore_log(entries).await
     }
 
+    async fn restore_leases(&self, leases: &[(i64, i64, i64)]) -> crate::backend::Result<()> {
+        self.inner.restore_leases(leases).await
+    }
+
     async fn finish_restore(
         &self,
         progress: crate::backend::Progress,

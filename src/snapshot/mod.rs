@@ -454,16 +454,10 @@ pub async fn restore(
         restored.head = part.last().map_or(restored.head, |e| e.revision);
         progress(&restored);
     }
-    let leases: Vec<(i64, i64)> = snapshot.leases.iter().map(|l| (l.id, l.ttl)).collect();
-    backend.put_leases(&leases).await?;
-    // A remaining TTL recorded in the snapshot is what etcd starts such a lease with.
-    if let Some(checkpoints) = backend.lease_checkpoints() {
-        let recorded: Vec<(i64, i64)> = (snapshot.leases.iter())
-            .filter(|l| l.remaining_ttl > 0)
-            .map(|l| (l.id, l.remaining_ttl))
-            .collect();
-        checkpoints.checkpoint_leases(&recorded).await?;
-    }
+    let leases: Vec<(i64, i64, i64)> = (snapshot.leases.iter())
+        .map(|l| (l.id, l.ttl, l.remaining_ttl))
+        .collect();
+    backend.restore_leases(&leases).await?;
     backend.put_auth(0, &snapshot.auth.encode_to_vec()).await?;
     backend
         .finish_restore(crate::backend::Progress {

@@ -694,6 +694,25 @@ impl Restore for Postgres {
         Ok(())
     }
 
+    async fn restore_leases(&self, leases: &[(i64, i64, i64)]) -> Result<()> {
+        let ids: Vec<i64> = leases.iter().map(|l| l.0).collect();
+        let ttls: Vec<i64> = leases.iter().map(|l| l.1).collect();
+        let remaining: Vec<i64> = leases.iter().map(|l| l.2).collect();
+        self.inner
+            .write(
+                "INSERT INTO strata_leases (id, ttl, expires_at, remaining_ttl)
+                 SELECT id, ttl, now() + COALESCE(left_of_it, ttl) * INTERVAL '1 second', left_of_it
+                 FROM (
+                     SELECT id, ttl, NULLIF(remaining, 0) AS left_of_it
+                     FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS r (id, ttl, remaining)
+                 ) AS restored
+                 ON CONFLICT (id) DO NOTHING",
+                &[&ids, &ttls, &remaining],
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn finish_restore(&self, progress: Progress) -> Result<()> {
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] =
             [&progress.head, &progress.compacted];

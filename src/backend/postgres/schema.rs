@@ -53,6 +53,8 @@ CREATE TABLE IF NOT EXISTS strata_members (
     last_seen TIMESTAMPTZ NOT NULL
 );
 ALTER TABLE strata_members ADD COLUMN IF NOT EXISTS peer_urls TEXT NOT NULL DEFAULT '';
+-- What a new lease keeper gives a restored lease instead of its TTL, until a keep-alive.
+ALTER TABLE strata_leases ADD COLUMN IF NOT EXISTS remaining_ttl BIGINT;
 ";
 
 /// Creates the tables if they are missing and returns the cluster id; refuses a database whose

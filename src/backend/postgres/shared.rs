@@ -197,7 +197,8 @@ impl Shared for Postgres {
         let rows = self
             .inner
             .write_rows(
-                "UPDATE strata_leases SET expires_at = now() + ttl * INTERVAL '1 second'
+                "UPDATE strata_leases
+                 SET expires_at = now() + ttl * INTERVAL '1 second', remaining_ttl = NULL
                  WHERE id = ANY($1) AND expires_at > now() RETURNING id, ttl",
                 &[&ids],
             )
@@ -234,7 +235,9 @@ impl Shared for Postgres {
                  ),
                  renewed AS (
                      UPDATE strata_leases
-                     SET expires_at = GREATEST(expires_at, now() + ttl * INTERVAL '1 second')
+                     SET expires_at = GREATEST(
+                         expires_at, now() + COALESCE(remaining_ttl, ttl) * INTERVAL '1 second'
+                     )
                      WHERE EXISTS (SELECT 1 FROM took WHERE previous <> $1 OR lapsed)
                      RETURNING id
                  )

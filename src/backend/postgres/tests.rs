@@ -129,3 +129,50 @@ async fn a_newer_schema_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("schema version 99"), "{err}");
 }
+
+/// A restored lease starts from what the snapshot had left of it; a frontend taking over the
+/// timing of leases gives it that again, not its whole TTL, until a keep-alive renews it.
+#[tokio::test]
+async fn a_restored_lease_keeps_what_was_left_of_it_until_a_keep_alive() {
+    let config = fresh_database().await;
+    let a = Postgres::open(config.clone(), "a", Default::default())
+        .await
+        .unwrap();
+    a.begin_restore().await.unwrap();
+    a.restore_leases(&[(9, 300, 12), (10, 300, 0)])
+        .await
+        .unwrap();
+    a.finish_restore(Progress {
+        head: 1,
+        compacted: 0,
+    })
+    .await
+    .unwrap();
+    let left = |id| {
+        let a = &a;
+        async move { a.lease_time_to_live(id).await.unwrap().unwrap() }
+    };
+    assert!(
+        matches!(left(9).await, (300, 11..=12)),
+        "{:?}",
+        left(9).await
+    );
+    assert!(matches!(left(10).await, (300, 299..=300)));
+    let b = Postgres::open(config, "b", Default::default())
+        .await
+        .unwrap();
+    // b is the first keeper: it renews every lease as a new keeper does.
+    assert!(b.keep_leases().await.unwrap());
+    assert!(
+        matches!(left(9).await, (300, 11..=12)),
+        "{:?}",
+        left(9).await
+    );
+    assert_eq!(a.renew_leases(&[9]).await.unwrap(), [(9, 300)]);
+    assert!(matches!(left(9).await, (300, 299..=300)));
+    let recorded = (a.inner)
+        .read("SELECT remaining_ttl FROM strata_leases WHERE id = 9", &[])
+        .await
+        .unwrap();
+    assert_eq!(recorded[0].get::<_, Option<i64>>(0), None);
+}
