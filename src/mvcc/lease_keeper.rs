@@ -91,29 +91,31 @@ pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {
     }
 }
 
-/// Records the grants waiting at one moment in one backend commit. On a backend of this process's
-/// own the lessor has those recorded before they are answered; on a shared one the writer learns
-/// of them from the backend (see `Writer::sync_leases`).
+/// Records the grants waiting at one moment in one backend commit; the lessor has those recorded
+/// before they are answered. On a shared backend, where it remembers the leases seen lately (see
+/// the lessor's module), it forgets those not seen for a TTL first.
 pub(super) async fn record_grants(
     backend: Arc<dyn Backend>,
-    lessor: Option<Arc<Mutex<Lessor>>>,
+    lessor: Arc<Mutex<Lessor>>,
     granted: Arc<Notify>,
     mut queue: mpsc::Receiver<Grant>,
 ) {
+    let shared = backend.shared().is_some();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let leases: Vec<(i64, i64)> = batch.iter().map(|(lease, _)| *lease).collect();
         match backend.put_leases(&leases).await {
             Ok(recorded) => {
-                if let Some(lessor) = &lessor {
-                    let now = Instant::now();
-                    let mut lessor = lessor.lock().expect("lessor lock");
-                    for (&(id, ttl), _) in leases.iter().zip(&recorded).filter(|(_, r)| **r) {
-                        lessor.grant(id, ttl, now);
-                    }
-                    drop(lessor);
-                    granted.notify_one();
+                let now = Instant::now();
+                let mut lessor = lessor.lock().expect("lessor lock");
+                if shared {
+                    lessor.forget_lapsed(now);
                 }
+                for (&(id, ttl), _) in leases.iter().zip(&recorded).filter(|(_, r)| **r) {
+                    lessor.grant(id, ttl, now);
+                }
+                drop(lessor);
+                granted.notify_one();
                 for ((_, reply), recorded) in batch.drain(..).zip(recorded) {
                     let _ = reply.send(Ok(recorded));
                 }
@@ -128,10 +130,13 @@ pub(super) async fn record_grants(
     }
 }
 
-/// On a shared backend: renews the keep-alives waiting at one moment in one backend call. The
-/// lessor is left alone: there it only mirrors, for the writer, what the backend said under the
-/// append right (see `Writer::sync_leases`), and an answer read without it may be stale.
-pub(super) async fn renew_leases(backend: Arc<dyn Backend>, mut queue: mpsc::Receiver<Renewal>) {
+/// On a shared backend: renews the keep-alives waiting at one moment in one backend call; the
+/// lessor remembers the leases renewed as seen now.
+pub(super) async fn renew_leases(
+    backend: Arc<dyn Backend>,
+    lessor: Arc<Mutex<Lessor>>,
+    mut queue: mpsc::Receiver<Renewal>,
+) {
     let Some(shared) = backend.shared() else {
         return;
     };
@@ -143,6 +148,12 @@ pub(super) async fn renew_leases(backend: Arc<dyn Backend>, mut queue: mpsc::Rec
         match shared.renew_leases(&ids).await {
             Ok(renewed) => {
                 let renewed: std::collections::HashMap<i64, i64> = renewed.into_iter().collect();
+                let now = Instant::now();
+                let mut seen = lessor.lock().expect("lessor lock");
+                for (&id, &ttl) in &renewed {
+                    seen.grant(id, ttl, now);
+                }
+                drop(seen);
                 for (id, reply) in batch.drain(..) {
                     let _ = reply.send(Ok(renewed.get(&id).copied()));
                 }

@@ -10,6 +10,11 @@
 //! TTL of each lease with more left than the checkpoint interval is recorded every interval, and
 //! a restart gives a lease what its record says; a keep-alive clears the record.
 //!
+//! On a shared backend, whose clock times the leases, the lessor is what this frontend has seen
+//! of them lately: each lease granted, kept alive or written to through it, or found live under
+//! the append right, until one TTL after that; the writer presumes an append only on leases it
+//! remembers so (and the append checks them), and [`Lessor::forget_lapsed`] forgets the rest.
+//!
 //! ```text
 //! leases: { 7: {ttl 10, deadline t+10}, 9: {ttl 60, deadline t+60} }
 //! queue:  { (t+10, 7), (t+60, 9) }
@@ -190,6 +195,13 @@ impl Lessor {
         self.queue.first().map(|(deadline, _)| *deadline)
     }
 
+    /// Forgets the leases whose deadline has passed (on a shared backend: not seen lately).
+    pub fn forget_lapsed(&mut self, now: Instant) {
+        while let Some(id) = take_due(&mut self.queue, now) {
+            self.remove(id);
+        }
+    }
+
     /// The leases whose deadline has passed, marked expired and rescheduled for a retry of their
     /// revoke in case it fails.
     pub fn take_expired(&mut self, now: Instant) -> Vec<i64> {
@@ -281,6 +293,22 @@ mod tests {
         assert!(l.clear_recorded(9));
         l.remove(7);
         assert_eq!(l.next_checkpoint(), None);
+    }
+
+    /// A shared backend's lessor forgets a lease not seen for a TTL; seeing it again (a renewal)
+    /// keeps it.
+    #[test]
+    fn leases_not_seen_for_a_ttl_are_forgotten() {
+        let t = Instant::now();
+        let s = Duration::from_secs;
+        let mut l = Lessor::default();
+        l.grant(7, 10, t);
+        l.grant(9, 10, t);
+        assert_eq!(l.renew(9, t + s(5)), Some(10));
+        l.forget_lapsed(t + s(10));
+        assert!(!l.contains(7));
+        assert!(l.contains(9));
+        assert_eq!(l.next_deadline(), Some(t + s(15)));
     }
 
     #[test]

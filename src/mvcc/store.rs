@@ -105,7 +105,6 @@ impl Store {
         let compacting = Arc::new(tokio::sync::RwLock::new(()));
         let (tx, rx) = WriteQueue::new();
         let tail = backend.shared().map(|s| s.tail());
-        let shared = tail.is_some();
         let (committed_tx, committed) = tokio::sync::watch::channel(progress.head);
         let auth_seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let writer = Writer::new(
@@ -122,7 +121,7 @@ impl Store {
         let (grants, queue) = mpsc::channel(MAX_BATCH);
         tasks.spawn(lease_keeper::record_grants(
             backend.clone(),
-            (!shared).then(|| lessor.clone()),
+            lessor.clone(),
             lease_granted.clone(),
             queue,
         ));
@@ -132,7 +131,11 @@ impl Store {
             // The backend's clock times leases, and one keeper among the frontends expires them.
             tasks.spawn(lease_keeper::keep_leases(backend.clone(), tx.clone()));
             let (renew, queue) = mpsc::channel(MAX_BATCH);
-            tasks.spawn(lease_keeper::renew_leases(backend.clone(), queue));
+            tasks.spawn(lease_keeper::renew_leases(
+                backend.clone(),
+                lessor.clone(),
+                queue,
+            ));
             renewals = Some(renew);
         } else {
             tasks.spawn(lease_keeper::expire_leases(

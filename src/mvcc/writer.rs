@@ -392,8 +392,11 @@ impl Writer {
             return None;
         }
         let leases = named_leases(group);
-        let lessor = self.lessor.lock().expect("lessor lock");
-        if !leases.iter().all(|id| lessor.contains(*id)) {
+        let now = Instant::now();
+        let mut lessor = self.lessor.lock().expect("lessor lock");
+        lessor.forget_lapsed(now);
+        // Seen now: remembered (so not forgotten before the group is applied) for another TTL.
+        if !leases.iter().all(|id| lessor.renew(*id, now).is_some()) {
             return None;
         }
         drop(lessor);
@@ -480,8 +483,7 @@ impl Writer {
         let mut leases = self.lessor.lock().expect("lessor lock");
         for id in ids {
             match live.get(&id) {
-                Some(&ttl) if !leases.contains(id) => leases.grant(id, ttl, now),
-                Some(_) => {}
+                Some(&ttl) => leases.grant(id, ttl, now),
                 None => {
                     leases.remove(id);
                 }

@@ -157,6 +157,33 @@ async fn a_lone_writer_appends_in_one_round_trip() {
     );
 }
 
+/// A put naming a lease granted through the same frontend is presumed at once; one naming a lease
+/// granted through another takes the append right the first time, which shows the lease live, and
+/// is presumed after that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_seen_here_are_written_to_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let grant = |id| LeaseGrantRequest { id, ttl: 60 };
+    LeaseClient::new(a.channel().await)
+        .lease_grant(grant(21))
+        .await
+        .unwrap();
+    LeaseClient::new(b.channel().await)
+        .lease_grant(grant(22))
+        .await
+        .unwrap();
+    let presumed = || counter(&a, "strata_backend_presumed_appends_total");
+    let mut kv_a = a.kv().await;
+    for (key, lease, presumed_after) in [("k/1", 21, 1), ("k/2", 22, 1), ("k/3", 22, 2)] {
+        kv_a.put(leased(key, lease)).await.unwrap();
+        assert_eq!(presumed(), presumed_after, "{key} on lease {lease}");
+    }
+    assert_eq!(counter(&a, "strata_backend_presumed_refused_total"), 0);
+    assert_eq!(under_k(&b).await.count, 3);
+}
+
 /// A database whose default isolation is SERIALIZABLE: frontends that take turns at the append
 /// right would get serialization errors under it, so they set READ COMMITTED for themselves and
 /// every concurrent write through either is made.
