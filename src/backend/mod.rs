@@ -357,8 +357,11 @@ pub struct Presumed {
     /// The oldest generation of the auth state the batch's writes were allowed under (`u64::MAX`
     /// if none was checked): a newer stored state fails it.
     pub auth: u64,
-    /// The leases the batch attaches keys to, each once: every one must still be recorded.
+    /// The leases the batch attaches keys to or revokes, each once: every one must still be
+    /// recorded.
     pub leases: Vec<i64>,
+    /// Those of `leases` the batch revokes: the append forgets them with it.
+    pub revoked: Vec<i64>,
 }
 
 /// A backend shared by several frontends: the append right, the tail, leases timed by the
@@ -374,10 +377,11 @@ pub trait Shared: Send + Sync {
     /// [`Shared::unlock`]; meanwhile others' appends wait, and so do changes of the auth state.
     async fn lock(&self, after: i64) -> Result<Locked>;
 
-    /// Appends `entries` (none: only checks) if the store still stands as `presumed` says, taking
-    /// and giving back the append right in the same round trip to the store; false, and nothing
-    /// written, if it does not. What [`Shared::lock`] then `append` do in two round trips, for a
-    /// frontend that has every append of the others already (it compares on the head).
+    /// Appends `entries` (none: only checks, or only forgets the revoked leases) if the store
+    /// still stands as `presumed` says, taking and giving back the append right in the same round
+    /// trip to the store; false, and nothing written, if it does not. What [`Shared::lock`] then
+    /// `append` do in two round trips, for a frontend that has every append of the others already
+    /// (it compares on the head).
     async fn append_presumed(&self, entries: &[LogEntry], presumed: &Presumed) -> Result<bool>;
 
     /// Where the log stands, at least as far as `head` (heard of through the tail), read where it
@@ -662,6 +666,7 @@ pub(crate) mod conformance {
             compacted: Progress::EMPTY.compacted,
             auth: u64::MAX,
             leases: Vec::new(),
+            revoked: Vec::new(),
         };
         assert!(sa.append_presumed(&log[..1], &known(1)).await.unwrap());
         // b had not read a's append: its own of revision 2 is refused, and so is its check.
@@ -689,6 +694,19 @@ pub(crate) mod conformance {
             .append_presumed(&[], &with_leases(vec![7]))
             .await
             .unwrap());
+        // A revoke forgets its lease with the append, and only if the append is made.
+        a.put_leases(&[(9, 60)]).await.unwrap();
+        let revoking = |head| Presumed {
+            leases: vec![9],
+            revoked: vec![9],
+            ..known(head)
+        };
+        assert!(!sa.append_presumed(&[], &revoking(2)).await.unwrap());
+        assert_eq!(sb.leases_among(&[7, 9]).await.unwrap(), [(7, 60), (9, 60)]);
+        assert!(sa.append_presumed(&[], &revoking(3)).await.unwrap());
+        assert_eq!(sb.leases_among(&[7, 9]).await.unwrap(), [(7, 60)]);
+        assert!(!sb.append_presumed(&[], &revoking(3)).await.unwrap());
+        assert_eq!(b.progress().await.unwrap().head, 3);
         // The auth state must be no newer than the writes were allowed under.
         assert!(b.put_auth(0, b"on").await.unwrap());
         let allowed_under = |auth| Presumed { auth, ..known(3) };

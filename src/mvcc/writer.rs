@@ -224,7 +224,7 @@ impl Writer {
                 _ => None,
             };
             if let Some((shared, presumed)) = presumed {
-                match self.append_presumed(shared, &mut group, &presumed).await {
+                match self.append_presumed(shared, &mut group, presumed).await {
                     Some(done) => break done,
                     // Taken back: the next attempt takes the right.
                     None => continue,
@@ -374,8 +374,9 @@ impl Writer {
     /// What this frontend knows of the shared store, if `group` may be appended on it without
     /// taking the append right first ([`Shared::append_presumed`], one round trip instead of two):
     /// nothing is unsettled, no append of another frontend is known and unread nor got in lately,
-    /// and the group revokes no lease and attaches keys only to leases this frontend knows. The
-    /// writes allowed under an auth state older than one this frontend has seen are refused first.
+    /// the group expires no lease (the keeper's expiries are checked in the append transaction),
+    /// and every lease it attaches keys to or revokes is one this frontend knows. The writes
+    /// allowed under an auth state older than one this frontend has seen are refused first.
     fn presume(&self, shared: &dyn Shared, group: &mut Vec<Batched>) -> Option<Presumed> {
         let contended = self.contended_until.is_some_and(|t| Instant::now() < t);
         if self.unresolved.is_some() || contended {
@@ -385,10 +386,8 @@ impl Writer {
             let index = self.index.read().expect("index lock");
             (index.committed, index.compacted)
         };
-        let revokes = group
-            .iter()
-            .any(|q| matches!(q.write, Write::Revoke(_) | Write::Expire(_)));
-        if *shared.tail().borrow() > head || revokes {
+        let expires = group.iter().any(|q| matches!(q.write, Write::Expire(_)));
+        if *shared.tail().borrow() > head || expires {
             return None;
         }
         let leases = named_leases(group);
@@ -413,23 +412,26 @@ impl Writer {
                 .min()
                 .unwrap_or(u64::MAX),
             leases,
+            revoked: Vec::new(),
         })
     }
 
-    /// Applies `group` and appends it as `presumed` says the store stands; None, the group taken
-    /// back, if the store stood otherwise.
+    /// Applies `group` and appends it, with the leases it revoked forgotten, as `presumed` says
+    /// the store stands; None, the group taken back, if the store stood otherwise.
     async fn append_presumed(
         &mut self,
         shared: &dyn Shared,
         group: &mut [Batched],
-        presumed: &Presumed,
+        mut presumed: Presumed,
     ) -> Option<Result<()>> {
         let g = self.apply_group(group);
-        let appended = measured(&g.entries, shared.append_presumed(&g.entries, presumed)).await;
+        presumed.revoked = g.revoked.iter().map(|(id, _)| *id).collect();
+        let appended = measured(&g.entries, shared.append_presumed(&g.entries, &presumed)).await;
         match appended {
             Ok(true) => {
                 crate::metrics::PRESUMED_APPENDS.inc();
                 self.publish(&g.entries);
+                self.settle_revokes(g.revoked, true).await;
                 Some(Ok(()))
             }
             Ok(false) => {

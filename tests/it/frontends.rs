@@ -184,6 +184,48 @@ async fn leases_seen_here_are_written_to_in_one_round_trip() {
     assert_eq!(under_k(&b).await.count, 3);
 }
 
+/// A revoke through a frontend that alone writes is appended in one round trip too, and forgets
+/// the lease in the same transaction: the other frontend reads the keys gone and the lease not
+/// found, whether the lease had keys or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_writers_revoke_appends_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    let b = Strata::frontend(dir.path(), "b");
+    let (mut lease_a, mut lease_b) = (
+        LeaseClient::new(a.channel().await),
+        LeaseClient::new(b.channel().await),
+    );
+    for id in [21, 22] {
+        lease_a
+            .lease_grant(LeaseGrantRequest { id, ttl: 60 })
+            .await
+            .unwrap();
+    }
+    a.kv().await.put(leased("k/leased", 21)).await.unwrap();
+    let presumed = || counter(&a, "strata_backend_presumed_appends_total");
+    for id in [21, 22] {
+        let before = presumed();
+        lease_a
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await
+            .unwrap();
+        assert_eq!(presumed(), before + 1, "the revoke of {id}");
+        let ttl = LeaseTimeToLiveRequest { id, keys: false };
+        let left = lease_b.lease_time_to_live(ttl).await.unwrap().into_inner();
+        assert_eq!(left.ttl, -1, "lease {id} through b");
+        let put = b.kv().await.put(leased("k/again", id)).await.unwrap_err();
+        assert_eq!(put.message(), "etcdserver: requested lease not found");
+    }
+    assert_eq!(counter(&a, "strata_backend_presumed_refused_total"), 0);
+    assert_eq!(under_k(&b).await.count, 0);
+    let again = lease_a
+        .lease_revoke(LeaseRevokeRequest { id: 21 })
+        .await
+        .unwrap_err();
+    assert_eq!(again.message(), "etcdserver: requested lease not found");
+}
+
 /// A database whose default isolation is SERIALIZABLE: frontends that take turns at the append
 /// right would get serialization errors under it, so they set READ COMMITTED for themselves and
 /// every concurrent write through either is made.

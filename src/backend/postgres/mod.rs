@@ -83,9 +83,9 @@ const MEMBER_FORGET_SECONDS: i64 = 24 * 3600;
 /// Connections shared by reads; each carries many pipelined queries at once.
 const READERS: usize = 2;
 
-/// Inserts the rows $3 to $10 and moves the head from $2 to $1, only if it still is $2 and the
-/// conditions given (SQL beginning with AND) hold.
-macro_rules! append_if {
+/// Moves the head from $2 to $1 (`moved`), only if it still is $2 and the conditions given (SQL
+/// beginning with AND) hold.
+macro_rules! moved_if {
     ($($condition:tt)*) => {
         concat!(
             "
@@ -93,16 +93,24 @@ WITH moved AS (
     UPDATE strata_meta SET head = $1 WHERE id = 1 AND head = $2",
             $($condition)*,
             " RETURNING head
-)
+)"
+        )
+    };
+}
+use moved_if;
+/// Inserts the rows $3 to $10 if the head `moved`.
+macro_rules! log_rows_if_moved {
+    () => {
+        "
 INSERT INTO strata_log (revision, sub, deleted, key, create_revision, version, lease, value)
 SELECT * FROM UNNEST($3::BIGINT[], $4::BIGINT[], $5::BOOLEAN[], $6::BYTEA[], $7::BIGINT[],
                      $8::BIGINT[], $9::BIGINT[], $10::BYTEA[])
 WHERE EXISTS (SELECT 1 FROM moved)"
-        )
     };
 }
-use append_if;
-const APPEND: &str = append_if!("");
+use log_rows_if_moved;
+/// Inserts the rows $3 to $10 and moves the head from $2 to $1, only if it still is $2.
+const APPEND: &str = concat!(moved_if!(""), log_rows_if_moved!());
 
 /// Marks a database never written as being restored (its head 0).
 const BEGIN_RESTORE: &str = "

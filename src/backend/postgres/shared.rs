@@ -4,13 +4,22 @@
 use super::*;
 
 /// [`APPEND`], if also the compaction revision is no newer than $11, the auth state's generation
-/// no newer than $12, and every lease of $13 recorded: sent after [`LOCK`], so that it reads them
-/// as of holding the right (no auth change or revoke can commit before the append then).
-const PRESUMED_APPEND: &str = append_if!(
-    " AND compacted <= $11 AND ",
-    auth_generation!(),
-    " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13))
+/// no newer than $12, and every lease of $13 recorded, and then forgets the leases of $14; sent
+/// after [`LOCK`], so that it reads them as of holding the right (no auth change or revoke can
+/// commit before the append then). Answers whether the head moved ($1 may be $2: only a revoke).
+const PRESUMED_APPEND: &str = concat!(
+    moved_if!(
+        " AND compacted <= $11 AND ",
+        auth_generation!(),
+        " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13))
              = (SELECT count(*) FROM UNNEST($13::BIGINT[]))"
+    ),
+    ",
+forgot AS (DELETE FROM strata_leases WHERE id = ANY($14) AND EXISTS (SELECT 1 FROM moved)),
+appended AS (",
+    log_rows_if_moved!(),
+    ")
+SELECT count(*) FROM moved"
 );
 /// Whether the head is $1, the compaction revision no newer than $2 and the auth state's
 /// generation no newer than $3, as of one moment.
@@ -89,10 +98,14 @@ impl Shared for Postgres {
 
     async fn append_presumed(&self, entries: &[LogEntry], presumed: &Presumed) -> Result<bool> {
         let auth = i64::try_from(presumed.auth).unwrap_or(i64::MAX);
-        let Some((_, last)) = numbered(entries)? else {
-            let params: Params = &[&presumed.head, &presumed.compacted, &auth];
-            let rows = self.inner.read(PRESUMED_CHECK, params).await?;
-            return Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)));
+        let last = match numbered(entries)? {
+            Some((_, last)) => last,
+            None if presumed.revoked.is_empty() => {
+                let params: Params = &[&presumed.head, &presumed.compacted, &auth];
+                let rows = self.inner.read(PRESUMED_CHECK, params).await?;
+                return Ok(rows.first().is_some_and(|row| row.get::<_, bool>(0)));
+            }
+            None => presumed.head,
         };
         let (rows, bytes) = log_rows(entries);
         let [a, b, c, d, e, f, g, h, i, j] = with_rows(&last, &presumed.head, &rows);
@@ -110,6 +123,7 @@ impl Shared for Postgres {
             &presumed.compacted,
             &auth,
             &presumed.leases,
+            &presumed.revoked,
         ];
         let mut appender = self.inner.appender.lock().await;
         let config = &self.inner.config;
@@ -120,17 +134,18 @@ impl Shared for Postgres {
         // head as the append leaves it, whether it was made or not).
         let begin = format!("BEGIN ISOLATION LEVEL READ COMMITTED; {LOCK}");
         let finish = self.inner.finish_append();
-        let (locked, inserted, committed) = tokio::join!(
+        let (locked, moved, committed) = tokio::join!(
             deadline(conn.client.simple_query(&begin)),
-            deadline(conn.client.execute(&insert, params)),
+            deadline(conn.client.query_one(&insert, params)),
             deadline(conn.client.simple_query(&finish)),
         );
         // A failure drops the connection, and with it the transaction if it began.
-        let inserted = appender.failed(locked.and(inserted).and_then(|n| committed.map(|_| n)))?;
-        if inserted > 0 {
+        let moved = appender.failed(locked.and(moved).and_then(|row| committed.map(|_| row)))?;
+        let moved = moved.get::<_, i64>(0) > 0;
+        if moved {
             self.inner.size.fetch_add(bytes, Ordering::Relaxed);
         }
-        Ok(inserted > 0)
+        Ok(moved)
     }
 
     async fn progress_near(&self, head: i64) -> Result<Progress> {
