@@ -401,6 +401,11 @@ pub trait Shared: Send + Sync {
     /// other process can revoke one before this process's next append.
     async fn leases_among(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>>;
 
+    /// Those of `ids` that a hot standby next to this process shows recorded, as (id, TTL); none
+    /// without one, or if it fails. Only what a presumed append may rest on: the standby can lag
+    /// a grant or a revoke, and [`Shared::append_presumed`] checks the leases on the primary.
+    async fn leases_near(&self, ids: &[i64]) -> Vec<(i64, i64)>;
+
     /// Keeps leases alive for another TTL from now; returns those renewed, as (id, TTL). A lease
     /// that does not exist or whose time is up is not renewed.
     async fn renew_leases(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>>;

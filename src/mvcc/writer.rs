@@ -219,6 +219,7 @@ impl Writer {
             attempt += 1;
             let presumed = match backend.shared() {
                 Some(shared) if locked && attempt == 1 => {
+                    self.learn_near(shared, &group).await;
                     self.presume(shared, &mut group).map(|p| (shared, p))
                 }
                 _ => None,
@@ -368,6 +369,27 @@ impl Writer {
                 Ok(Queued::Batched(q)) => group.push(q),
                 Err(_) => return,
             }
+        }
+    }
+
+    /// Before presuming: learns from a hot standby next to this frontend the leases `group` names
+    /// that the lessor does not remember (granted through another frontend, say), so that a write
+    /// naming one need not take the append right first.
+    async fn learn_near(&self, shared: &dyn Shared, group: &[Batched]) {
+        let unknown: Vec<i64> = {
+            let lessor = self.lessor.lock().expect("lessor lock");
+            (named_leases(group).into_iter())
+                .filter(|id| !lessor.contains(*id))
+                .collect()
+        };
+        if unknown.is_empty() {
+            return;
+        }
+        let near = shared.leases_near(&unknown).await;
+        let now = Instant::now();
+        let mut lessor = self.lessor.lock().expect("lessor lock");
+        for (id, ttl) in near {
+            lessor.grant(id, ttl, now);
         }
     }
 

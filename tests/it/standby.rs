@@ -4,9 +4,12 @@
 
 use crate::frontends::frontend_on;
 use crate::http::counter;
+use crate::lease::leased;
 use crate::linearizability::{check_history_through, Restartable};
 use crate::requests::*;
 use crate::support::{psql, OwnPostgres, Strata};
+use strata::proto::etcdserverpb::lease_client::LeaseClient;
+use strata::proto::etcdserverpb::LeaseGrantRequest;
 use tonic::transport::Channel;
 
 /// A frontend on `primary`'s database that reads the log from `standby` first.
@@ -225,4 +228,35 @@ async fn a_lagging_standby_shows_in_the_metrics_and_costs_no_stale_read() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(psql(&standby.url, "SELECT pg_wal_replay_resume()"));
+}
+
+/// A put through the frontend reading from a standby, naming a lease granted through the other
+/// frontend, is appended in one round trip once the standby shows the lease: the writer learns
+/// of the lease there rather than by taking the append right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_granted_elsewhere_is_learnt_from_the_standby() {
+    let pair = Pair::start(false);
+    let near_standby = &pair.near_standby;
+    LeaseClient::new(pair.on_primary.channel().await)
+        .lease_grant(LeaseGrantRequest { id: 21, ttl: 60 })
+        .await
+        .unwrap();
+    // Fails (division by zero) until the standby has replayed the grant.
+    let shown = "SELECT 1 / count(*)::INT FROM strata_leases WHERE id = 21";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !psql(&pair.standby.url, shown) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the standby showed no lease in 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let presumed = || counter(near_standby, "strata_backend_presumed_appends_total");
+    let before = presumed();
+    near_standby.kv().await.put(leased("k", 21)).await.unwrap();
+    assert_eq!(presumed(), before + 1);
+    assert_eq!(
+        counter(near_standby, "strata_backend_presumed_refused_total"),
+        0
+    );
 }

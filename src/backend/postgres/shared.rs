@@ -194,6 +194,18 @@ impl Shared for Postgres {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
+    async fn leases_near(&self, ids: &[i64]) -> Vec<(i64, i64)> {
+        let Some(standby) = &self.inner.standby else {
+            return Vec::new();
+        };
+        let ids = ids.to_vec();
+        let sql = "SELECT id, ttl FROM strata_leases WHERE id = ANY($1)";
+        match standby.read(sql, &[&ids]).await {
+            Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     async fn expired_among(&self, ids: &[i64]) -> Result<Vec<i64>> {
         let ids = ids.to_vec();
         let sql = "SELECT id FROM strata_leases WHERE id = ANY($1) AND expires_at <= now()";
