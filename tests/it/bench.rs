@@ -152,3 +152,46 @@ fn lease_expiry_workload_sees_every_lease_expire() {
     );
     assert!(told.contains("20 leases of 2s expired"), "{told}");
 }
+
+/// leased-put puts a key on each lease it granted; lease-revoke revokes leases that each hold a
+/// key, so their keys go with them.
+#[tokio::test]
+async fn lease_write_workloads_put_on_and_revoke_a_lease_each() {
+    use strata::proto::etcdserverpb::lease_client::LeaseClient;
+    use strata::proto::etcdserverpb::LeaseLeasesRequest;
+    let strata = Strata::start();
+    let run = |workload| {
+        let args = [
+            workload,
+            "--clients",
+            "2",
+            "--total",
+            "20",
+            "--key-space",
+            "20",
+        ];
+        bench(&strata, &args).0
+    };
+    let bench_keys = || async {
+        let range = crate::requests::range("bench/", "bench0");
+        strata.kv().await.range(range).await.unwrap().into_inner()
+    };
+    let printed = run("leased-put");
+    assert!(
+        printed.contains("\"requests\":20,\"errors\":0"),
+        "{printed}"
+    );
+    let keys = bench_keys().await;
+    assert_eq!(keys.count, 20);
+    assert!(keys.kvs.iter().all(|kv| kv.lease != 0));
+    let printed = run("lease-revoke");
+    assert!(
+        printed.contains("\"requests\":20,\"errors\":0"),
+        "{printed}"
+    );
+    assert_eq!(bench_keys().await.count, 0);
+    let mut leases = LeaseClient::new(strata.channel().await);
+    let left = leases.lease_leases(LeaseLeasesRequest {}).await.unwrap();
+    // The first workload's leases: the second moved their keys to its own, then revoked those.
+    assert_eq!(left.into_inner().leases.len(), 20);
+}

@@ -1,13 +1,15 @@
 //! The lease workload: grants `--leases` leases, then sends `--total` keep-alives over `--streams`
 //! keep-alive streams, one in flight per stream; reports keep-alive throughput and latency, the
-//! grant rate, and (with `--server-pid`) the server's memory per lease.
+//! grant rate, and (with `--server-pid`) the server's memory per lease. Also the leases the
+//! leased-put and lease-revoke workloads write to and revoke, granted ahead.
 
-use super::{rss, spread, Args, Report};
+use super::{key, rss, spread, Args, Report};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata::proto::etcdserverpb::kv_client::KvClient;
 use strata::proto::etcdserverpb::lease_client::LeaseClient;
-use strata::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest};
+use strata::proto::etcdserverpb::{LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -97,4 +99,28 @@ pub async fn run(args: &Args, channels: &[Channel]) -> anyhow::Result<Report> {
         }));
     }
     Report::gather(streams, &errors, start).await
+}
+
+/// Grants `--total` leases through `channel`, one after another, and with `keyed` puts key `i` of
+/// the key space on lease `i`; answers the leases' ids in that order.
+pub async fn ahead(args: &Args, channel: &Channel, keyed: bool) -> anyhow::Result<Vec<i64>> {
+    let (mut lease, mut kv) = (
+        LeaseClient::new(channel.clone()),
+        KvClient::new(channel.clone()),
+    );
+    let mut ids = Vec::new();
+    for i in 0..args.total {
+        let request = LeaseGrantRequest { ttl: TTL, id: 0 };
+        let id = lease.lease_grant(request).await?.into_inner().id;
+        if keyed {
+            kv.put(PutRequest {
+                key: key(args, i),
+                lease: id,
+                ..Default::default()
+            })
+            .await?;
+        }
+        ids.push(id);
+    }
+    Ok(ids)
 }

@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use strata::proto::etcdserverpb::kv_client::KvClient;
+use strata::proto::etcdserverpb::lease_client::LeaseClient;
 use strata::proto::etcdserverpb::request_op::Request;
-use strata::proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use strata::proto::etcdserverpb::{
+    Compare, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -31,6 +34,12 @@ enum Workload {
     Watch,
     /// Grants `--leases` leases, then `--total` keep-alives over `--streams` streams.
     Lease,
+    /// Puts a key on a lease granted through the same endpoint and not yet written to, a lease a
+    /// put (`--total` leases of an hour, granted first and not timed; not with `--duration`).
+    LeasedPut,
+    /// Revokes a lease with a key on it, a lease a revoke (`--total` leases granted and given a
+    /// key each first, not timed; not with `--duration`).
+    LeaseRevoke,
     /// Grants `--leases` leases of `--ttl` seconds with a key each and lets them expire while
     /// `--rate` puts per second go on; reports how late each expiry was seen (not throughput).
     LeaseExpiry,
@@ -164,8 +173,17 @@ async fn fill(args: &Args, kv: &mut KvClient<Channel>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One request of the workload; `i` numbers it among all requests.
-async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), tonic::Status> {
+/// One request of the workload; `i` numbers it among all requests, `leases` are those granted
+/// ahead for it.
+async fn request(
+    args: &Args,
+    channel: Channel,
+    i: u64,
+    leases: &[i64],
+) -> Result<(), tonic::Status> {
+    let mut kv = KvClient::new(channel.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
     let value = bytes::Bytes::from(vec![b'v'; args.val_size]);
     match args.workload {
         Workload::Put => {
@@ -198,6 +216,21 @@ async fn request(args: &Args, kv: &mut KvClient<Channel>, i: u64) -> Result<(), 
                 ..Default::default()
             })
             .await?;
+        }
+        Workload::LeasedPut => {
+            kv.put(PutRequest {
+                key: key(args, i),
+                value,
+                lease: leases[i as usize],
+                ..Default::default()
+            })
+            .await?;
+        }
+        Workload::LeaseRevoke => {
+            let id = leases[i as usize];
+            LeaseClient::new(channel)
+                .lease_revoke(LeaseRevokeRequest { id })
+                .await?;
         }
         Workload::Watch | Workload::Lease | Workload::LeaseExpiry | Workload::Kube => {
             unreachable!("these workloads run apart")
@@ -344,15 +377,21 @@ async fn run(args: Arc<Args>) -> anyhow::Result<Report> {
     if matches!(args.workload, Workload::Range | Workload::RangePrefix) {
         fill(&args, &mut KvClient::new(channels[0].clone())).await?;
     }
-    let workload = args.clone();
-    let (report, _) = drive(&args, &channels, move |channel, i| {
-        let args = workload.clone();
-        async move {
-            let mut kv = KvClient::new(channel)
-                .max_decoding_message_size(usize::MAX)
-                .max_encoding_message_size(usize::MAX);
-            request(&args, &mut kv, i).await.map(|()| 0)
+    let leases = match args.workload {
+        Workload::LeasedPut | Workload::LeaseRevoke if args.duration.is_some() => {
+            anyhow::bail!(
+                "{:?} runs `--total` requests, not for a duration",
+                args.workload
+            )
         }
+        Workload::LeasedPut => lease::ahead(&args, &channels[0], false).await?,
+        Workload::LeaseRevoke => lease::ahead(&args, &channels[0], true).await?,
+        _ => Vec::new(),
+    };
+    let (workload, leases) = (args.clone(), Arc::new(leases));
+    let (report, _) = drive(&args, &channels, move |channel, i| {
+        let (args, leases) = (workload.clone(), leases.clone());
+        async move { request(&args, channel, i, &leases).await.map(|()| 0) }
     })
     .await?;
     Ok(report)
