@@ -362,6 +362,9 @@ pub struct Presumed {
     pub leases: Vec<i64>,
     /// Those of `leases` the batch revokes: the append forgets them with it.
     pub revoked: Vec<i64>,
+    /// Those of `revoked` the batch revokes as expired: each must be expired by the store's clock
+    /// (not renewed since the keeper found it expired).
+    pub expired: Vec<i64>,
 }
 
 /// A backend shared by several frontends: the append right, the tail, leases timed by the
@@ -672,6 +675,7 @@ pub(crate) mod conformance {
             auth: u64::MAX,
             leases: Vec::new(),
             revoked: Vec::new(),
+            expired: Vec::new(),
         };
         assert!(sa.append_presumed(&log[..1], &known(1)).await.unwrap());
         // b had not read a's append: its own of revision 2 is refused, and so is its check.
@@ -712,6 +716,26 @@ pub(crate) mod conformance {
         assert_eq!(sb.leases_among(&[7, 9]).await.unwrap(), [(7, 60)]);
         assert!(!sb.append_presumed(&[], &revoking(3)).await.unwrap());
         assert_eq!(b.progress().await.unwrap().head, 3);
+        // An expiry only of a lease expired by the store's clock.
+        a.put_leases(&[(10, 1)]).await.unwrap();
+        let expiring = Presumed {
+            leases: vec![10],
+            revoked: vec![10],
+            expired: vec![10],
+            ..known(3)
+        };
+        assert!(!sa.append_presumed(&[], &expiring).await.unwrap());
+        assert_eq!(sb.leases_among(&[10]).await.unwrap(), [(10, 1)]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !sb.expired_leases(10).await.unwrap().contains(&10) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lease 10 never expired"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(sa.append_presumed(&[], &expiring).await.unwrap());
+        assert_eq!(sb.leases_among(&[10]).await.unwrap(), []);
         // The auth state must be no newer than the writes were allowed under.
         assert!(b.put_auth(0, b"on").await.unwrap());
         let allowed_under = |auth| Presumed { auth, ..known(3) };

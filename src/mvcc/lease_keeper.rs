@@ -93,7 +93,7 @@ pub(super) async fn keep_leases(backend: Arc<dyn Backend>, writes: WriteQueue) {
 
 /// Records the grants waiting at one moment in one backend commit; the lessor has those recorded
 /// before they are answered. On a shared backend, where it remembers the leases seen lately (see
-/// the lessor's module), it forgets those not seen for a TTL first.
+/// the lessor's module), it forgets those not seen lately first.
 pub(super) async fn record_grants(
     backend: Arc<dyn Backend>,
     lessor: Arc<Mutex<Lessor>>,
@@ -109,7 +109,7 @@ pub(super) async fn record_grants(
                 let now = Instant::now();
                 let mut lessor = lessor.lock().expect("lessor lock");
                 if shared {
-                    lessor.forget_lapsed(now);
+                    lessor.forget_unseen(now);
                 }
                 for (&(id, ttl), _) in leases.iter().zip(&recorded).filter(|(_, r)| **r) {
                     lessor.grant(id, ttl, now);

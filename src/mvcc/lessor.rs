@@ -12,8 +12,9 @@
 //!
 //! On a shared backend, whose clock times the leases, the lessor is what this frontend has seen
 //! of them lately: each lease granted, kept alive or written to through it, or found live under
-//! the append right, until one TTL after that; the writer presumes an append only on leases it
-//! remembers so (and the append checks them), and [`Lessor::forget_lapsed`] forgets the rest.
+//! the append right, until [`REMEMBERED_PAST_TTL`] after its TTL from then (long enough for the
+//! keeper's expiry of it to find it); the writer presumes an append only on leases it remembers
+//! so (and the append checks them), and [`Lessor::forget_unseen`] forgets the rest.
 //!
 //! ```text
 //! leases: { 7: {ttl 10, deadline t+10}, 9: {ttl 60, deadline t+60} }
@@ -29,6 +30,8 @@ pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
 /// The smallest TTL etcd grants with its default timing (1.5 election timeouts of 10 heartbeats of
 /// 100 ms, rounded up); shorter requests get this.
 pub const MIN_LEASE_TTL: i64 = 2;
+/// How long a shared backend's lessor remembers a lease past its TTL from when it last saw it.
+pub const REMEMBERED_PAST_TTL: Duration = Duration::from_secs(60);
 /// How long an expired lease waits before its revoke is tried again, if the first try failed.
 const REVOKE_RETRY: Duration = Duration::from_secs(3);
 
@@ -195,9 +198,13 @@ impl Lessor {
         self.queue.first().map(|(deadline, _)| *deadline)
     }
 
-    /// Forgets the leases whose deadline has passed (on a shared backend: not seen lately).
-    pub fn forget_lapsed(&mut self, now: Instant) {
-        while let Some(id) = take_due(&mut self.queue, now) {
+    /// Forgets the leases whose deadline passed more than [`REMEMBERED_PAST_TTL`] before `now`
+    /// (on a shared backend: not seen lately).
+    pub fn forget_unseen(&mut self, now: Instant) {
+        let Some(before) = now.checked_sub(REMEMBERED_PAST_TTL) else {
+            return;
+        };
+        while let Some(id) = take_due(&mut self.queue, before) {
             self.remove(id);
         }
     }
@@ -295,17 +302,19 @@ mod tests {
         assert_eq!(l.next_checkpoint(), None);
     }
 
-    /// A shared backend's lessor forgets a lease not seen for a TTL; seeing it again (a renewal)
-    /// keeps it.
+    /// A shared backend's lessor forgets a lease not seen for its TTL and a minute more; seeing it
+    /// again (a renewal) keeps it.
     #[test]
-    fn leases_not_seen_for_a_ttl_are_forgotten() {
+    fn leases_not_seen_lately_are_forgotten() {
         let t = Instant::now();
         let s = Duration::from_secs;
         let mut l = Lessor::default();
         l.grant(7, 10, t);
         l.grant(9, 10, t);
         assert_eq!(l.renew(9, t + s(5)), Some(10));
-        l.forget_lapsed(t + s(10));
+        l.forget_unseen(t + s(9) + REMEMBERED_PAST_TTL);
+        assert!(l.contains(7), "within its TTL and a minute");
+        l.forget_unseen(t + s(10) + REMEMBERED_PAST_TTL);
         assert!(!l.contains(7));
         assert!(l.contains(9));
         assert_eq!(l.next_deadline(), Some(t + s(15)));

@@ -73,13 +73,7 @@ fn refuse_stale(group: &mut Vec<Batched>, auth: u64) {
 /// the backend's clock (they were renewed after the keeper looked), answering them as for a lease
 /// gone; the keeper takes no notice of the answer.
 async fn still_expired(shared: &dyn Shared, group: &mut Vec<Batched>) -> Result<()> {
-    let expiries: Vec<i64> = group
-        .iter()
-        .filter_map(|q| match &q.write {
-            Write::Expire(job) => Some(job.request),
-            _ => None,
-        })
-        .collect();
+    let expiries = expiries(group);
     if expiries.is_empty() {
         return Ok(());
     }
@@ -94,6 +88,19 @@ async fn still_expired(shared: &dyn Shared, group: &mut Vec<Batched>) -> Result<
         q.write.fail(Error::LeaseNotFound);
     }
     Ok(())
+}
+
+/// The leases `group` expires, each once.
+fn expiries(group: &[Batched]) -> Vec<i64> {
+    let mut ids: Vec<i64> = (group.iter())
+        .filter_map(|q| match &q.write {
+            Write::Expire(job) => Some(job.request),
+            _ => None,
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// The leases `group` attaches keys to or revokes, each once.
@@ -396,9 +403,9 @@ impl Writer {
     /// What this frontend knows of the shared store, if `group` may be appended on it without
     /// taking the append right first ([`Shared::append_presumed`], one round trip instead of two):
     /// nothing is unsettled, no append of another frontend is known and unread nor got in lately,
-    /// the group expires no lease (the keeper's expiries are checked in the append transaction),
-    /// and every lease it attaches keys to or revokes is one this frontend knows. The writes
-    /// allowed under an auth state older than one this frontend has seen are refused first.
+    /// and every lease it attaches keys to, revokes or expires is one this frontend knows (the
+    /// append checks each expired by the store's clock). The writes allowed under an auth state
+    /// older than one this frontend has seen are refused first.
     fn presume(&self, shared: &dyn Shared, group: &mut Vec<Batched>) -> Option<Presumed> {
         let contended = self.contended_until.is_some_and(|t| Instant::now() < t);
         if self.unresolved.is_some() || contended {
@@ -408,14 +415,13 @@ impl Writer {
             let index = self.index.read().expect("index lock");
             (index.committed, index.compacted)
         };
-        let expires = group.iter().any(|q| matches!(q.write, Write::Expire(_)));
-        if *shared.tail().borrow() > head || expires {
+        if *shared.tail().borrow() > head {
             return None;
         }
         let leases = named_leases(group);
         let now = Instant::now();
         let mut lessor = self.lessor.lock().expect("lessor lock");
-        lessor.forget_lapsed(now);
+        lessor.forget_unseen(now);
         // Seen now: remembered (so not forgotten before the group is applied) for another TTL.
         if !leases.iter().all(|id| lessor.renew(*id, now).is_some()) {
             return None;
@@ -435,6 +441,7 @@ impl Writer {
                 .unwrap_or(u64::MAX),
             leases,
             revoked: Vec::new(),
+            expired: expiries(group),
         })
     }
 

@@ -226,6 +226,31 @@ async fn a_lone_writers_revoke_appends_in_one_round_trip() {
     assert_eq!(again.message(), "etcdserver: requested lease not found");
 }
 
+/// The lease keeper's expiry of a lease is appended in one round trip as well, the lease checked
+/// expired by the database's clock in the append.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiry_appends_in_one_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Strata::frontend(dir.path(), "a");
+    LeaseClient::new(a.channel().await)
+        .lease_grant(LeaseGrantRequest { id: 21, ttl: 2 })
+        .await
+        .unwrap();
+    a.kv().await.put(leased("k/expiring", 21)).await.unwrap();
+    let presumed = || counter(&a, "strata_backend_presumed_appends_total");
+    let before = presumed();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while under_k(&a).await.count > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lease did not expire"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(presumed(), before + 1);
+    assert_eq!(counter(&a, "strata_backend_presumed_refused_total"), 0);
+}
+
 /// A database whose default isolation is SERIALIZABLE: frontends that take turns at the append
 /// right would get serialization errors under it, so they set READ COMMITTED for themselves and
 /// every concurrent write through either is made.

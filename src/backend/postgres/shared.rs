@@ -4,7 +4,8 @@
 use super::*;
 
 /// [`APPEND`], if also the compaction revision is no newer than $11, the auth state's generation
-/// no newer than $12, and every lease of $13 recorded, and then forgets the leases of $14; sent
+/// no newer than $12, every lease of $13 recorded and every one of $15 expired by the database's
+/// clock, and then forgets the leases of $14; sent
 /// after [`LOCK`], so that it reads them as of holding the right (no auth change or revoke can
 /// commit before the append then). Answers whether the head moved ($1 may be $2: only a revoke).
 const PRESUMED_APPEND: &str = concat!(
@@ -12,7 +13,9 @@ const PRESUMED_APPEND: &str = concat!(
         " AND compacted <= $11 AND ",
         auth_generation!(),
         " <= $12 AND (SELECT count(*) FROM strata_leases WHERE id = ANY($13))
-             = (SELECT count(*) FROM UNNEST($13::BIGINT[]))"
+             = (SELECT count(*) FROM UNNEST($13::BIGINT[]))
+         AND (SELECT count(*) FROM strata_leases WHERE id = ANY($15) AND expires_at <= now())
+             = (SELECT count(*) FROM UNNEST($15::BIGINT[]))"
     ),
     ",
 forgot AS (DELETE FROM strata_leases WHERE id = ANY($14) AND EXISTS (SELECT 1 FROM moved)),
@@ -124,6 +127,7 @@ impl Shared for Postgres {
             &auth,
             &presumed.leases,
             &presumed.revoked,
+            &presumed.expired,
         ];
         let mut appender = self.inner.appender.lock().await;
         let config = &self.inner.config;
