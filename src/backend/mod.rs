@@ -726,14 +726,7 @@ pub(crate) mod conformance {
         };
         assert!(!sa.append_presumed(&[], &expiring).await.unwrap());
         assert_eq!(sb.leases_among(&[10]).await.unwrap(), [(10, 1)]);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !sb.expired_leases(10).await.unwrap().contains(&10) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lease 10 never expired"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        until_expired(sb, 10).await;
         assert!(sa.append_presumed(&[], &expiring).await.unwrap());
         assert_eq!(sb.leases_among(&[10]).await.unwrap(), []);
         // The auth state must be no newer than the writes were allowed under.
@@ -750,6 +743,18 @@ pub(crate) mod conformance {
         };
         assert!(sa.append_presumed(&log[2..], &compacted).await.unwrap());
         assert_eq!(b.read_log(1, 1000).await.unwrap(), log);
+    }
+
+    /// Waits (10 s at most) until the keeper's look finds lease `id` expired.
+    async fn until_expired(s: &dyn Shared, id: i64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !s.expired_leases(10).await.unwrap().contains(&id) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "lease {id} never expired"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Leases are timed by the backend's clock, whichever frontend granted or renews them; one
@@ -769,14 +774,7 @@ pub(crate) mod conformance {
         let (granted, left) = sb.lease_time_to_live(8).await.unwrap().unwrap();
         assert_eq!(granted, 60);
         assert!((59..=60).contains(&left), "{left}");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !sb.expired_leases(10).await.unwrap().contains(&7) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "lease 7 never expired"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        until_expired(sb, 7).await;
         assert_eq!(sa.renew_leases(&[7]).await.unwrap(), []);
         sa.lock(1).await.unwrap();
         assert_eq!(sa.expired_among(&[7, 8]).await.unwrap(), [7]);
