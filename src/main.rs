@@ -142,8 +142,8 @@ async fn serve(config: Config, identity: Option<Identity>) -> anyhow::Result<()>
         std::time::Duration::from_secs(config.auth_token_ttl),
     )
     .map_err(anyhow::Error::msg)?;
-    let auth = AuthStore::open(backend.clone(), config.bcrypt_cost, tokens).await?;
-    let store = Store::open(backend).await?;
+    let store = Store::open(backend.clone()).await?;
+    let auth = AuthStore::open(backend, config.bcrypt_cost, tokens, store.auth_installed()).await?;
     if let Some(every) = config.lease_checkpoints {
         store.checkpoint_leases(every);
     }

@@ -17,14 +17,12 @@ impl AuthService {
         Ok(self.0.allow_admin(req.metadata()).await?)
     }
 
-    /// A response with its header filled. A change it answers is in force for writes from here
-    /// on: the store refuses those allowed under an older auth state (they are allowed again).
+    /// A response with its header filled.
     fn answer<T>(
         &self,
         mut resp: T,
         header: impl FnOnce(&mut T) -> &mut Option<ResponseHeader>,
     ) -> Result<Response<T>, Status> {
-        self.0.store.auth_changed(self.0.auth.generation());
         self.0.fill(header(&mut resp));
         Ok(Response::new(resp))
     }

@@ -23,6 +23,7 @@ use bytes::Bytes;
 use permissions::Permissions;
 use prost::Message;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokens::Tokens;
@@ -236,14 +237,19 @@ pub struct AuthStore {
     changes: tokio::sync::Mutex<()>,
     /// On a shared backend, the task picking up other frontends' changes.
     tasks: Tasks,
+    /// The newest generation installed, also told to whoever gave it (the key-value store, which
+    /// refuses writes allowed under an older one).
+    installed: Arc<AtomicU64>,
 }
 
 impl AuthStore {
     /// Loads the auth state; on a shared backend, keeps it fresh for as long as the store lives.
+    /// Each state installed from then on raises `installed` to its generation at once.
     pub async fn open(
         backend: Arc<dyn Backend>,
         bcrypt_cost: u32,
         tokens: TokenProvider,
+        installed: Arc<AtomicU64>,
     ) -> Result<Arc<AuthStore>> {
         let state = match backend.auth().await? {
             Some((generation, bytes)) => State::decode(generation, &bytes)?,
@@ -261,6 +267,7 @@ impl AuthStore {
             },
             changes: tokio::sync::Mutex::new(()),
             tasks: Tasks::default(),
+            installed,
         });
         if shared {
             store.tasks.spawn(refresh(Arc::downgrade(&store)));
@@ -280,6 +287,7 @@ impl AuthStore {
     fn install(&self, state: State) {
         let mut current = self.state.write().expect("auth state lock");
         if state.generation >= current.generation {
+            self.installed.fetch_max(state.generation, Ordering::SeqCst);
             *current = Arc::new(state);
         }
     }

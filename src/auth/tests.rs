@@ -4,7 +4,9 @@ use crate::proto::authpb::permission::Type;
 
 async fn store(backend: Arc<dyn Backend>) -> Arc<AuthStore> {
     let tokens = TokenProvider::new("simple", Duration::from_secs(300)).unwrap();
-    AuthStore::open(backend, 4, tokens).await.unwrap()
+    AuthStore::open(backend, 4, tokens, Default::default())
+        .await
+        .unwrap()
 }
 
 fn perm(t: Type, key: &str, end: &str) -> Option<Permission> {
@@ -181,4 +183,21 @@ async fn the_state_survives_a_restart() {
         again.user_get(root.as_ref(), "root").unwrap(),
         vec!["root".to_owned()]
     );
+}
+
+/// Each state installed raises the generation the key-value store is given, before the change is
+/// answered, so that no write allowed under the state before it is appended after it.
+#[tokio::test]
+async fn each_change_raises_the_generation_given_at_open() {
+    let installed = Arc::new(AtomicU64::new(0));
+    let tokens = TokenProvider::new("simple", Duration::from_secs(300)).unwrap();
+    let backend = Arc::new(Embedded::in_memory().unwrap());
+    let auth = AuthStore::open(backend, 4, tokens, installed.clone())
+        .await
+        .unwrap();
+    auth.user_add("root", "pw", None).await.unwrap();
+    let after_one = installed.load(Ordering::SeqCst);
+    assert_eq!(after_one, auth.generation());
+    auth.user_grant_role("root", "root").await.unwrap();
+    assert_eq!(installed.load(Ordering::SeqCst), after_one + 1);
 }

@@ -53,8 +53,8 @@ pub struct Store {
     /// The committed revision, as it moves.
     committed: tokio::sync::watch::Receiver<i64>,
     read_index: ReadIndex,
-    /// The newest generation of the auth state this process has seen: its own changes
-    /// ([`Store::auth_changed`]), and on a shared backend read indexes and the append right.
+    /// The newest generation of the auth state this process has seen: its auth store's
+    /// ([`Store::auth_installed`]), and on a shared backend read indexes and the append right.
     auth_seen: Arc<std::sync::atomic::AtomicU64>,
     /// The writer and the store's background tasks.
     tasks: Tasks,
@@ -341,12 +341,12 @@ impl Store {
         Ok(pending.finish())
     }
 
-    /// This process's auth state is of generation `generation` now: a write allowed under an
-    /// older one is refused with [`Error::AuthStale`] from now on, as etcd refuses a request whose
-    /// auth revision is older than the one it applies under.
-    pub fn auth_changed(&self, generation: u64) {
-        self.auth_seen
-            .fetch_max(generation, std::sync::atomic::Ordering::SeqCst);
+    /// Where this process's auth store raises the generation of each auth state it installs
+    /// (`AuthStore::open`): a write allowed under an older one is refused with
+    /// [`Error::AuthStale`] from then on, as etcd refuses a request whose auth revision is older
+    /// than the one it applies under.
+    pub fn auth_installed(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.auth_seen.clone()
     }
 
     /// The newest generation of the auth state this process has seen (its own changes', and on a

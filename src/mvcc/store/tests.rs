@@ -201,7 +201,9 @@ async fn writes_allowed_under_an_older_auth_state_are_refused() {
         .await
         .unwrap();
     store.put(put_request(0, 1), Some(0)).await.unwrap();
-    store.auth_changed(1);
+    store
+        .auth_installed()
+        .fetch_max(1, std::sync::atomic::Ordering::SeqCst);
     assert!(matches!(
         store.put(put_request(1, 1), Some(0)).await,
         Err(Error::AuthStale)
