@@ -160,6 +160,11 @@ fn with_rows<'a>(
     [one, two, a, b, c, d, e, f, g, h]
 }
 
+/// Lease rows of (id, TTL) columns, as pairs.
+fn id_and_ttl(rows: &[Row]) -> Vec<(i64, i64)> {
+    rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
 /// The first and last revision of `entries` (None if there are none), which must follow one
 /// another.
 fn numbered(entries: &[LogEntry]) -> Result<Option<(i64, i64)>> {
@@ -768,7 +773,7 @@ impl Records for Postgres {
             .inner
             .read("SELECT id, ttl FROM strata_leases ORDER BY id", &[])
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(id_and_ttl(&rows))
     }
 
     async fn put_alarm(&self, member: u64, alarm: i32) -> Result<()> {

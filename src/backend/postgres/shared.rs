@@ -32,6 +32,9 @@ const PRESUMED_CHECK: &str = concat!(
     " <= $3 FROM strata_meta WHERE id = 1"
 );
 
+/// The leases of $1 recorded, as (id, TTL) rows ([`id_and_ttl`]).
+const LEASES_AMONG: &str = "SELECT id, ttl FROM strata_leases WHERE id = ANY($1)";
+
 /// Gives back a right the appender holds, appending nothing.
 async fn roll_back(appender: &mut Session, config: &Connection) -> Result<()> {
     if appender.locked {
@@ -187,15 +190,16 @@ impl Shared for Postgres {
 
     async fn leases_among(&self, ids: &[i64]) -> Result<Vec<(i64, i64)>> {
         let ids = ids.to_vec();
-        let sql = "SELECT id, ttl FROM strata_leases WHERE id = ANY($1)";
         let mut appender = self.inner.appender.lock().await;
         let rows = if appender.locked {
-            appender.query(&self.inner.config, sql, &[&ids]).await?
+            appender
+                .query(&self.inner.config, LEASES_AMONG, &[&ids])
+                .await?
         } else {
             drop(appender);
-            self.inner.read(sql, &[&ids]).await?
+            self.inner.read(LEASES_AMONG, &[&ids]).await?
         };
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(id_and_ttl(&rows))
     }
 
     async fn leases_near(&self, ids: &[i64]) -> Vec<(i64, i64)> {
@@ -203,9 +207,8 @@ impl Shared for Postgres {
             return Vec::new();
         };
         let ids = ids.to_vec();
-        let sql = "SELECT id, ttl FROM strata_leases WHERE id = ANY($1)";
-        match standby.read(sql, &[&ids]).await {
-            Ok(rows) => rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        match standby.read(LEASES_AMONG, &[&ids]).await {
+            Ok(rows) => id_and_ttl(&rows),
             Err(_) => Vec::new(),
         }
     }
@@ -234,7 +237,7 @@ impl Shared for Postgres {
                 &[&ids],
             )
             .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        Ok(id_and_ttl(&rows))
     }
 
     async fn lease_time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>> {
